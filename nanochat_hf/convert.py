@@ -1,0 +1,46 @@
+"""Import artefacts of the original karpathy/nanochat into Hugging Face formats.
+
+    nanochat-hf convert tokenizer PATH/tokenizer.pkl --output DIR
+    nanochat-hf convert checkpoint NANOCHAT_DIR [--step N] --output DIR
+
+`tokenizer`: a pickled tiktoken encoding -> a `PreTrainedTokenizerFast` folder with identical ids.
+`checkpoint`: `model_<step>.pt` + `meta_<step>.json` (+ `tokenizer.pkl`) -> a Hub-ready model folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nanochat-hf convert", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    tok = sub.add_parser("tokenizer", help="import a nanochat tokenizer.pkl (tiktoken encoding)")
+    tok.add_argument("path", help="path to tokenizer.pkl (or the folder holding it)")
+    tok.add_argument("--output", required=True, help="output folder")
+    ckpt = sub.add_parser("checkpoint", help="import a nanochat checkpoint folder (model_*.pt, meta_*.json)")
+    ckpt.add_argument("path", help="folder with model_<step>.pt and meta_<step>.json")
+    ckpt.add_argument("--step", type=int, default=None, help="which step to import (default: the latest)")
+    ckpt.add_argument("--tokenizer", default=None, help="tokenizer.pkl to import alongside (default: PATH/tokenizer.pkl if present)")
+    ckpt.add_argument("--output", required=True, help="output folder")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.what == "tokenizer":
+            from nanochat_hf.tokenization import convert_tiktoken_tokenizer
+
+            convert_tiktoken_tokenizer(args.path, args.output)
+        else:
+            from nanochat_hf.conversion import convert_nanochat_checkpoint
+
+            convert_nanochat_checkpoint(args.path, args.output, step=args.step, tokenizer_path=args.tokenizer)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"nanochat-hf convert {args.what}: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
