@@ -1,0 +1,592 @@
+"""Pretrain a base model from a tokenizer and text, as nanochat's `base_train`, with accelerate.
+
+    accelerate launch -m nanochat_hf.pretrain --config recipes/tiny/pretrain.yaml
+    accelerate launch --config_file recipes/accelerate_configs/multi_gpu.yaml \\
+        -m nanochat_hf.pretrain --config recipes/d24/pretrain.yaml --output_dir runs/d24/base
+    nanochat-hf pretrain --config recipes/tiny/pretrain.yaml --num_iterations 50   # same flags
+
+Every YAML key is a flag (`--depth 12 --device_batch_size 16 ...`); flags win over the YAML.
+`--resume_from_checkpoint latest` continues the newest complete `<output_dir>/checkpoint-<step>/`.
+Writes: `<output_dir>/checkpoint-<step>/` (accelerate state + loader position),
+`<output_dir>/logs/pretrain.jsonl` (every metric), and at the end the Hub-ready model
+(config, safetensors, generation config, tokenizer) in `<output_dir>/` itself.
+
+What is derived from what (nanochat's recipe, muP-style transfer from a d12 reference):
+  horizon     num_iterations, else target_flops / (flops/token * B), else ratio * scaling params / B
+  batch B     total_batch_size tokens, or -1: 2^19 * (D / D_d12)^0.383 rounded to a power of 2
+  lrs         per group, * sqrt(B / 2^19); embedding/head also * (d_model / 768)^-0.5
+  Muon wd     weight_decay * sqrt(B / 2^19) * D_d12 / D, cosine to 0 over the run
+  accumulation  B / (device_batch_size * max_seq_len * world_size) micro-steps per step
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+LOG_NAME = "pretrain.jsonl"
+STATE_NAME = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
+SAMPLE_PROMPTS = (  # nanochat's fixed prompts, sampled greedily at the end of pretraining
+    "The capital of France is",
+    "The chemical symbol of gold is",
+    "If yesterday was Friday, then tomorrow will be",
+    "The opposite of hot is",
+    "The planets of the solar system are:",
+    "My favorite color is",
+    "If 5*x + 3 = 13, then x is",
+)
+# bf16 dense peak FLOP/s per device, for MFU (nanochat uses 989 TFLOP/s for an H100).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12, "B200": 2250e12,
+              "A100": 312e12, "A800": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12, "4090": 165e12}
+REFERENCE_DEPTH = 12  # hyperparameters were tuned at d12 and are transferred from there
+
+
+class PretrainError(RuntimeError):
+    """A run-time problem with a known fix (out of memory, ...): reported as one line."""
+
+
+@dataclass
+class PretrainConfig:
+    # Model
+    arch: str = field(default="modern", metadata={"help": "modern (nanochat 2026) or classic (transformers' native nanochat)"})
+    depth: int = field(default=20, metadata={"help": "number of transformer layers: the one dial of model size"})
+    aspect_ratio: int = field(default=64, metadata={"help": "model_dim = depth * aspect_ratio, rounded up to head_dim"})
+    head_dim: int = field(default=128, metadata={"help": "attention head dimension"})
+    max_seq_len: int = field(default=2048, metadata={"help": "context length of the training rows"})
+    window_pattern: str = field(default="SSSL", metadata={"help": "sliding-window pattern tiled over layers (modern): L=full, S=half"})
+    # Data
+    tokenizer: str = field(default="runs/tiny/tokenizer", metadata={"help": "tokenizer folder or Hub id"})
+    data: str | None = field(default=None, metadata={"help": "file, folder, or Hub dataset (climbmix, fineweb-edu); default: embedded Shakespeare"})
+    buffer_size: int = field(default=1000, metadata={"help": "documents in the best-fit packing buffer"})
+    tokenizer_batch_size: int = field(default=128, metadata={"help": "documents tokenised per batch"})
+    # Training horizon (first one set wins)
+    num_iterations: int = field(default=-1, metadata={"help": "optimizer steps (-1 = derive)"})
+    target_flops: float = field(default=-1.0, metadata={"help": "derive steps from total training FLOPs (-1 = off)"})
+    target_param_data_ratio: float = field(default=12.0, metadata={"help": "tokens per scaling parameter"})
+    # Optimization
+    device_batch_size: int = field(default=32, metadata={"help": "rows per device per micro-step; lower it if out of memory"})
+    total_batch_size: int = field(default=-1, metadata={"help": "tokens per optimizer step (-1 = nanochat's automatic rule)"})
+    embedding_lr: float = 0.3
+    unembedding_lr: float = 0.008
+    matrix_lr: float = 0.02
+    scalar_lr: float = 0.5
+    weight_decay: float = 0.28
+    warmup_steps: int = 40
+    warmdown_ratio: float = 0.65
+    final_lr_frac: float = 0.05
+    momentum_warmup_steps: int = 400
+    # Evaluation and logging
+    eval_every: int = field(default=250, metadata={"help": "validation bpb every N steps (-1 = only at the end)"})
+    eval_tokens: int = field(default=80 * 524288, metadata={"help": "validation tokens per evaluation"})
+    sample_max_tokens: int = 16
+    log_every: int = 1
+    report_to: str = field(default="none", metadata={"help": "accelerate trackers: none, trackio, wandb, tensorboard (comma list)"})
+    run_name: str = "pretrain"
+    # Runtime
+    output_dir: str = "runs/tiny/base"
+    save_every: int = field(default=-1, metadata={"help": "checkpoint every N steps (-1 = never; the final model is always saved)"})
+    save_total_limit: int = field(default=-1, metadata={"help": "keep only the newest N checkpoints (-1 = all)"})
+    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest or a checkpoint folder"})
+    seed: int = 42
+    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bf16, no"})
+    compile: str = field(default="auto", metadata={"help": "torch.compile: auto (on GPU), true, false"})
+    fp8: bool = field(default=False, metadata={"help": "FP8 matmuls via torchao (H100+ only)"})
+    max_steps_this_run: int = field(default=-1, metadata={"help": "stop (after saving) once this many steps ran in this process; for preemptible jobs and tests"})
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def load_tokenizer_and_bytes(path: str):
+    """(tokenizer, token_bytes) via our tokenization module; token_bytes.pt if the folder has it."""
+    if not Path(path).exists() and "/" not in path.strip("/"):
+        raise FileNotFoundError(f"tokenizer {path!r} not found; train one with `nanochat-hf tokenizer train --output {path}`")
+    try:
+        from nanochat_hf.tokenization import get_token_bytes, load_tokenizer
+    except ImportError:  # TEMPORARY until nanochat_hf.tokenization lands
+        get_token_bytes, load_tokenizer = _compat_get_token_bytes, _compat_load_tokenizer
+    tok = load_tokenizer(path)
+    tb_file = Path(path) / "token_bytes.pt"
+    token_bytes = torch.load(tb_file) if tb_file.is_file() else get_token_bytes(tok)
+    if len(token_bytes) < len(tok):
+        raise ValueError(f"{tb_file} has {len(token_bytes)} entries but the tokenizer has {len(tok)}; re-save the tokenizer")
+    return tok, token_bytes
+
+
+def model_classes():
+    """(from_depth, model class): ours; transformers' native classic nanochat until ours lands."""
+    try:
+        from nanochat_hf.modeling import NanoChatConfig, NanoChatForCausalLM
+    except ImportError:  # TEMPORARY until nanochat_hf.modeling lands
+        from transformers import NanoChatForCausalLM
+
+        return _compat_from_depth, _with_nanochat_counts(NanoChatForCausalLM)
+    return NanoChatConfig.from_depth, NanoChatForCausalLM
+
+
+def model_config(cfg: PretrainConfig, depth: int, vocab_size: int):
+    from_depth, _ = model_classes()
+    kwargs = dict(arch=cfg.arch, vocab_size=vocab_size, max_position_embeddings=cfg.max_seq_len,
+                  head_dim=cfg.head_dim, aspect_ratio=cfg.aspect_ratio)
+    if cfg.arch == "modern":
+        kwargs["window_pattern"] = cfg.window_pattern
+    return from_depth(depth, **kwargs)
+
+
+def scaling_params(model) -> int:
+    """nanochat's scaling parameter count (transformer matrices + lm_head)."""
+    n = model.num_scaling_params()
+    if isinstance(n, dict):
+        return n["transformer_matrices"] + n["lm_head"]
+    return int(n)
+
+
+def training_plan(cfg: PretrainConfig, model, vocab_size: int, world_size: int) -> dict:
+    """Horizon, batch size, lr/wd scaling and accumulation: nanochat's rules, as numbers."""
+    from nanochat_hf.optim import REFERENCE_BATCH
+
+    _, NanoChatForCausalLM = model_classes()
+
+    n_scaling = scaling_params(model)
+    flops_per_token = float(model.estimate_flops())
+    ratio = cfg.target_param_data_ratio if cfg.target_param_data_ratio > 0 else 12.0
+    target_tokens = int(ratio * n_scaling)
+    with torch.device("meta"):  # the d12 reference, shapes only
+        ref = NanoChatForCausalLM(model_config(cfg, REFERENCE_DEPTH, vocab_size))
+    d_ref = ratio * scaling_params(ref)
+    total = cfg.total_batch_size
+    if total == -1:  # Power Lines: B_opt ~ D^0.383, anchored at 2^19 tokens for d12
+        total = 2 ** round(math.log2(REFERENCE_BATCH * (target_tokens / d_ref) ** 0.383))
+    per_micro = cfg.device_batch_size * cfg.max_seq_len * world_size
+    if total <= 0 or total % per_micro:
+        raise ValueError(
+            f"total_batch_size {total} is not a multiple of device_batch_size*max_seq_len*world_size = "
+            f"{cfg.device_batch_size}*{cfg.max_seq_len}*{world_size} = {per_micro}; pick a multiple (or a power-of-2 device_batch_size)"
+        )
+    if cfg.num_iterations > 0:
+        num_iterations = cfg.num_iterations
+    elif cfg.target_flops > 0:
+        num_iterations = round(cfg.target_flops / (flops_per_token * total))
+    elif cfg.target_param_data_ratio > 0:
+        num_iterations = target_tokens // total
+    else:
+        raise ValueError("no training horizon: set num_iterations, target_flops or target_param_data_ratio")
+    if num_iterations < 1:
+        raise ValueError(f"the horizon is {num_iterations} steps; raise num_iterations or target_param_data_ratio")
+    batch_lr_scale = (total / REFERENCE_BATCH) ** 0.5
+    return {
+        "num_scaling_params": n_scaling, "num_params": sum(p.numel() for p in model.parameters()),
+        "flops_per_token": flops_per_token, "total_batch_size": total, "grad_accum_steps": total // per_micro,
+        "num_iterations": num_iterations, "total_tokens": total * num_iterations,
+        "tokens_per_param": total * num_iterations / n_scaling, "batch_lr_scale": batch_lr_scale,
+        "weight_decay_scaled": cfg.weight_decay * batch_lr_scale * (d_ref / target_tokens),
+    }
+
+
+def peak_flops() -> float:
+    """bf16 peak of this GPU (inf elsewhere, so MFU reads 0)."""
+    if not torch.cuda.is_available():
+        return float("inf")
+    name = torch.cuda.get_device_name(0)
+    for key, value in PEAK_FLOPS.items():
+        if key in name:
+            return value
+    return float("inf")
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _manifest(folder: Path) -> dict[str, dict]:
+    out = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name != STATE_NAME:
+            h = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+            out[str(f.relative_to(folder))] = {"size": f.stat().st_size, "sha256": h.hexdigest()}
+    return out
+
+
+def verify_checkpoint(folder: Path) -> dict:
+    """The checkpoint's trainer state, after checking every file against its manifest."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint {folder} does not exist; pass `latest` or an existing checkpoint-<step> folder")
+    state_file = folder / STATE_NAME
+    if not state_file.is_file():
+        raise ValueError(f"checkpoint {folder} is partial (no {STATE_NAME}: its save was interrupted); delete it and resume from an older one")
+    try:
+        state = json.loads(state_file.read_text())
+    except json.JSONDecodeError:
+        raise ValueError(f"checkpoint {folder} is corrupt ({STATE_NAME} is not valid JSON); delete it and resume from an older one") from None
+    for name, meta in state.get("manifest", {}).items():
+        f = folder / name
+        if not f.is_file() or f.stat().st_size != meta["size"]:
+            raise ValueError(f"checkpoint {folder} is corrupt ({name} is missing or truncated); delete it and resume from an older one")
+    if os.environ.get("NANOCHAT_HF_SKIP_CHECKSUM") != "1":
+        actual = _manifest(folder)
+        bad = [n for n, m in state.get("manifest", {}).items() if actual.get(n, {}).get("sha256") != m["sha256"]]
+        if bad:
+            raise ValueError(f"checkpoint {folder} is corrupt ({bad[0]} fails its sha256); delete it and resume from an older one")
+    return state
+
+
+def find_checkpoint(spec: str, output_dir: Path) -> Path | None:
+    """`latest` -> the newest checkpoint-<step> in output_dir (None if there is none), else the path."""
+    if spec != "latest":
+        return Path(spec)
+    steps = []
+    for d in output_dir.glob("checkpoint-*"):
+        suffix = d.name.split("-", 1)[1]
+        if d.is_dir() and suffix.isdigit():
+            steps.append((int(suffix), d))
+    return max(steps)[1] if steps else None
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, trainer_state: dict, loader, keep: int) -> Path:
+    """accelerate's save_state into a temporary folder, then one atomic rename."""
+    final = output_dir / f"checkpoint-{step}"
+    tmp = output_dir / f".checkpoint-{step}.tmp"
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    from accelerate.utils import gather_object
+
+    loader_states = gather_object([loader.state_dict()])  # one per rank, in rank order
+    if accelerator.is_main_process:
+        state = dict(trainer_state, step=step, loader_states=loader_states, manifest=_manifest(tmp))
+        with open(tmp / STATE_NAME, "w") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if keep > 0:
+            old = sorted((int(d.name.split("-")[1]), d) for d in output_dir.glob("checkpoint-*") if d.name.split("-")[1].isdigit())
+            for _, d in old[:-keep]:
+                shutil.rmtree(d, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class JsonlLog:
+    """Every metric, one JSON object per line (appended, so a resumed run continues the file)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.enabled = enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(path, "a", buffering=1)
+
+    def write(self, **row) -> None:
+        if self.enabled:
+            self.f.write(json.dumps(row, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(cfg: PretrainConfig) -> dict:
+    """The whole run; returns a summary (final val bpb, steps, timings)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    from nanochat_hf.dataloader import BestFitLoader
+    from nanochat_hf.dataset import load_splits
+    from nanochat_hf.loss_eval import evaluate_bpb
+    from nanochat_hf.optim import TrainingSchedule, build_optimizer
+
+    on_gpu = torch.cuda.is_available()
+    mp = ("bf16" if on_gpu else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
+    use_compile = on_gpu if cfg.compile == "auto" else str(cfg.compile).lower() in ("true", "1", "yes")
+    trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() and t.strip() != "none"]
+    # cpu=True on a machine without CUDA: that is what makes `--multi_gpu --num_processes N`
+    # form a real gloo process group instead of N independent runs (see ECOSYSTEM.md).
+    accelerator = Accelerator(cpu=not on_gpu, mixed_precision=mp, log_with=trackers or None,
+                              project_dir=cfg.output_dir, dynamo_backend="inductor" if use_compile else "no")
+    main_proc = accelerator.is_main_process
+    say = accelerator.print
+    say(accelerator.state)
+    if on_gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # Inputs first, so bad arguments fail before any long work.
+    output_dir = Path(cfg.output_dir)
+    tokenizer, token_bytes = load_tokenizer_and_bytes(cfg.tokenizer)
+    train_split, val_split = load_splits(cfg.data)
+    resume_dir = None
+    if cfg.resume_from_checkpoint:
+        resume_dir = find_checkpoint(cfg.resume_from_checkpoint, output_dir)
+        if resume_dir is None:
+            say(f"no checkpoint in {output_dir} yet: starting from scratch")
+    resume_state = verify_checkpoint(resume_dir) if resume_dir is not None else None
+
+    set_seed(cfg.seed)
+    config = model_config(cfg, cfg.depth, len(tokenizer))
+    if config.vocab_size < len(tokenizer):
+        raise ValueError(f"the model's vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens; use the matching tokenizer")
+    model = model_classes()[1](config)
+    model.config.use_cache = False
+    plan = training_plan(cfg, model, len(tokenizer), accelerator.num_processes)
+    if cfg.fp8:
+        if not on_gpu:
+            raise ValueError("--fp8 needs an H100-class GPU; drop it on CPU")
+        from torchao.float8 import convert_to_float8_training  # optional dependency, GPU only
+
+        convert_to_float8_training(model, module_filter_fn=lambda m, n: "lm_head" not in n and min(m.in_features, m.out_features) >= 128)
+    optimizer = build_optimizer(model, embedding_lr=cfg.embedding_lr, unembedding_lr=cfg.unembedding_lr,
+                                matrix_lr=cfg.matrix_lr, scalar_lr=cfg.scalar_lr, weight_decay=plan["weight_decay_scaled"],
+                                batch_lr_scale=plan["batch_lr_scale"])
+    num_iterations, accum = plan["num_iterations"], plan["grad_accum_steps"]
+    schedule = TrainingSchedule(optimizer, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio,
+                                cfg.final_lr_frac, cfg.momentum_warmup_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(schedule)
+
+    log = JsonlLog(output_dir / "logs" / LOG_NAME, main_proc)
+    say(json.dumps(plan, indent=2))
+
+    # Loop state: restored from the checkpoint when resuming.
+    step, val_bpb, min_val_bpb, smooth_loss, train_time = 0, None, float("inf"), 0.0, 0.0
+    loader_state = None
+    if resume_state is not None:
+        accelerator.load_state(str(resume_dir))
+        step = resume_state["step"]
+        loop = resume_state["loop"]
+        val_bpb, min_val_bpb = loop["val_bpb"], loop["min_val_bpb"]
+        smooth_loss, train_time = loop["smooth_loss"], loop["train_time"]
+        states = resume_state["loader_states"]
+        loader_state = states[accelerator.process_index] if len(states) == accelerator.num_processes else states[0]
+        if resume_state.get("plan", {}).get("total_batch_size") != plan["total_batch_size"]:
+            say("warning: total_batch_size differs from the checkpoint's; the data position is approximate")
+        say(f"resumed from {resume_dir} at step {step}")
+    log.write(event="start", step=step, config=asdict(cfg), plan=plan, world_size=accelerator.num_processes,
+              distributed_type=str(accelerator.distributed_type), mixed_precision=mp, resumed_from=str(resume_dir) if resume_dir else None)
+    if trackers:
+        accelerator.init_trackers("nanochat_hf", config={**asdict(cfg), **plan}, init_kwargs={"wandb": {"name": cfg.run_name}})
+
+    rank, world = accelerator.process_index, accelerator.num_processes
+    loader = BestFitLoader(train_split, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank, world,
+                           cfg.buffer_size, cfg.tokenizer_batch_size, accelerator.device, state=loader_state)
+    eval_steps = max(1, cfg.eval_tokens // (cfg.device_batch_size * cfg.max_seq_len * world))
+
+    def run_eval() -> float:
+        val_loader = BestFitLoader(val_split, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank, world,
+                                   cfg.buffer_size, cfg.tokenizer_batch_size, accelerator.device, prefetch=0)
+        return evaluate_bpb(model, val_loader, eval_steps, token_bytes)
+
+    gpu_peak = peak_flops() * world
+    tokens_per_step = plan["total_batch_size"]
+    trainer_state = lambda: {"plan": plan, "config": asdict(cfg), "loop": {  # noqa: E731
+        "val_bpb": val_bpb, "min_val_bpb": min_val_bpb, "smooth_loss": smooth_loss, "train_time": train_time}}
+    start_step, steps_this_run = step, 0
+    bar = tqdm(total=num_iterations, initial=step, desc="pretrain", unit="step", disable=not main_proc, dynamic_ncols=True)
+    model.train()
+    while True:
+        last = step == num_iterations
+        if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or last:
+            val_bpb = run_eval()
+            min_val_bpb = min(min_val_bpb, val_bpb)
+            log.write(step=step, val_bpb=val_bpb, total_training_time=train_time,
+                      total_training_flops=plan["flops_per_token"] * tokens_per_step * step)
+            accelerator.log({"val/bpb": val_bpb}, step=step)
+            say(f"step {step:05d} | val bpb {val_bpb:.4f}")
+        if last or (cfg.max_steps_this_run > 0 and steps_this_run >= cfg.max_steps_this_run):
+            break
+
+        # One optimizer step: `accum` micro-batches, gradients synced only on the last one.
+        t0 = time.perf_counter()
+        values = schedule.apply(step)
+        loss_sum = torch.zeros((), device=accelerator.device)
+        try:
+            for micro in range(accum):
+                inputs, targets = next(loader)
+                sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
+                with sync:
+                    logits = model(input_ids=inputs).logits
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+                    accelerator.backward(loss / accum)
+                loss_sum += loss.detach()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        except torch.OutOfMemoryError:
+            raise PretrainError(
+                f"out of memory at device_batch_size={cfg.device_batch_size} x max_seq_len={cfg.max_seq_len}; "
+                f"halve --device_batch_size (gradient accumulation keeps the total batch of {tokens_per_step} tokens)"
+            ) from None
+        train_loss = (loss_sum / accum).item()  # the host sync point of the step
+        if on_gpu:
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        step += 1
+        steps_this_run += 1
+
+        # Bookkeeping (nanochat: EMA-smoothed loss, time counted after the first 10 steps).
+        smooth_loss = 0.9 * smooth_loss + 0.1 * train_loss
+        debiased = smooth_loss / (1 - 0.9 ** step)
+        if steps_this_run > 10 or num_iterations - start_step <= 10:
+            train_time += dt
+        tok_per_sec = tokens_per_step / dt
+        mfu = 100 * plan["flops_per_token"] * tok_per_sec / gpu_peak
+        if step % cfg.log_every == 0 or step == num_iterations:
+            row = dict(step=step, train_loss=debiased, loss=train_loss, lrm=values["lrm"],
+                       muon_momentum=values["muon_momentum"], tokens_per_sec=tok_per_sec, mfu=mfu, dt=dt,
+                       total_training_time=train_time, epoch=loader.state_dict()["epoch"])
+            log.write(**row)
+            accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
+        bar.update(1)
+        bar.set_postfix(loss=f"{debiased:.4f}", tok_s=f"{tok_per_sec:,.0f}", **({"mfu": f"{mfu:.1f}%"} if on_gpu else {}))
+        if cfg.save_every > 0 and step % cfg.save_every == 0 and step != num_iterations:
+            save_checkpoint(accelerator, output_dir, step, trainer_state(), loader, cfg.save_total_limit)
+    bar.close()
+
+    finished = step == num_iterations
+    if not finished:  # stopped by max_steps_this_run: leave a checkpoint to resume from
+        save_checkpoint(accelerator, output_dir, step, trainer_state(), loader, cfg.save_total_limit)
+        loader.close()
+        accelerator.end_training()
+        return {"step": step, "finished": False, "val_bpb": val_bpb}
+
+    # Samples (every rank generates: a sharded FSDP model needs all of them).
+    unwrapped = accelerator.unwrap_model(model)
+    samples = sample(unwrapped, tokenizer, cfg.sample_max_tokens, accelerator.device)
+    for prompt, completion in samples:
+        log.write(event="sample", step=step, prompt=prompt, completion=completion)
+        say(f"{prompt!r} -> {completion!r}")
+    save_final(accelerator, model, tokenizer, output_dir)
+    summary = {"step": step, "finished": True, "val_bpb": val_bpb, "min_val_bpb": min_val_bpb,
+               "total_training_time": train_time, "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None}
+    log.write(event="end", **summary)
+    say(f"done: val bpb {val_bpb:.4f} | training time {train_time / 60:.2f} min | model in {output_dir}")
+    loader.close()
+    accelerator.end_training()
+    return summary
+
+
+@torch.no_grad()
+def sample(model, tokenizer, max_tokens: int, device) -> list[tuple[str, str]]:
+    """Greedy continuations of nanochat's fixed prompts (BOS-prefixed, like training rows)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for prompt in SAMPLE_PROMPTS:
+        ids = [tokenizer.bos_token_id] + tokenizer.encode(prompt, add_special_tokens=False)
+        x = torch.tensor([ids], device=device)
+        y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=max_tokens, do_sample=False,
+                           pad_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.bos_token_id)
+        out.append((prompt, tokenizer.decode(y[0, len(ids):], skip_special_tokens=True)))
+    model.train(was_training)
+    return out
+
+
+def save_final(accelerator, model, tokenizer, output_dir: Path) -> None:
+    """Hub-ready folder: config + safetensors + generation config + tokenizer (+ token_bytes.pt)."""
+    from transformers import GenerationConfig
+
+    unwrapped = accelerator.unwrap_model(model)
+    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; a no-op copy under DDP
+    if accelerator.is_main_process:
+        unwrapped.config.use_cache = True
+        # A base model ends a document by starting the next one: stop on BOS as well.
+        stop = [i for i in (tokenizer.eos_token_id, tokenizer.bos_token_id) if i is not None]
+        unwrapped.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop,
+                                                       pad_token_id=tokenizer.pad_token_id or tokenizer.bos_token_id)
+        unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+        try:
+            from nanochat_hf.tokenization import save_tokenizer
+        except ImportError:
+            tokenizer.save_pretrained(output_dir)
+        else:
+            save_tokenizer(tokenizer, output_dir)
+    accelerator.wait_for_everyone()
+
+
+# ----------------------------------------------------------------------------- TEMPORARY shims
+# Used only while nanochat_hf.tokenization / nanochat_hf.modeling are not in the tree.
+
+
+def _compat_load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def _compat_get_token_bytes(tok) -> torch.Tensor:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    special = set(tok.all_special_ids) | set(tok.added_tokens_decoder)
+    out = torch.zeros(len(tok), dtype=torch.long)
+    for token, i in tok.get_vocab().items():
+        if i not in special:
+            out[i] = sum(1 for ch in token if ch in byte_of)
+    return out
+
+
+def _compat_from_depth(depth, arch="classic", vocab_size=32768, max_position_embeddings=2048, head_dim=128,
+                       aspect_ratio=64, **kwargs):
+    from transformers import NanoChatConfig
+
+    width = -(-depth * aspect_ratio // head_dim) * head_dim
+    heads = width // head_dim
+    return NanoChatConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=depth,
+                          num_attention_heads=heads, num_key_value_heads=heads, head_dim=head_dim,
+                          max_position_embeddings=max_position_embeddings)
+
+
+def _with_nanochat_counts(cls):
+    class Model(cls):
+        def num_scaling_params(self):
+            return sum(p.numel() for n, p in self.named_parameters() if p.ndim == 2 and "embed" not in n)
+
+        def estimate_flops(self):
+            c = self.config
+            matmul = sum(p.numel() for n, p in self.named_parameters() if p.ndim == 2 and "embed" not in n)
+            return 6 * matmul + 12 * c.num_attention_heads * c.head_dim * c.max_position_embeddings * c.num_hidden_layers
+
+    return Model
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None) -> PretrainConfig:
+    from trl import TrlParser  # YAML `--config` + flag overrides, the TRL way
+
+    (cfg,) = TrlParser((PretrainConfig,)).parse_args_and_config(argv)
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = parse_args(argv)
+    try:
+        train(cfg)
+    except (ValueError, FileNotFoundError, PretrainError) as err:
+        print(f"nanochat-hf pretrain: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
