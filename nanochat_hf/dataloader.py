@@ -73,7 +73,9 @@ class _Packer:
         # Few row groups (e.g. a small validation file): every rank reads every group, docs strided.
         self.doc_strided = len(split) < world_size
         self.docs: dict[int, tuple[list[int], int, int]] = {}  # seq -> (tokens, unit, doc index)
-        self.keys: list[tuple[int, int]] = []  # sorted (length, seq), for best-fit lookups
+        # Sorted (length, -seq): best-fit lookups by bisection; among equal lengths the last
+        # key is the oldest document, so ties go to the oldest (nanochat's first-in-buffer).
+        self.keys: list[tuple[int, int]] = []
         self.seq = 0
         self.epoch, self.unit, self.doc = 1, self._first_unit(), 0
         self._texts: list[str] | None = None
@@ -112,12 +114,12 @@ class _Packer:
             seq = self.seq if seqs is None else seqs[k]
             tokens = [self.bos] + list(ids)
             self.docs[seq] = (tokens, unit, d)
-            bisect.insort(self.keys, (len(tokens), seq))
+            bisect.insort(self.keys, (len(tokens), -seq))
             self.seq = max(self.seq, seq + 1)
 
     def _pop(self, pos: int) -> list[int]:
-        _, seq = self.keys.pop(pos)
-        return self.docs.pop(seq)[0]
+        _, neg_seq = self.keys.pop(pos)
+        return self.docs.pop(-neg_seq)[0]
 
     # -- packing -----------------------------------------------------------------------------
 
@@ -134,8 +136,9 @@ class _Packer:
                 i = bisect.bisect_right(self.keys, (remaining, float("inf"))) - 1
                 if i >= 0:
                     row.extend(self._pop(i))
-                else:  # nothing fits: crop the shortest document to fill the row exactly
-                    row.extend(self._pop(0)[:remaining])
+                else:  # nothing fits: crop the (oldest) shortest document to fill the row exactly
+                    shortest = bisect.bisect_right(self.keys, (self.keys[0][0], float("inf"))) - 1
+                    row.extend(self._pop(shortest)[:remaining])
             rows.append(row)
         return torch.tensor(rows, dtype=torch.long)
 
