@@ -111,13 +111,18 @@ class PretrainConfig:
 
 def load_tokenizer_and_bytes(path: str):
     """(tokenizer, token_bytes) via our tokenization module; token_bytes.pt if the folder has it."""
-    if not Path(path).exists() and "/" not in path.strip("/"):
-        raise FileNotFoundError(f"tokenizer {path!r} not found; train one with `nanochat-hf tokenizer train --output {path}`")
+    hint = f"train one with `nanochat-hf tokenizer train --output {path}`"
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
+    if not Path(path).expanduser().exists() and looks_local:
+        raise FileNotFoundError(f"tokenizer {path!r} not found; {hint}")
     try:
         from nanochat_hf.tokenization import get_token_bytes, load_tokenizer
     except ImportError:  # TEMPORARY until nanochat_hf.tokenization lands
         get_token_bytes, load_tokenizer = _compat_get_token_bytes, _compat_load_tokenizer
-    tok = load_tokenizer(path)
+    try:
+        tok = load_tokenizer(path)
+    except OSError as err:  # a Hub id that cannot be reached or does not exist
+        raise FileNotFoundError(f"tokenizer {path!r} could not be loaded ({type(err).__name__}); {hint}") from None
     tb_file = Path(path) / "token_bytes.pt"
     token_bytes = torch.load(tb_file) if tb_file.is_file() else get_token_bytes(tok)
     if len(token_bytes) < len(tok):
@@ -291,10 +296,26 @@ class JsonlLog:
     """Every metric, one JSON object per line (appended, so a resumed run continues the file)."""
 
     def __init__(self, path: Path, enabled: bool):
-        self.enabled = enabled
+        self.enabled, self.path = enabled, path
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.f = open(path, "a", buffering=1)
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop what the killed run logged after its checkpoint (and a torn last line)."""
+        if not self.enabled:
+            return
+        self.f.close()
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("step", 0) <= step:
+                keep.append(line)
+        self.path.write_text("".join(k + "\n" for k in keep))
+        self.f = open(self.path, "a", buffering=1)
 
     def write(self, **row) -> None:
         if self.enabled:
@@ -351,7 +372,10 @@ def train(cfg: PretrainConfig) -> dict:
     if cfg.fp8:
         if not on_gpu:
             raise ValueError("--fp8 needs an H100-class GPU; drop it on CPU")
-        from torchao.float8 import convert_to_float8_training  # optional dependency, GPU only
+        try:
+            from torchao.float8 import convert_to_float8_training  # optional dependency, GPU only
+        except ImportError:
+            raise ValueError("--fp8 needs torchao: `pip install torchao` (or drop --fp8 to train in bf16)") from None
 
         convert_to_float8_training(model, module_filter_fn=lambda m, n: "lm_head" not in n and min(m.in_features, m.out_features) >= 128)
     optimizer = build_optimizer(model, embedding_lr=cfg.embedding_lr, unembedding_lr=cfg.unembedding_lr,
@@ -379,6 +403,7 @@ def train(cfg: PretrainConfig) -> dict:
         loader_state = states[accelerator.process_index] if len(states) == accelerator.num_processes else states[0]
         if resume_state.get("plan", {}).get("total_batch_size") != plan["total_batch_size"]:
             say("warning: total_batch_size differs from the checkpoint's; the data position is approximate")
+        log.truncate_after(step)
         say(f"resumed from {resume_dir} at step {step}")
     log.write(event="start", step=step, config=asdict(cfg), plan=plan, world_size=accelerator.num_processes,
               distributed_type=str(accelerator.distributed_type), mixed_precision=mp, resumed_from=str(resume_dir) if resume_dir else None)

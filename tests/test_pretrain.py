@@ -1,0 +1,171 @@
+"""Pretraining end to end on CPU: plan, loss goes down, 2-process DDP, kill-and-resume, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from nanochat_hf import pretrain
+from nanochat_hf.pretrain import PretrainConfig, training_plan
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    """A 512-token BPE tokenizer trained on a slice of the embedded corpus."""
+    out = tmp_path_factory.mktemp("tok")
+    try:
+        from nanochat_hf.tokenization import save_tokenizer, train_tokenizer
+    except ImportError:  # until the tokenizer module lands: the same kind of tokenizer, by hand
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        from transformers import PreTrainedTokenizerFast
+
+        from nanochat_hf.assets import embedded_corpus_path
+
+        specials = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
+                    "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        text = embedded_corpus_path().read_text()[:200_000]
+        tok.train_from_iterator([text[i:i + 1000] for i in range(0, len(text), 1000)],
+                                trainers.BpeTrainer(vocab_size=512, special_tokens=specials,
+                                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|assistant_end|>", pad_token="<|bos|>")
+        fast.save_pretrained(out)
+    else:
+        save_tokenizer(train_tokenizer(vocab_size=512, max_chars=200_000), out)
+    return out
+
+
+def tiny_args(tok, out, *extra):
+    """depth 2, width 64, seq 64, vocab 512: about a second per 10 steps on one core."""
+    return ["--tokenizer", str(tok), "--output_dir", str(out), "--arch", "classic", "--depth", "2",
+            "--aspect_ratio", "32", "--head_dim", "32", "--max_seq_len", "64", "--device_batch_size", "4",
+            "--total_batch_size", "512", "--num_iterations", "16", "--eval_every", "8", "--eval_tokens", "1024",
+            "--buffer_size", "64", "--warmup_steps", "2", "--matrix_lr", "0.3", "--embedding_lr", "3.0",
+            "--unembedding_lr", "0.1", "--sample_max_tokens", "4", "--seed", "7", *extra]
+
+
+def read_log(out):
+    return [json.loads(line) for line in (Path(out) / "logs" / "pretrain.jsonl").read_text().splitlines() if line.strip()]
+
+
+def run_module(args, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    return subprocess.Popen([sys.executable, "-m", "nanochat_hf.pretrain", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_plan_follows_nanochat_rules(tokenizer_dir):
+    cfg = PretrainConfig(arch="classic", depth=2, aspect_ratio=32, head_dim=32, max_seq_len=64,
+                         device_batch_size=4, total_batch_size=-1, target_param_data_ratio=12)
+    _, cls = pretrain.model_classes()
+    model = cls(pretrain.model_config(cfg, 2, 512))
+    plan = training_plan(cfg, model, 512, world_size=2)
+    total = plan["total_batch_size"]
+    assert total & (total - 1) == 0  # auto rule rounds to a power of two
+    assert plan["grad_accum_steps"] == total // (4 * 64 * 2)
+    assert plan["num_iterations"] == int(12 * pretrain.scaling_params(model)) // total
+    assert plan["batch_lr_scale"] == pytest.approx((total / 2**19) ** 0.5)
+    cfg.total_batch_size = 1000
+    with pytest.raises(ValueError, match="not a multiple of device_batch_size"):
+        training_plan(cfg, model, 512, world_size=1)
+    cfg.total_batch_size, cfg.num_iterations = 512, 5
+    assert training_plan(cfg, model, 512, world_size=1)["num_iterations"] == 5
+
+
+def test_run_writes_hub_folder_logs_and_loss_decreases(tokenizer_dir, tmp_path):
+    out = tmp_path / "base"
+    assert pretrain.main(tiny_args(tokenizer_dir, out)) == 0
+    rows = read_log(out)
+    steps = [r for r in rows if "train_loss" in r]
+    assert len(steps) == 16 and steps[-1]["loss"] < steps[0]["loss"] - 0.5
+    bpbs = [r["val_bpb"] for r in rows if "val_bpb" in r and "event" not in r]
+    assert len(bpbs) == 3 and bpbs[-1] < bpbs[0]  # steps 0, 8, 16
+    assert sum(1 for r in rows if r.get("event") == "sample") == 7
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json"):
+        assert (out / name).is_file(), name
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    x = torch.tensor([[tok.bos_token_id] + tok.encode("ROMEO:", add_special_tokens=False)])
+    assert model.generate(x, max_new_tokens=3, do_sample=False).shape[1] == x.shape[1] + 3
+
+
+def test_kill_and_resume_is_bit_identical(tokenizer_dir, tmp_path):
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    assert pretrain.main(tiny_args(tokenizer_dir, ref, "--save_every", "3")) == 0
+    # A slowed-down run is SIGKILLed right after its first checkpoint lands.
+    proc = run_module(tiny_args(tokenizer_dir, killed, "--save_every", "3", "--num_iterations", "16"))
+    deadline = time.time() + 120
+    while not list(killed.glob("checkpoint-*")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(killed.glob("checkpoint-*")), proc.stdout.read()[-2000:]
+    assert pretrain.main(tiny_args(tokenizer_dir, killed, "--save_every", "3", "--resume_from_checkpoint", "latest")) == 0
+    a, b = load_file(ref / "model.safetensors"), load_file(killed / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    starts = [r for r in read_log(killed) if r.get("event") == "start"]
+    assert starts[-1]["resumed_from"] is not None
+
+
+def test_partial_and_corrupt_checkpoints_are_refused(tokenizer_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert pretrain.main(tiny_args(tokenizer_dir, out, "--num_iterations", "6", "--max_steps_this_run", "4")) == 0
+    ckpt = out / "checkpoint-4"
+    assert (ckpt / "trainer_state.json").is_file()
+    assert not list(out.glob(".checkpoint-*.tmp"))  # the temporary folder was renamed away
+    partial = out / "checkpoint-9"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    assert pretrain.main(tiny_args(tokenizer_dir, out, "--resume_from_checkpoint", "latest")) == 2
+    assert "checkpoint-9 is partial" in capsys.readouterr().err
+    partial.rename(out / ".trash")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)  # same size, different bytes
+    assert pretrain.main(tiny_args(tokenizer_dir, out, "--resume_from_checkpoint", str(ckpt))) == 2
+    assert "is corrupt (model.safetensors fails its sha256)" in capsys.readouterr().err
+
+
+def test_bad_input_fails_fast_with_the_fix(tokenizer_dir, tmp_path, capsys):
+    assert pretrain.main(tiny_args(tmp_path / "no_tok", tmp_path / "o")) == 2
+    assert "nanochat-hf tokenizer train" in capsys.readouterr().err
+    assert pretrain.main(tiny_args(tokenizer_dir, tmp_path / "o", "--data", str(tmp_path / "nothing"))) == 2
+    assert "neither a file, a folder nor a known Hub dataset" in capsys.readouterr().err
+    assert pretrain.main(tiny_args(tokenizer_dir, tmp_path / "o", "--total_batch_size", "100")) == 2
+    assert "not a multiple of device_batch_size*max_seq_len*world_size" in capsys.readouterr().err
+    assert pretrain.main(tiny_args(tokenizer_dir, tmp_path / "o", "--resume_from_checkpoint", str(tmp_path / "nope"))) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.multiprocess
+def test_two_process_ddp_on_cpu(tokenizer_dir, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", "29533", "-m", "nanochat_hf.pretrain",
+           *tiny_args(tokenizer_dir, out, "--device_batch_size", "2", "--save_every", "8")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Num processes: 2" in res.stdout + res.stderr
+    rows = read_log(out)
+    start = rows[0]
+    assert start["world_size"] == 2 and start["plan"]["grad_accum_steps"] == 2  # 512 tokens = 2 x (2 ranks x 2 rows x 64)
+    steps = [r for r in rows if "train_loss" in r]
+    assert steps[-1]["loss"] < steps[0]["loss"] - 0.5
+    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
+    ranks = state["loader_states"]
+    assert [s["rank"] for s in ranks] == [0, 1]  # each rank's own loader position is saved
+    # Rank-strided row groups: rank 0 holds even groups, rank 1 odd ones.
+    assert all(u % 2 == 0 for _, u, _ in ranks[0]["buffer"]) and all(u % 2 == 1 for _, u, _ in ranks[1]["buffer"])
