@@ -476,7 +476,7 @@ def train(cfg: PretrainConfig) -> dict:
         if step % cfg.log_every == 0 or step == num_iterations:
             row = dict(step=step, train_loss=debiased, loss=train_loss, lrm=values["lrm"],
                        muon_momentum=values["muon_momentum"], tokens_per_sec=tok_per_sec, mfu=mfu, dt=dt,
-                       total_training_time=train_time, epoch=loader.state_dict()["epoch"])
+                       total_training_time=train_time, epoch=loader.state_dict()["epoch"], time=time.time())
             log.write(**row)
             accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
         bar.update(1)

@@ -148,3 +148,53 @@ def test_cautious_weight_decay_only_where_update_agrees():
     # Both columns get the same update u; column 0 (weight +1) also decays by lr * wd * 1.
     assert torch.allclose(moved[:, 0] - moved[:, 1], torch.full((2,), 0.1 * 0.5))
     assert (moved[:, 1] > 0).all()
+
+
+FSDP2_SCRIPT = '''
+import sys, torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+sys.path.insert(0, sys.argv[1])
+from test_optim import TinyLM
+from nanochat_hf.optim import build_optimizer
+
+def run(shard):
+    torch.manual_seed(0)
+    m = TinyLM(d=64, vocab=128)
+    if shard:  # FSDP2: every parameter becomes a DTensor sharded on dim 0 across the 2 ranks
+        for layer in m.layers:
+            for mod in layer.values():
+                fully_shard(mod)
+        fully_shard(m)
+    opt = build_optimizer(m, weight_decay=0.1)
+    x = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))
+    for _ in range(4):
+        loss = torch.nn.functional.cross_entropy(m(x).flatten(0, 1), torch.roll(x, 1, 1).flatten())
+        loss.backward(); opt.step(); opt.zero_grad()
+    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach() for k, v in m.state_dict().items()}
+
+dist.init_process_group("gloo")
+sharded, plain = run(True), run(False)
+diff = max((sharded[k] - plain[k]).abs().max().item() for k in plain)
+if dist.get_rank() == 0:
+    print("MAXDIFF", diff)
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.multiprocess
+def test_fsdp2_sharded_parameters_match_unsharded(tmp_path):
+    """Under FSDP2 Muon gathers each matrix, orthogonalises it and keeps its shard: same result."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "fsdp2_check.py"
+    script.write_text(FSDP2_SCRIPT)
+    tests_dir = Path(__file__).resolve().parent
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(tests_dir.parent))
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
+                          str(script), str(tests_dir)], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    diff = float(res.stdout.split("MAXDIFF")[1].split()[0])
+    assert diff < 1e-5
