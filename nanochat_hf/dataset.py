@@ -7,8 +7,9 @@
 
 A *source* (`--data` of every stage) is one of:
   - nothing / "embedded": the Shakespeare corpus shipped in the package (offline default);
-  - a file: .parquet (a `text` column), .jsonl/.json (a `text` field per line), .txt
-    (documents separated by blank lines); its last row group is the validation split;
+  - a file: .parquet (a `text` column; its last row group is the validation split),
+    .jsonl/.json (a `text` field per line) or .txt (documents separated by blank lines; the
+    last 5% of documents are the validation split);
   - a folder of such files: sorted by name, the last file is the validation split (nanochat's
     convention: the last parquet shard is val);
   - a Hub dataset id or alias (`climbmix`, `fineweb-edu`, `karpathy/climbmix-400b-shuffle`):
@@ -38,6 +39,7 @@ HUB_DATASETS = {
 }
 DEFAULT_DATASET = "climbmix"
 TEXT_ROWS_PER_GROUP = 256  # documents per pseudo row group for .txt/.jsonl sources
+VAL_FRACTION = 0.05  # a lone .txt/.jsonl file holds out its last 5% of documents as validation
 DOWNLOAD_ATTEMPTS = 5
 TEXT_SUFFIXES = (".parquet", ".jsonl", ".json", ".txt")
 
@@ -67,6 +69,7 @@ class Shard:
     """One file of documents, read a row group at a time."""
 
     path: Path
+    doc_range: tuple[int, int] | None = None  # text files: only documents [start, stop)
     _docs: list[str] | None = field(default=None, repr=False)  # cache for text files
 
     @property
@@ -89,6 +92,8 @@ class Shard:
                             raise ValueError(f"{self.path}:{n} has no 'text' field; each JSONL line needs {{\"text\": ...}}")
                         docs.append(row["text"])
                 self._docs = docs
+            if self.doc_range is not None:
+                self._docs = self._docs[self.doc_range[0]:self.doc_range[1]]
         return self._docs
 
     @property
@@ -166,11 +171,20 @@ def load_splits(data: str | os.PathLike | None) -> tuple[Split, Split]:
     """(train, val) splits of a source: the last file is val, or the last row group of a lone file."""
     files = list_files(data)
     shards = [Shard(p) for p in files]
-    if len(shards) == 1:
+    if len(shards) == 1 and shards[0].is_parquet:
         n = shards[0].num_row_groups
         if n < 2:
             raise ValueError(f"{files[0]} is too small to hold out validation (one row group); give it more text or a second file")
         return _split_from(shards, [(0, i) for i in range(n - 1)]), _split_from(shards, [(0, n - 1)])
+    if len(shards) == 1:  # one text file: its last VAL_FRACTION of documents is validation
+        n = len(shards[0]._text_docs())
+        n_val = max(1, round(VAL_FRACTION * n))
+        if n - n_val < 1:
+            raise ValueError(f"{files[0]} is too small to hold out validation ({n} document(s)); give it more text or a second file")
+        train_shard, val_shard = Shard(files[0], (0, n - n_val)), Shard(files[0], (n - n_val, n))
+        train_shard._docs, val_shard._docs = shards[0]._docs[: n - n_val], shards[0]._docs[n - n_val:]
+        return (_split_from([train_shard], [(0, i) for i in range(train_shard.num_row_groups)]),
+                _split_from([val_shard], [(0, i) for i in range(val_shard.num_row_groups)]))
     train = [(s, i) for s, sh in enumerate(shards[:-1]) for i in range(sh.num_row_groups)]
     last = len(shards) - 1
     val = [(last, i) for i in range(shards[-1].num_row_groups)]

@@ -312,7 +312,8 @@ class JsonlLog:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            if row.get("step", 0) <= step:
+            # Keep what happened before the checkpoint; its step's eval is redone on resume.
+            if row.get("step", 0) < step or (row.get("step") == step and "val_bpb" not in row):
                 keep.append(line)
         self.path.write_text("".join(k + "\n" for k in keep))
         self.f = open(self.path, "a", buffering=1)

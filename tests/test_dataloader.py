@@ -149,12 +149,13 @@ def test_parquet_folder_last_shard_is_validation(tmp_path):
 def test_text_and_jsonl_sources(tmp_path):
     txt = tmp_path / "a.txt"
     txt.write_text("\n\n".join(f"paragraph {i}\nline" for i in range(600)))
-    train, val = load_splits(txt)
-    assert len(val) == 1 and train.read(0)[0] == "paragraph 0\nline"
+    train, val = load_splits(txt)  # 600 documents: the last 30 (5%) are validation
+    assert len(train) == 3 and len(val) == 1 and train.read(0)[0] == "paragraph 0\nline"
+    assert len(train.read(2)) == 570 - 512 and val.read(0)[0] == "paragraph 570\nline"
     jl = tmp_path / "b.jsonl"
     jl.write_text("\n".join(json.dumps({"text": f"t{i}"}) for i in range(300)))
     train, val = load_splits(jl)
-    assert train.read(0)[:2] == ["t0", "t1"] and val.read(0)[-1] == "t299"
+    assert train.read(0)[:2] == ["t0", "t1"] and val.read(0) == [f"t{i}" for i in range(285, 300)]
     train, val = load_splits(None)  # embedded Shakespeare
     assert "First Citizen" in train.read(0)[0]
 
