@@ -1,0 +1,527 @@
+"""nanochat's BPE tokenizer, trained with `tokenizers` and saved as a transformers fast tokenizer.
+
+    nanochat-hf tokenizer train --vocab-size 4096 --output runs/tiny/tokenizer          # embedded Shakespeare
+    nanochat-hf tokenizer train --input data/shards --vocab-size 32768 --output runs/d20/tokenizer
+    nanochat-hf tokenizer train --input hub:karpathy/climbmix-400b-shuffle --output runs/d20/tokenizer
+    nanochat-hf tokenizer eval runs/tiny/tokenizer [--input FILE...] [--output eval.json]
+
+What it is (same as nanochat's rustbpe + tiktoken pair, in one `tokenizer.json`):
+  - byte-level BPE over chunks cut by GPT-4's split regex (numbers in groups of 1-2, not 1-3);
+  - ids: the 256 bytes first (id = byte value), then the merges in the order they were learned,
+    then the 9 special tokens -- exactly nanochat's layout, so its `tokenizer.pkl` imports 1:1;
+  - `tokenizer("text")` prepends `<|bos|>` (nanochat starts every document with it);
+  - a Jinja chat template (`chat_template.jinja`) rendering nanochat's conversations, with
+    `{% generation %}` spans so `return_assistant_tokens_mask=True` gives nanochat's training mask.
+
+The output folder loads with `AutoTokenizer.from_pretrained(DIR)` anywhere, no nanochat_hf needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+# ----------------------------------------------------------------------------- hyperparameters
+
+SPECIAL_TOKENS = [
+    "<|bos|>",  # every document starts with it; also the padding token
+    "<|user_start|>",
+    "<|user_end|>",
+    "<|assistant_start|>",
+    "<|assistant_end|>",  # end of an assistant turn: the EOS of a chat model
+    "<|python_start|>",  # the assistant calls the calculator tool ...
+    "<|python_end|>",
+    "<|output_start|>",  # ... and the tool's answer is forced in
+    "<|output_end|>",
+]
+# GPT-4's pattern with \p{N}{1,2} instead of {1,3}: fewer number tokens wasted at small vocabularies.
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+DEFAULT_VOCAB_SIZE = 32768  # nanochat's 2**15
+DEFAULT_MAX_CHARS = 2_000_000_000  # train on the first 2B characters
+DEFAULT_DOC_CAP = 10_000  # crop each document to 10k characters (long docs would dominate the counts)
+DEFAULT_EVAL_CHARS = 10_000_000  # `tokenizer eval` reads at most this many characters
+TEXT_SUFFIXES = (".parquet", ".jsonl", ".json", ".txt")
+CHAT_TEMPLATE = (Path(__file__).resolve().parent / "chat_template.jinja").read_text(encoding="utf-8")
+BATCH_DOCS = 1024  # documents handed to the Rust trainer per Python call
+
+
+# ----------------------------------------------------------------------------- bytes <-> ByteLevel characters
+# ByteLevel BPE stores each byte as a printable unicode character (GPT-2's table); we need the
+# table to turn learned tokens back into bytes (token_bytes, tiktoken import).
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            table[b] = chr(b)
+        else:  # unprintable bytes go to 256, 257, ...
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+BYTE_TO_CHAR = _bytes_to_unicode()
+CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
+
+
+def _to_chars(token: bytes) -> str:
+    return "".join(BYTE_TO_CHAR[b] for b in token)
+
+
+def _to_bytes(token: str) -> bytes:
+    return bytes(CHAR_TO_BYTE[c] for c in token)
+
+
+# ----------------------------------------------------------------------------- reading text
+
+
+def _resolve_files(path: str) -> list[Path]:
+    """A file, or a folder's .parquet/.jsonl/.txt files minus the last (nanochat's validation shard)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.suffix not in TEXT_SUFFIXES:
+            raise ValueError(f"unsupported input {p}; use .parquet (column 'text'), .jsonl (field 'text') or .txt")
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in TEXT_SUFFIXES and not f.name.startswith("."))
+        if not files:
+            raise FileNotFoundError(f"no .parquet/.jsonl/.txt files in {p}")
+        return files[:-1] if len(files) > 1 else files
+    # a Hub dataset alias (climbmix, fineweb-edu) whose shards `nanochat-hf data download` fetched
+    from nanochat_hf.dataset import list_files
+
+    try:
+        files = list_files(path)
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--input {path!r}: {err}; or stream it with --input hub:<repo_id>") from None
+    return files[:-1] if len(files) > 1 else files
+
+
+def _file_documents(path: Path) -> Iterator[str]:
+    """Documents of one file, streamed: parquet one row group at a time, jsonl line by line, txt split on blank lines."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        if "text" not in pf.schema_arrow.names:
+            raise ValueError(f"{path} has no 'text' column (columns: {pf.schema_arrow.names})")
+        for i in range(pf.num_row_groups):
+            yield from pf.read_row_group(i, columns=["text"]).column("text").to_pylist()
+    elif path.suffix in (".jsonl", ".json"):
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row, dict) or "text" not in row:
+                        raise ValueError(f"{path}:{n} has no 'text' field; each JSONL line needs {{\"text\": ...}}")
+                    yield row["text"]
+    else:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        yield from (doc for doc in text.split("\n\n") if doc.strip())
+
+
+def _hub_documents(repo_id: str) -> Iterator[str]:
+    """Stream a Hub dataset's `text` column (train split) with `datasets`, no full download."""
+    from datasets import load_dataset
+
+    ds = load_dataset(repo_id, split="train", streaming=True)
+    for row in ds.select_columns(["text"]):
+        yield row["text"]
+
+
+def check_inputs(inputs: Iterable[str] | None) -> list[str | Path]:
+    """Resolve `--input` values before any long work: files (Path) and Hub ids ('hub:...')."""
+    if not inputs:
+        from nanochat_hf.assets import embedded_corpus_path
+
+        return [embedded_corpus_path()]
+    out: list[str | Path] = []
+    for item in inputs:
+        item = str(item)
+        if item.startswith("hub:"):
+            if not item[4:]:
+                raise ValueError("--input hub: needs a dataset id, e.g. hub:karpathy/climbmix-400b-shuffle")
+            out.append(item)
+        else:
+            out.extend(_resolve_files(item))
+    return out
+
+
+def iter_documents(inputs=None, max_chars: int = DEFAULT_MAX_CHARS, doc_cap: int | None = DEFAULT_DOC_CAP,
+                   progress: bool = True) -> Iterator[str]:
+    """Documents cropped to `doc_cap` characters, until `max_chars` characters were yielded (as nanochat's tok_train)."""
+    from tqdm.auto import tqdm
+
+    sources = check_inputs(inputs)
+    total = 0
+    bar = tqdm(total=max_chars if max_chars < 10**12 else None, unit="char", unit_scale=True, desc="reading text",
+               disable=not progress, mininterval=0.5)
+    pending = 0  # update the bar in chunks: one tqdm call per document would cost more than the reading
+    try:
+        for src in sources:
+            docs = _hub_documents(src[4:]) if isinstance(src, str) else _file_documents(src)
+            for doc in docs:
+                if not doc:
+                    continue
+                if doc_cap:
+                    doc = doc[:doc_cap]
+                yield doc
+                total += len(doc)
+                pending += len(doc)
+                if pending > 1_000_000:
+                    bar.update(pending)
+                    pending = 0
+                if total >= max_chars:
+                    return
+    finally:
+        bar.update(pending)
+        bar.close()
+
+
+def _batched(docs: Iterable[str], size: int = BATCH_DOCS) -> Iterator[list[str]]:
+    batch = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+# ----------------------------------------------------------------------------- building the tokenizer
+
+
+def tokenizer_from_ranks(mergeable_ranks: dict[bytes, int], merges: list[tuple[bytes, bytes]] | None = None):
+    """A `PreTrainedTokenizerFast` from tiktoken-style ranks (token bytes -> id) plus the 9 specials after them.
+
+    `merges`: the learned merge pairs in order; if None (a tiktoken import) every split of a token
+    into two known tokens becomes a merge, ordered by the rank of the result -- tiktoken merges the
+    adjacent pair whose concatenation has the lowest rank, and this reproduces that.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    ranks = sorted(mergeable_ranks.items(), key=lambda kv: kv[1])
+    if [r for _, r in ranks] != list(range(len(ranks))):
+        raise ValueError("token ranks must be 0..N-1 without gaps")
+    if any(mergeable_ranks.get(bytes([b])) is None for b in range(256)):
+        raise ValueError("the vocabulary must contain all 256 single bytes")
+    vocab = {_to_chars(tok): rank for tok, rank in ranks}
+    if merges is None:
+        merges = []
+        for tok, rank in ranks:
+            if len(tok) < 2:
+                continue
+            splits = [(tok[:i], tok[i:]) for i in range(1, len(tok))]
+            splits = [(a, b) for a, b in splits if mergeable_ranks.get(a, rank) < rank and mergeable_ranks.get(b, rank) < rank]
+            splits.sort(key=lambda ab: (mergeable_ranks[ab[0]], mergeable_ranks[ab[1]]))
+            merges.extend(splits)
+    model = models.BPE(
+        vocab=vocab,
+        merges=[(_to_chars(a), _to_chars(b)) for a, b in merges],
+        ignore_merges=True,  # a chunk that is itself a token maps straight to it, as in tiktoken
+    )
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    bos_id = tok.token_to_id("<|bos|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B:1", special_tokens=[("<|bos|>", bos_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|bos|>",
+        eos_token="<|assistant_end|>",
+        pad_token="<|bos|>",
+        extra_special_tokens=SPECIAL_TOKENS[1:],
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,  # exact round trip: never touch spaces on decode
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def train_tokenizer(inputs=None, vocab_size: int = DEFAULT_VOCAB_SIZE, max_chars: int = DEFAULT_MAX_CHARS,
+                    doc_cap: int = DEFAULT_DOC_CAP, progress: bool = True):
+    """Train nanochat's BPE on `inputs` (txt/jsonl/parquet files, folders, 'hub:<id>'; None = embedded corpus)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    num_merged = vocab_size - len(SPECIAL_TOKENS)
+    if num_merged < 256:
+        raise ValueError(f"--vocab-size {vocab_size} is too small: it needs 256 bytes + {len(SPECIAL_TOKENS)} special tokens (>= 265)")
+    if max_chars <= 0 or doc_cap <= 0:
+        raise ValueError("--max-chars and --doc-cap must be positive")
+    check_inputs(inputs)  # fail on a bad path now, not after reading half of the corpus
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(
+        vocab_size=num_merged,
+        min_frequency=0,  # as rustbpe: merge until the vocabulary is full
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=progress,
+    )
+    tok.train_from_iterator(_batched(iter_documents(inputs, max_chars, doc_cap, progress)), trainer)
+    ranks, merges = _ranks_from_trained(tok)
+    return tokenizer_from_ranks(ranks, merges)
+
+
+def _ranks_from_trained(tok) -> tuple[dict[bytes, int], list[tuple[bytes, bytes]]]:
+    """Renumber a trained `tokenizers` BPE into nanochat's layout: bytes 0..255, then merges in order."""
+    state = json.loads(tok.to_str())["model"]
+    ranks = {bytes([b]): b for b in range(256)}
+    merges = []
+    for m in state["merges"]:
+        a, b = m if isinstance(m, list) else m.split(" ")
+        pa, pb = _to_bytes(a), _to_bytes(b)
+        merges.append((pa, pb))
+        ranks.setdefault(pa + pb, len(ranks))
+    return ranks, merges
+
+
+# ----------------------------------------------------------------------------- loading, saving, token bytes
+
+
+def load_tokenizer(path_or_hub_id: str | os.PathLike):
+    """`AutoTokenizer.from_pretrained` plus a check that the 9 nanochat special tokens are there."""
+    from transformers import AutoTokenizer
+
+    path = str(path_or_hub_id)
+    local = Path(path).expanduser()
+    if local.exists() and not (local / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{path} has no tokenizer.json; train one with `nanochat-hf tokenizer train --output {path}`")
+    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
+        raise FileNotFoundError(f"tokenizer {path!r} not found; train one with `nanochat-hf tokenizer train --output {path}`")
+    tok = AutoTokenizer.from_pretrained(str(local) if local.exists() else path)
+    vocab = tok.get_vocab()
+    missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+    if missing:
+        raise ValueError(f"{path} is not a nanochat tokenizer: it lacks {', '.join(missing)}; "
+                         "train one with `nanochat-hf tokenizer train` or import a tokenizer.pkl with `nanochat-hf convert tokenizer`")
+    return tok
+
+
+def get_token_bytes(tokenizer):
+    """LongTensor[len(tokenizer)]: UTF-8 byte length of every token, 0 for special tokens (for bits per byte)."""
+    import torch
+
+    out = torch.zeros(len(tokenizer), dtype=torch.long)
+    special = {tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS} | set(tokenizer.all_special_ids)
+    for token, i in tokenizer.get_vocab().items():
+        if i not in special and i < len(out):
+            out[i] = sum(1 for ch in token if ch in CHAR_TO_BYTE)
+    return out
+
+
+def save_tokenizer(tokenizer, output_dir: str | os.PathLike) -> Path:
+    """`save_pretrained` (tokenizer.json, config, chat template) + `token_bytes.pt`."""
+    import torch
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    torch.save(get_token_bytes(tokenizer), out / "token_bytes.pt")
+    return out
+
+
+# ----------------------------------------------------------------------------- conversations
+
+
+def _messages_of(conversation) -> list[dict]:
+    """Accept a list of messages or nanochat's {"messages": [...]} dict."""
+    if isinstance(conversation, dict) and "messages" in conversation:
+        conversation = conversation["messages"]
+    if not isinstance(conversation, (list, tuple)):
+        raise ValueError(f"a conversation is a list of {{'role', 'content'}} messages, got {type(conversation).__name__}")
+    for i, m in enumerate(conversation):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
+    return list(conversation)
+
+
+def _apply(tokenizer, messages, **kwargs):
+    import jinja2
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+    except jinja2.exceptions.TemplateError as err:  # raise_exception() in the template
+        raise ValueError(f"bad conversation: {err}") from None
+
+
+def render_conversation(tokenizer, messages, max_length: int | None = None) -> tuple[list[int], list[int]]:
+    """(ids, mask) of a conversation as nanochat renders it; mask 1 = the model is trained on this token."""
+    messages = _messages_of(messages)
+    if not messages:
+        raise ValueError("bad conversation: the conversation is empty; give at least one user message")
+    out = _apply(tokenizer, messages, return_assistant_tokens_mask=True)
+    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return ids, mask
+
+
+def render_for_completion(tokenizer, messages) -> list[int]:
+    """Prompt ids for generation: a trailing assistant message is dropped, `<|assistant_start|>` appended."""
+    messages = _messages_of(messages)
+    if messages and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    if not messages:
+        raise ValueError("bad conversation: nothing left to prompt with; give at least one user message")
+    return list(_apply(tokenizer, messages, add_generation_prompt=True)["input_ids"])
+
+
+# ----------------------------------------------------------------------------- import nanochat's tokenizer.pkl
+
+
+def convert_tiktoken_tokenizer(pkl_path: str | os.PathLike, output_dir: str | os.PathLike):
+    """nanochat's `tokenizer.pkl` (a pickled `tiktoken.Encoding`) -> our format with identical ids."""
+    path = Path(pkl_path).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.pkl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; pass nanochat's tokenizer.pkl (in ~/.cache/nanochat/tokenizer/)")
+    try:
+        import tiktoken  # noqa: F401  (unpickling needs the class)
+    except ImportError:
+        raise ValueError("reading tokenizer.pkl needs tiktoken: pip install tiktoken") from None
+    with open(path, "rb") as f:
+        enc = pickle.load(f)
+    ranks = getattr(enc, "_mergeable_ranks", None)
+    specials = getattr(enc, "_special_tokens", None)
+    if ranks is None or specials is None:
+        raise ValueError(f"{path} does not hold a tiktoken Encoding")
+    if enc._pat_str != SPLIT_PATTERN:
+        raise ValueError(f"{path} uses a different split pattern than nanochat's; it cannot be imported as a nanochat tokenizer")
+    expected = {t: len(ranks) + i for i, t in enumerate(SPECIAL_TOKENS)}
+    if specials != expected:
+        raise ValueError(f"{path} has special tokens {specials}, expected nanochat's 9 right after the {len(ranks)} merged tokens")
+    tokenizer = tokenizer_from_ranks(dict(ranks))
+    save_tokenizer(tokenizer, output_dir)
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def bytes_per_token(encode, texts: list[str]) -> tuple[int, int]:
+    """(total UTF-8 bytes, total tokens) of `texts` under `encode(list[str]) -> list[list[int]]`."""
+    num_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    num_tokens = sum(len(ids) for ids in encode(texts))
+    return num_bytes, num_tokens
+
+
+def _reference_encoders() -> tuple[dict, list[str]]:
+    """GPT-2 and GPT-4 (cl100k_base) tiktoken encodings when they load (they download once); notes otherwise."""
+    encoders, notes = {}, []
+    try:
+        import tiktoken
+    except ImportError:
+        return {}, ["GPT-2/GPT-4 comparison skipped: tiktoken is not installed (pip install tiktoken)"]
+    for label, name in (("gpt2", "gpt2"), ("gpt4", "cl100k_base")):
+        try:
+            enc = tiktoken.get_encoding(name)
+            encoders[label] = lambda texts, enc=enc: enc.encode_ordinary_batch(texts)
+        except Exception as err:  # offline and not cached: tiktoken cannot download the ranks
+            notes.append(f"{label} ({name}) comparison skipped: tiktoken could not load it ({type(err).__name__})")
+    return encoders, notes
+
+
+def evaluate_tokenizer(tokenizer, texts: list[str]) -> dict:
+    """nanochat's tok_eval in one number per tokenizer: bytes per token (higher = better compression)."""
+    backend = tokenizer.backend_tokenizer
+    ours = lambda batch: [e.ids for e in backend.encode_batch_fast(batch, add_special_tokens=False)]  # noqa: E731
+    num_bytes, num_tokens = bytes_per_token(ours, texts)
+    result = {"vocab_size": len(tokenizer), "num_docs": len(texts), "num_bytes": num_bytes,
+              "num_tokens": num_tokens, "bytes_per_token": num_bytes / max(num_tokens, 1)}
+    encoders, notes = _reference_encoders()
+    for label, encode in encoders.items():
+        _, n = bytes_per_token(encode, texts)
+        result[f"{label}_bytes_per_token"] = num_bytes / max(n, 1)
+        result[f"ratio_vs_{label}"] = result["bytes_per_token"] / result[f"{label}_bytes_per_token"]
+    result["notes"] = notes
+    return result
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _parse_int(value: str) -> int:
+    return int(float(value))  # accept 2e9 as nanochat's scripts write it
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nanochat-hf tokenizer", description="Train or evaluate nanochat's BPE tokenizer.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a tokenizer and save it as a transformers tokenizer folder")
+    t.add_argument("--input", nargs="+", default=None,
+                   help="txt/jsonl/parquet files or folders (a folder's last file is held out as validation), "
+                        "a downloaded dataset alias (climbmix), or hub:<dataset id> to stream; default: embedded Shakespeare")
+    t.add_argument("--vocab-size", type=_parse_int, default=DEFAULT_VOCAB_SIZE, help="total vocabulary incl. 9 special tokens")
+    t.add_argument("--max-chars", type=_parse_int, default=DEFAULT_MAX_CHARS, help="train on at most this many characters")
+    t.add_argument("--doc-cap", type=_parse_int, default=DEFAULT_DOC_CAP, help="crop each document to this many characters")
+    t.add_argument("--output", required=True, help="output folder")
+    e = sub.add_parser("eval", help="bytes/token on texts (vs GPT-2/GPT-4 when available); writes token_bytes.pt")
+    e.add_argument("path", help="tokenizer folder (or Hub id)")
+    e.add_argument("--input", nargs="+", default=None, help="texts to evaluate on (as for train); default: embedded Shakespeare")
+    e.add_argument("--max-chars", type=_parse_int, default=DEFAULT_EVAL_CHARS, help="evaluate on at most this many characters")
+    e.add_argument("--output", default=None, help="also write the results as JSON here")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            t0 = time.time()
+            tok = train_tokenizer(args.input, args.vocab_size, args.max_chars, args.doc_cap)
+            out = save_tokenizer(tok, args.output)
+            print(f"trained a {len(tok)}-token tokenizer in {time.time() - t0:.1f}s -> {out}")
+        else:
+            tok = load_tokenizer(args.path)
+            texts = list(iter_documents(args.input, args.max_chars, doc_cap=None))
+            if not texts:
+                raise ValueError("no text to evaluate on; check --input")
+            result = evaluate_tokenizer(tok, texts)
+            if Path(args.path).is_dir():
+                import torch
+
+                torch.save(get_token_bytes(tok), Path(args.path) / "token_bytes.pt")
+            _print_eval(result)
+            if args.output:
+                Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.output).write_text(json.dumps(result, indent=2))
+    except (FileNotFoundError, ValueError) as err:
+        print(f"nanochat-hf tokenizer {args.command}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _print_eval(r: dict) -> None:
+    print(f"{r['num_docs']} documents, {r['num_bytes']:,} bytes")
+    print(f"{'tokenizer':<10} {'vocab':>8} {'tokens':>12} {'bytes/token':>12}")
+    print(f"{'ours':<10} {r['vocab_size']:>8} {r['num_tokens']:>12,} {r['bytes_per_token']:>12.3f}")
+    for label, vocab in (("gpt2", 50257), ("gpt4", 100277)):
+        if f"{label}_bytes_per_token" in r:
+            bpt = r[f"{label}_bytes_per_token"]
+            print(f"{label:<10} {vocab:>8} {round(r['num_bytes'] / bpt):>12,} {bpt:>12.3f}")
+    for note in r["notes"]:
+        print(f"note: {note}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
