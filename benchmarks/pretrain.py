@@ -33,7 +33,7 @@ from nanochat_hf.optim import TrainingSchedule, build_optimizer  # noqa: E402
 def make_tokenizer(out: Path, vocab_size: int) -> str:
     from nanochat_hf.tokenization import save_tokenizer, train_tokenizer
 
-    save_tokenizer(train_tokenizer(vocab_size=vocab_size, max_chars=1_000_000), out)
+    save_tokenizer(train_tokenizer(vocab_size=vocab_size, max_chars=2_000_000, progress=False), out)
     return str(out)
 
 

@@ -110,19 +110,14 @@ class PretrainConfig:
 
 
 def load_tokenizer_and_bytes(path: str):
-    """(tokenizer, token_bytes) via our tokenization module; token_bytes.pt if the folder has it."""
-    hint = f"train one with `nanochat-hf tokenizer train --output {path}`"
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") != 1
-    if not Path(path).expanduser().exists() and looks_local:
-        raise FileNotFoundError(f"tokenizer {path!r} not found; {hint}")
-    try:
-        from nanochat_hf.tokenization import get_token_bytes, load_tokenizer
-    except ImportError:  # TEMPORARY until nanochat_hf.tokenization lands
-        get_token_bytes, load_tokenizer = _compat_get_token_bytes, _compat_load_tokenizer
+    """(tokenizer, token_bytes): the nanochat tokenizer and the byte length of each token (for bpb)."""
+    from nanochat_hf.tokenization import get_token_bytes, load_tokenizer
+
     try:
         tok = load_tokenizer(path)
     except OSError as err:  # a Hub id that cannot be reached or does not exist
-        raise FileNotFoundError(f"tokenizer {path!r} could not be loaded ({type(err).__name__}); {hint}") from None
+        raise FileNotFoundError(f"tokenizer {path!r} could not be loaded ({type(err).__name__}); "
+                                f"train one with `nanochat-hf tokenizer train --output {path}`") from None
     tb_file = Path(path) / "token_bytes.pt"
     token_bytes = torch.load(tb_file) if tb_file.is_file() else get_token_bytes(tok)
     if len(token_bytes) < len(tok):
@@ -538,35 +533,14 @@ def save_final(accelerator, model, tokenizer, output_dir: Path) -> None:
         unwrapped.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop,
                                                        pad_token_id=tokenizer.pad_token_id or tokenizer.bos_token_id)
         unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
-        try:
-            from nanochat_hf.tokenization import save_tokenizer
-        except ImportError:
-            tokenizer.save_pretrained(output_dir)
-        else:
-            save_tokenizer(tokenizer, output_dir)
+        from nanochat_hf.tokenization import save_tokenizer
+
+        save_tokenizer(tokenizer, output_dir)  # tokenizer files, chat template, token_bytes.pt
     accelerator.wait_for_everyone()
 
 
 # ----------------------------------------------------------------------------- TEMPORARY shims
-# Used only while nanochat_hf.tokenization / nanochat_hf.modeling are not in the tree.
-
-
-def _compat_load_tokenizer(path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)
-
-
-def _compat_get_token_bytes(tok) -> torch.Tensor:
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
-    special = set(tok.all_special_ids) | set(tok.added_tokens_decoder)
-    out = torch.zeros(len(tok), dtype=torch.long)
-    for token, i in tok.get_vocab().items():
-        if i not in special:
-            out[i] = sum(1 for ch in token if ch in byte_of)
-    return out
+# Used only while nanochat_hf.modeling is not in the tree.
 
 
 def _compat_from_depth(depth, arch="classic", vocab_size=32768, max_position_embeddings=2048, head_dim=128,

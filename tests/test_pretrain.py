@@ -19,35 +19,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    """A 512-token BPE tokenizer trained on a slice of the embedded corpus."""
-    out = tmp_path_factory.mktemp("tok")
-    try:
-        from nanochat_hf.tokenization import save_tokenizer, train_tokenizer
-    except ImportError:  # until the tokenizer module lands: the same kind of tokenizer, by hand
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-        from transformers import PreTrainedTokenizerFast
-
-        from nanochat_hf.assets import embedded_corpus_path
-
-        specials = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
-                    "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
-        tok = Tokenizer(models.BPE())
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tok.decoder = decoders.ByteLevel()
-        text = embedded_corpus_path().read_text()[:200_000]
-        tok.train_from_iterator([text[i:i + 1000] for i in range(0, len(text), 1000)],
-                                trainers.BpeTrainer(vocab_size=512, special_tokens=specials,
-                                                    initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|assistant_end|>", pad_token="<|bos|>")
-        fast.save_pretrained(out)
-    else:
-        save_tokenizer(train_tokenizer(vocab_size=512, max_chars=200_000), out)
-    return out
+def tokenizer_dir(tiny_tokenizer_dir):
+    """The session's tiny nanochat tokenizer (vocab 1024, tests/conftest.py)."""
+    return tiny_tokenizer_dir
 
 
 def tiny_args(tok, out, *extra):
-    """depth 2, width 64, seq 64, vocab 512: about a second per 10 steps on one core."""
+    """depth 2, width 64, seq 64, vocab 1024: about a second per 10 steps on one core."""
     return ["--tokenizer", str(tok), "--output_dir", str(out), "--arch", "classic", "--depth", "2",
             "--aspect_ratio", "32", "--head_dim", "32", "--max_seq_len", "64", "--device_batch_size", "4",
             "--total_batch_size", "512", "--num_iterations", "16", "--eval_every", "8", "--eval_tokens", "1024",
@@ -69,8 +47,8 @@ def test_plan_follows_nanochat_rules(tokenizer_dir):
     cfg = PretrainConfig(arch="classic", depth=2, aspect_ratio=32, head_dim=32, max_seq_len=64,
                          device_batch_size=4, total_batch_size=-1, target_param_data_ratio=12)
     _, cls = pretrain.model_classes()
-    model = cls(pretrain.model_config(cfg, 2, 512))
-    plan = training_plan(cfg, model, 512, world_size=2)
+    model = cls(pretrain.model_config(cfg, 2, 1024))
+    plan = training_plan(cfg, model, 1024, world_size=2)
     total = plan["total_batch_size"]
     assert total & (total - 1) == 0  # auto rule rounds to a power of two
     assert plan["grad_accum_steps"] == total // (4 * 64 * 2)
@@ -78,9 +56,9 @@ def test_plan_follows_nanochat_rules(tokenizer_dir):
     assert plan["batch_lr_scale"] == pytest.approx((total / 2**19) ** 0.5)
     cfg.total_batch_size = 1000
     with pytest.raises(ValueError, match="not a multiple of device_batch_size"):
-        training_plan(cfg, model, 512, world_size=1)
+        training_plan(cfg, model, 1024, world_size=1)
     cfg.total_batch_size, cfg.num_iterations = 512, 5
-    assert training_plan(cfg, model, 512, world_size=1)["num_iterations"] == 5
+    assert training_plan(cfg, model, 1024, world_size=1)["num_iterations"] == 5
 
 
 def test_run_writes_hub_folder_logs_and_loss_decreases(tokenizer_dir, tmp_path):
