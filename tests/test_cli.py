@@ -1,0 +1,57 @@
+"""The `nanochat-hf` router: every stage is listed, unbuilt stages fail loudly, stages get their argv."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from nanochat_hf import cli
+
+STAGES = ["data", "tokenizer", "pretrain", "mid", "sft", "rl", "eval", "chat", "serve", "report", "push", "convert",
+          "speedrun"]
+
+
+def test_help_lists_all_13_stages_in_pipeline_order():
+    res = subprocess.run([sys.executable, "-m", "nanochat_hf", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    listed = re.findall(r"^ {4}(\S+)", res.stdout, flags=re.M)  # stage names; wrapped help lines are deeper
+    assert listed == STAGES
+    assert list(cli.STAGES) == STAGES
+
+
+def test_no_arguments_prints_help_and_fails(capsys):
+    assert cli.main([]) != 0
+    assert "tokenizer" in capsys.readouterr().out
+
+
+def test_unknown_stage_is_an_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["pretrian"])
+    assert exc.value.code != 0
+    assert "unknown stage 'pretrian'" in capsys.readouterr().err
+
+
+def test_unbuilt_stage_says_so_in_one_line_and_exits_nonzero(monkeypatch, capsys):
+    # a module that does not exist stands in for a stage not built yet (real stages are being built)
+    monkeypatch.setitem(cli.STAGES, "report", ("nanochat_hf._stage_that_does_not_exist:main", "not built"))
+    code = cli.main(["report", "--anything"])
+    out, err = capsys.readouterr()
+    assert code != 0
+    assert len(err.strip().splitlines()) == 1 and "not built yet" in err and "report" in err
+    assert out == ""
+
+
+def test_missing_dependency_inside_a_built_stage_is_not_hidden(monkeypatch, tmp_path):
+    # an ImportError of a third-party package must surface, not read as "not built yet"
+    (tmp_path / "stage_with_bad_import.py").write_text("import package_that_is_not_installed_xyz\ndef main(argv): return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(cli.STAGES, "report", ("stage_with_bad_import:main", "broken"))
+    with pytest.raises(ModuleNotFoundError, match="package_that_is_not_installed_xyz"):
+        cli.main(["report"])
+
+
+def test_stage_receives_its_arguments(tmp_path):
+    out = tmp_path / "tok"
+    assert cli.main(["tokenizer", "train", "--vocab-size", "300", "--max-chars", "20000", "--output", str(out)]) == 0
+    assert (out / "tokenizer.json").is_file()
