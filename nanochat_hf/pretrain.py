@@ -389,7 +389,14 @@ def train(cfg: PretrainConfig) -> dict:
     # Loop state: restored from the checkpoint when resuming.
     step, val_bpb, min_val_bpb, smooth_loss, train_time = 0, None, float("inf"), 0.0, 0.0
     loader_state = None
+    model_shape = {"arch": cfg.arch, "depth": cfg.depth, "hidden_size": config.hidden_size, "vocab_size": len(tokenizer),
+                   "max_seq_len": cfg.max_seq_len}
     if resume_state is not None:
+        saved = resume_state.get("model_shape", model_shape)
+        diff = [f"{k} {saved[k]} vs {model_shape[k]}" for k in model_shape if saved.get(k) != model_shape[k]]
+        if diff:
+            raise ValueError(f"{resume_dir} was trained with a different model/tokenizer ({', '.join(diff)}); "
+                             "resume with the same --config, --tokenizer and size flags as that run")
         accelerator.load_state(str(resume_dir))
         step = resume_state["step"]
         loop = resume_state["loop"]
@@ -418,7 +425,7 @@ def train(cfg: PretrainConfig) -> dict:
 
     gpu_peak = peak_flops() * world
     tokens_per_step = plan["total_batch_size"]
-    trainer_state = lambda: {"plan": plan, "config": asdict(cfg), "loop": {  # noqa: E731
+    trainer_state = lambda: {"plan": plan, "config": asdict(cfg), "model_shape": model_shape, "loop": {  # noqa: E731
         "val_bpb": val_bpb, "min_val_bpb": min_val_bpb, "smooth_loss": smooth_loss, "train_time": train_time}}
     start_step, steps_this_run = step, 0
     bar = tqdm(total=num_iterations, initial=step, desc="pretrain", unit="step", disable=not main_proc, dynamic_ncols=True)

@@ -127,6 +127,22 @@ def test_bad_input_fails_fast_with_the_fix(tokenizer_dir, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_resume_with_another_tokenizer_or_size_and_oom_are_explained(tokenizer_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert pretrain.main(tiny_args(tokenizer_dir, out, "--num_iterations", "4", "--max_steps_this_run", "2",
+                                   "--eval_every", "-1")) == 0
+    capsys.readouterr()
+    assert pretrain.main(tiny_args(tokenizer_dir, out, "--resume_from_checkpoint", "latest", "--depth", "3")) == 2
+    assert "different model/tokenizer (depth 2 vs 3" in capsys.readouterr().err
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(pretrain.F, "cross_entropy", oom)
+    assert pretrain.main(tiny_args(tokenizer_dir, tmp_path / "oom", "--eval_every", "-1")) == 2
+    assert "out of memory at device_batch_size=4" in capsys.readouterr().err
+
+
 @pytest.mark.multiprocess
 def test_two_process_ddp_on_cpu(tokenizer_dir, tmp_path):
     out = tmp_path / "ddp"
