@@ -356,7 +356,9 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
             hidden = hidden[:, -logits_to_keep:]
         elif isinstance(logits_to_keep, torch.Tensor):
             hidden = hidden[:, logits_to_keep]
-        logits = self.lm_head(hidden)[..., : self.config.vocab_size].float()  # drop padded rows, fp32 softcap
+        logits = self.lm_head(hidden)[..., : self.config.vocab_size]  # drop the padded rows
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            logits = logits.float()  # softcap and loss in fp32
         cap = self.config.final_logit_softcapping
         if cap is not None:
             logits = cap * torch.tanh(logits / cap)
@@ -422,17 +424,39 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
             self.set_attn_implementation("sdpa")
         return impl
 
-    # ------------------------------------------------------------------ saving
+    # ------------------------------------------------------------------ saving and loading
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' loader, with a damaged weights file reported in one line."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as err:
+            text = f"{type(err).__name__}: {err}"
+            if "safetensor" in text.lower() or "header" in text.lower() or "deserializ" in text.lower():
+                raise ValueError(f"cannot read the weights in {pretrained_model_name_or_path} "
+                                 f"({text.splitlines()[0][:200]}); the model.safetensors file is truncated or "
+                                 "corrupt, re-download or re-save it") from None
+            raise
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """classic saves as transformers' native `nanochat` (no custom code, no auto_map); modern ships its code."""
-        if self.config.arch == "classic":
-            self._auto_class = None
+        modern = self.config.arch == "modern"
+        cls, before = type(self), type(self)._auto_class  # transformers reads the class attribute
+        cls._auto_class = "AutoModelForCausalLM" if modern else None
+        self.config._auto_class = "AutoConfig" if modern else None
+        try:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            cls._auto_class = before
             self.config._auto_class = None
-        else:
-            self._auto_class = "AutoModelForCausalLM"
-            self.config._auto_class = "AutoConfig"
-        return super().save_pretrained(save_directory, *args, **kwargs)
+
+
+def check_tokenizer_fits(config: NanoChatConfig, tokenizer) -> None:
+    """A tokenizer whose ids run past the embedding table would index out of range mid-run: refuse it now."""
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}; "
+                         "use the tokenizer the model was trained with (or build the model with vocab_size=len(tokenizer))")
 
 
 def _register() -> None:
