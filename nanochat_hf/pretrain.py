@@ -126,13 +126,9 @@ def load_tokenizer_and_bytes(path: str):
 
 
 def model_classes():
-    """(from_depth, model class): ours; transformers' native classic nanochat until ours lands."""
-    try:
-        from nanochat_hf.modeling import NanoChatConfig, NanoChatForCausalLM
-    except ImportError:  # TEMPORARY until nanochat_hf.modeling lands
-        from transformers import NanoChatForCausalLM
+    """(NanoChatConfig.from_depth, NanoChatForCausalLM): our two architectures."""
+    from nanochat_hf.modeling import NanoChatConfig, NanoChatForCausalLM
 
-        return _compat_from_depth, _with_nanochat_counts(NanoChatForCausalLM)
     return NanoChatConfig.from_depth, NanoChatForCausalLM
 
 
@@ -544,34 +540,6 @@ def save_final(accelerator, model, tokenizer, output_dir: Path) -> None:
 
         save_tokenizer(tokenizer, output_dir)  # tokenizer files, chat template, token_bytes.pt
     accelerator.wait_for_everyone()
-
-
-# ----------------------------------------------------------------------------- TEMPORARY shims
-# Used only while nanochat_hf.modeling is not in the tree.
-
-
-def _compat_from_depth(depth, arch="classic", vocab_size=32768, max_position_embeddings=2048, head_dim=128,
-                       aspect_ratio=64, **kwargs):
-    from transformers import NanoChatConfig
-
-    width = -(-depth * aspect_ratio // head_dim) * head_dim
-    heads = width // head_dim
-    return NanoChatConfig(vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=depth,
-                          num_attention_heads=heads, num_key_value_heads=heads, head_dim=head_dim,
-                          max_position_embeddings=max_position_embeddings)
-
-
-def _with_nanochat_counts(cls):
-    class Model(cls):
-        def num_scaling_params(self):
-            return sum(p.numel() for n, p in self.named_parameters() if p.ndim == 2 and "embed" not in n)
-
-        def estimate_flops(self):
-            c = self.config
-            matmul = sum(p.numel() for n, p in self.named_parameters() if p.ndim == 2 and "embed" not in n)
-            return 6 * matmul + 12 * c.num_attention_heads * c.head_dim * c.max_position_embeddings * c.num_hidden_layers
-
-    return Model
 
 
 # ----------------------------------------------------------------------------- CLI
