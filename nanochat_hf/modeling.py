@@ -282,7 +282,8 @@ class NanoChatModel(NanoChatPreTrainedModel):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if self.modern and input_ids is None:
             raise ValueError("the modern architecture needs input_ids (value embeddings are looked up by token id)")
-        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        if use_cache is None:  # a training forward keeps no cache unless asked to
+            use_cache = self.config.use_cache and not self.training
         if self.gradient_checkpointing and self.training:
             use_cache = False  # recomputation and a growing cache do not mix
         if inputs_embeds is None:
@@ -294,8 +295,11 @@ class NanoChatModel(NanoChatPreTrainedModel):
             position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
 
         # Masks: causal (+ padding, + packed documents from position_ids resets) and the sliding one.
+        # An empty cache changes nothing in the mask but would hide packed documents from transformers'
+        # detection (it only looks for position_ids resets when there is no cache).
+        mask_cache = past_key_values if past_key_values is not None and past_key_values.get_seq_length() > 0 else None
         mask_args = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                         past_key_values=past_key_values, position_ids=position_ids)
+                         past_key_values=mask_cache, position_ids=position_ids)
         masks = {"full_attention": create_causal_mask(**mask_args)}
         if self.has_sliding_layers:
             masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
