@@ -1,0 +1,400 @@
+"""Mid-training and supervised fine-tuning with TRL's `SFTTrainer`: a base checkpoint -> a chat model.
+
+    accelerate launch -m nanochat_hf.sft --stage mid --config recipes/tiny/mid.yaml
+    accelerate launch -m nanochat_hf.sft --config recipes/tiny/sft.yaml
+    nanochat-hf mid --config recipes/tiny/mid.yaml          # same, through the CLI router
+    nanochat-hf sft --config recipes/d20/sft.yaml --max_steps 100 --output_dir runs/d20/sft
+
+Every key of the YAML is also a flag (TRL's `TrlParser`: our `ChatArguments` + `SFTConfig`).
+What happens, as nanochat's `mid_train` / `chat_sft`:
+  1. the data mixture (`nanochat_hf.chat_data`) is built and rendered with the tokenizer's chat
+     template; `assistant_masks` (its `{% generation %}` spans) says which tokens carry loss:
+     assistant text, tool calls and `<|assistant_end|>` -- never BOS, user turns or tool outputs;
+  2. TRL packs conversations best-fit (BFD) into `max_length` rows and passes `position_ids`
+     that restart at every conversation, so attention never crosses a document boundary;
+  3. the optimizer is pretraining's Muon + AdamW (`nanochat_hf.optim`) with nanochat's SFT
+     schedule: LR = base x `init_lr_frac`, flat, then linear warmdown to `final_lr_frac`,
+     Muon momentum 0.85 -> 0.95 over the first 300 steps;
+  4. the Hub-ready chat model (config, safetensors, tokenizer + chat template, generation
+     config that stops on `<|assistant_end|>`) lands in `<output_dir>/`, the metrics in
+     `<output_dir>/logs/<stage>.jsonl`, checkpoints in `<output_dir>/checkpoint-N/`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from trl import SFTConfig, SFTTrainer
+
+# nanochat's schedules per stage (mid_train.py, chat_sft.py); a recipe or flag overrides them.
+STAGE_DEFAULTS = {
+    "mid": dict(init_lr_frac=1.0, warmup_frac=0.0, warmdown_ratio=0.2, final_lr_frac=0.0),
+    "sft": dict(init_lr_frac=0.8, warmup_frac=0.0, warmdown_ratio=0.5, final_lr_frac=0.0),
+}
+MUON_MOMENTUM = (0.85, 0.95, 300)  # start, end, warmup steps (nanochat's SFT/mid momentum ramp)
+REFERENCE_BATCH = 2**19  # tokens per step at which the base lrs are tuned (nanochat's sqrt batch rule)
+
+
+class ChatTrainingError(RuntimeError):
+    """A problem the user must fix before training can start (bad checkpoint, tokenizer, data)."""
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+@dataclass
+class ChatArguments:
+    """What SFTConfig does not cover: the base model, the data mixture, nanochat's optimizer and schedule."""
+
+    stage: str = field(default="sft", metadata={"help": "mid or sft: picks the schedule defaults and the log name"})
+    model_name_or_path: str = field(default="runs/tiny/base", metadata={"help": "base (or mid) checkpoint folder or Hub id"})
+    mixture: str = field(default="synthetic", metadata={"help": "data: a preset (synthetic, nanochat_mid, nanochat_sft), "
+                                                               "a YAML file, or (in a recipe) an inline mapping"})
+    optimizer: str = field(default="nanochat", metadata={"help": "nanochat (Muon + AdamW groups) or trainer (SFTConfig.optim)"})
+    embedding_lr: float = 0.3
+    unembedding_lr: float = 0.004
+    matrix_lr: float = 0.02
+    scalar_lr: float = 0.5
+    muon_weight_decay: float = field(default=0.0, metadata={"help": "pretraining decays it to zero; SFT keeps it there"})
+    batch_lr_scale: float = field(default=-1.0, metadata={"help": "lr multiplier; -1 = sqrt(tokens per step / 2^19), nanochat's rule"})
+    init_lr_frac: float | None = field(default=None, metadata={"help": "initial lr as a fraction of the base lr (mid 1.0, sft 0.8)"})
+    warmup_frac: float | None = field(default=None, metadata={"help": "first share of steps with linear lr warmup (nanochat: 0)"})
+    warmdown_ratio: float | None = field(default=None, metadata={"help": "final share of steps with linear lr decay (mid 0.2, sft 0.5)"})
+    final_lr_frac: float | None = field(default=None, metadata={"help": "lr at the end as a fraction of the initial lr"})
+    packed_layout: str = field(default="rows", metadata={"help": "rows: batch of packed rows, position_ids restart per "
+                                                            "conversation (SDPA, any device); flat: TRL's padding-free "
+                                                            "single row (flash-attention varlen kernels)"})
+    resume: str | None = field(default=None, metadata={"help": "latest, or a checkpoint folder, to resume from"})
+
+    def __post_init__(self):
+        if self.stage not in STAGE_DEFAULTS:
+            raise ValueError(f"--stage must be mid or sft, got {self.stage!r}")
+        for key, value in STAGE_DEFAULTS[self.stage].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.packed_layout not in ("rows", "flat"):
+            raise ValueError(f"--packed_layout must be rows or flat, got {self.packed_layout!r}")
+        if self.optimizer not in ("nanochat", "trainer"):
+            raise ValueError(f"--optimizer must be nanochat or trainer, got {self.optimizer!r}")
+
+
+@dataclass
+class ChatSFTConfig(SFTConfig):
+    """TRL's SFTConfig with nanochat's defaults (each still a flag)."""
+
+    output_dir: str | None = field(default=None, metadata={"help": "where the chat model goes (default runs/tiny/<stage>)"})
+    max_length: int | None = field(default=2048, metadata={"help": "tokens per packed row; longer conversations are cropped"})
+    packing: bool = field(default=True, metadata={"help": "best-fit pack conversations into rows (no cross-document attention)"})
+    packing_strategy: str = field(default="bfd", metadata={"help": "bfd: best-fit decreasing, position_ids restart per conversation"})
+    assistant_only_loss: bool = field(default=True, metadata={"help": "loss only on assistant tokens (chat template generation spans)"})
+    num_train_epochs: float = field(default=1.0, metadata={"help": "nanochat trains one epoch of its mixture"})
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 8
+    # TRL turns checkpointing on by default; nanochat does not (small models fit). Both names stay flags.
+    activation_checkpointing: bool | None = field(default=None, metadata={"help": "recompute activations in backward to save memory"})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "deprecated alias of activation_checkpointing"})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; default: on when a bf16 GPU is there, off on CPU"})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "gradient clipping (0 = off, as nanochat)"})
+    logging_steps: float = 1
+    eval_strategy: str = field(default="steps", metadata={"help": "steps: validation loss every eval_steps; no: never"})
+    eval_steps: float | None = field(default=100, metadata={"help": "validation loss every N steps (and at the end)"})
+    save_strategy: str = "steps"
+    save_steps: float = 500
+    save_total_limit: int | None = 2
+    seed: int = 42
+
+    def __post_init__(self):
+        cuda = torch.cuda.is_available()
+        if self.bf16 is None:
+            self.bf16 = cuda and torch.cuda.is_bf16_supported()
+        if not cuda and not torch.backends.mps.is_available():
+            self.use_cpu = True
+        super().__post_init__()
+
+
+# ----------------------------------------------------------------------------- model, tokenizer
+
+
+def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32):
+    """The base checkpoint and its tokenizer; refused with the fix if the tokenizer cannot chat."""
+    from transformers import AutoModelForCausalLM
+
+    from nanochat_hf.tokenization import CHAT_TEMPLATE, load_tokenizer
+
+    try:  # registers our modern architecture with the Auto classes
+        import nanochat_hf.modeling  # noqa: F401
+    except ImportError:
+        pass
+    local = Path(path).expanduser()
+    if (local.exists() or path.startswith((".", "/", "~"))) and not (local / "config.json").is_file():
+        raise ChatTrainingError(f"{path} is not a model folder (no config.json); pretrain one with "
+                                f"`nanochat-hf pretrain --output_dir {path}` or pass --model_name_or_path")
+    try:
+        tokenizer = load_tokenizer(path)
+    except ValueError as err:
+        raise ChatTrainingError(f"{err}. The base checkpoint's tokenizer lacks nanochat's chat tokens, so it cannot "
+                                "learn conversations: pretrain with a tokenizer from `nanochat-hf tokenizer train`") from None
+    if not tokenizer.chat_template or "{% generation %}" not in tokenizer.chat_template:
+        # The tokens are there, only the template is missing or has no loss spans: ours fits them.
+        tokenizer.chat_template = CHAT_TEMPLATE
+    model = AutoModelForCausalLM.from_pretrained(str(local) if local.exists() else path, dtype=dtype)
+    if model.config.vocab_size < len(tokenizer):
+        raise ChatTrainingError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
+                                f"({len(tokenizer)}): {path} holds a tokenizer from another run")
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+class PackedRowsCollator:
+    """Packed rows -> (B, max_length) batches whose `position_ids` restart at every conversation.
+
+    Why not TRL's padding-free collator: it concatenates the whole batch into ONE row, which is
+    what flash-attention's varlen kernels want, but SDPA (CPU, or GPUs without FA) then computes
+    a (B*T)^2 masked attention instead of B*T^2. Here each packed row stays a row; the model turns
+    the position_ids resets into a block-diagonal causal mask (no attention across conversations),
+    and the right padding gets its own positions 0.. so it is a separate, unsupervised "document".
+    """
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(e["input_ids"]) for e in examples)
+        ids = torch.full((len(examples), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(examples), width), -100, dtype=torch.long)
+        positions = torch.zeros((len(examples), width), dtype=torch.long)
+        for i, e in enumerate(examples):
+            n = len(e["input_ids"])
+            ids[i, :n] = torch.as_tensor(e["input_ids"])
+            labels[i, :n] = torch.as_tensor(e.get("labels", e["input_ids"]))
+            lengths = list(e.get("seq_lengths") or [n]) + ([width - n] if width > n else [])
+            positions[i] = torch.cat([torch.arange(k) for k in lengths])
+        labels[positions == 0] = -100  # a document's first token is never predicted from the previous one
+        return {"input_ids": ids, "labels": labels, "position_ids": positions}
+
+
+# ----------------------------------------------------------------------------- optimizer and schedule
+
+
+def lr_multiplier(progress: float, warmup_ratio: float, warmdown_ratio: float, final_lr_frac: float) -> float:
+    """nanochat's SFT schedule over progress 0 -> 1: linear warmup, flat, linear warmdown to `final_lr_frac`."""
+    if progress < warmup_ratio:
+        return (progress + 1e-8) / warmup_ratio
+    if progress <= 1.0 - warmdown_ratio:
+        return 1.0
+    decay = (progress - (1.0 - warmdown_ratio)) / warmdown_ratio
+    return (1 - decay) + decay * final_lr_frac
+
+
+def muon_momentum(step: int) -> float:
+    start, end, steps = MUON_MOMENTUM
+    frac = min(step / steps, 1.0)
+    return (1 - frac) * start + frac * end
+
+
+class NanochatSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """Per-group lr = initial_lr x multiplier(progress); Muon groups also get the momentum ramp.
+
+    A torch LRScheduler so the Trainer steps it, saves it in checkpoints and restores it on resume.
+    """
+
+    def __init__(self, optimizer, num_training_steps: int, warmup_ratio: float, warmdown_ratio: float,
+                 final_lr_frac: float, last_epoch: int = -1):
+        self.num_training_steps = max(1, num_training_steps)
+        self.warmup_ratio, self.warmdown_ratio, self.final_lr_frac = warmup_ratio, warmdown_ratio, final_lr_frac
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self):
+        step = self.last_epoch
+        m = lr_multiplier(step / self.num_training_steps, self.warmup_ratio, self.warmdown_ratio, self.final_lr_frac)
+        for group in self.optimizer.param_groups:
+            if group.get("kind") == "muon":
+                group["momentum"] = muon_momentum(step)
+        return [base * m for base in self.base_lrs]
+
+
+class ChatSFTTrainer(SFTTrainer):
+    """SFTTrainer whose optimizer and schedule are nanochat's (the rest is TRL's)."""
+
+    def __init__(self, *args, chat_args: ChatArguments, **kwargs):
+        self.chat_args = chat_args
+        super().__init__(*args, **kwargs)
+
+    def tokens_per_step(self) -> int:
+        a = self.args
+        return a.per_device_train_batch_size * a.max_length * a.gradient_accumulation_steps * a.world_size
+
+    def create_optimizer(self, model=None):
+        if self.chat_args.optimizer != "nanochat":
+            return super().create_optimizer(model)
+        if self.optimizer is None:
+            from nanochat_hf.optim import MuonAdamW, build_param_groups
+
+            c = self.chat_args
+            scale = c.batch_lr_scale if c.batch_lr_scale > 0 else math.sqrt(self.tokens_per_step() / REFERENCE_BATCH)
+            groups = build_param_groups(model or self.model, embedding_lr=c.embedding_lr, unembedding_lr=c.unembedding_lr,
+                                        matrix_lr=c.matrix_lr, scalar_lr=c.scalar_lr, weight_decay=c.muon_weight_decay,
+                                        batch_lr_scale=scale * c.init_lr_frac)
+            self.optimizer = MuonAdamW(groups)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.chat_args.optimizer != "nanochat":
+            return super().create_scheduler(num_training_steps, optimizer)
+        if self.lr_scheduler is None:
+            c = self.chat_args
+            self.lr_scheduler = NanochatSchedule(optimizer or self.optimizer, num_training_steps, c.warmup_frac,
+                                                 c.warmdown_ratio, c.final_lr_frac)
+        return self.lr_scheduler
+
+
+# ----------------------------------------------------------------------------- logging
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Every Trainer log (loss, eval_loss, learning_rate, ...) as one JSON line in `<output_dir>/logs/<stage>.jsonl`."""
+
+    def __init__(self, path: Path, header: dict, resume_step: int = 0):
+        self.path, self.header, self.resume_step = path, header, resume_step
+        self.t0 = time.time()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if self.resume_step and self.path.exists():  # drop what a killed run logged after its checkpoint
+            for line in self.path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if row.get("step", 0) <= self.resume_step:
+                    rows.append(line)
+        self.path.write_text("".join(r + "\n" for r in rows))
+        self._write({"step": state.global_step, "event": "start", **self.header})
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self._write({"step": state.global_step, "epoch": state.epoch, "time": round(time.time() - self.t0, 3), **logs})
+
+    def _write(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def save_chat_model(trainer, tokenizer, output_dir: Path) -> None:
+    """Hub-ready folder: model, tokenizer (+ chat template, token_bytes.pt), generation config stopping on <|assistant_end|>."""
+    from transformers import GenerationConfig
+
+    from nanochat_hf.tokenization import save_tokenizer
+
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    model.config.use_cache = True
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|assistant_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    trainer.save_model(str(output_dir))
+    if trainer.is_world_process_zero():
+        save_tokenizer(tokenizer, output_dir)
+
+
+def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
+    """Build the data, run SFTTrainer, save the chat model; returns a summary of the run."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from nanochat_hf.chat_data import build_mixture, tokenize_conversations
+
+    output_dir = Path(cfg.output_dir)
+    if cfg.max_length is None or cfg.max_length < 16:
+        raise ValueError(f"--max_length must be >= 16 tokens, got {cfg.max_length}")
+    resume = chat_args.resume or (cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None)
+    if resume == "latest":
+        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if resume is None:
+            print(f"no checkpoint in {output_dir}: starting from {chat_args.model_name_or_path}", file=sys.stderr)
+    elif resume and not Path(resume).is_dir():
+        raise FileNotFoundError(f"checkpoint {resume} not found; pass --resume latest or a {output_dir}/checkpoint-N folder")
+
+    model, tokenizer = load_model_and_tokenizer(chat_args.model_name_or_path)
+    if getattr(model.config, "max_position_embeddings", None) and cfg.max_length > model.config.max_position_embeddings:
+        print(f"note: max_length {cfg.max_length} > the model's max_position_embeddings "
+              f"{model.config.max_position_embeddings}", file=sys.stderr)
+
+    splits = build_mixture(chat_args.mixture)
+    train_ds, train_stats = tokenize_conversations(splits["train"], tokenizer, cfg.max_length, "train", cfg.dataset_num_proc)
+    eval_ds, eval_stats = None, None
+    if len(splits["validation"]):
+        eval_ds, eval_stats = tokenize_conversations(splits["validation"], tokenizer, cfg.max_length, "validation",
+                                                     cfg.dataset_num_proc)
+    else:
+        cfg.eval_strategy = "no"
+    header = {"stage": chat_args.stage, "model": chat_args.model_name_or_path, "sources": splits.source_counts,
+              "train": train_stats, "validation": eval_stats, "max_length": cfg.max_length}
+    print(f"[{chat_args.stage}] train: {train_stats} | validation: {eval_stats}", file=sys.stderr)
+
+    resume_step = int(Path(resume).name.split("-")[-1]) if resume and Path(resume).name.startswith("checkpoint-") else 0
+    log = JsonlLogCallback(output_dir / "logs" / f"{chat_args.stage}.jsonl", header, resume_step)
+    trainer = ChatSFTTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tokenizer, callbacks=[log], chat_args=chat_args)
+    if cfg.packing and chat_args.packed_layout == "rows":
+        # Swapped in after construction: TRL refuses any collator but its own when packing is padding-free.
+        trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
+    result = trainer.train(resume_from_checkpoint=resume)
+    metrics = dict(result.metrics)
+    if eval_ds is not None:
+        metrics.update(trainer.evaluate())
+        log.on_log(cfg, trainer.state, None, logs={"final_eval_loss": metrics.get("eval_loss")})
+    save_chat_model(trainer, tokenizer, output_dir)
+    return {"output_dir": str(output_dir), "steps": trainer.state.global_step, **metrics,
+            "truncated_rows": train_stats["truncated_rows"]}
+
+
+def parse_args(argv: list[str] | None, stage: str | None = None) -> tuple[ChatArguments, ChatSFTConfig]:
+    """`stage` forces --stage (nanochat-hf mid); otherwise --stage, the recipe's `stage:` or sft."""
+    from trl import TrlParser  # YAML `--config` + flag overrides, the TRL way
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if stage and not any(a == "--stage" or a.startswith("--stage=") for a in argv):
+        argv = ["--stage", stage, *argv]
+    chat_args, cfg = TrlParser((ChatArguments, ChatSFTConfig)).parse_args_and_config(argv)
+    if cfg.output_dir in (None, "trainer_output"):
+        cfg.output_dir = f"runs/tiny/{chat_args.stage}"
+    return chat_args, cfg
+
+
+def main(argv: list[str] | None = None, stage: str | None = None) -> int:
+    """`nanochat-hf sft ...` (and `accelerate launch -m nanochat_hf.sft ...`)."""
+    try:
+        chat_args, cfg = parse_args(argv, stage)
+        summary = train(chat_args, cfg)
+    except (ValueError, FileNotFoundError, ChatTrainingError) as err:
+        print(f"nanochat-hf {stage or 'sft'}: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
+    return 0
+
+
+def main_mid(argv: list[str] | None = None) -> int:
+    """`nanochat-hf mid ...`: the same trainer with mid-training's schedule and log name."""
+    return main(argv, stage="mid")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())
