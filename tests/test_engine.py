@@ -1,0 +1,251 @@
+"""Engine: KV-cache generation equals model.generate, sampling knobs, several samples, tool forcing, batching."""
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from nanochat_hf.engine import Engine, Event, SamplingParams, SlotCache, StreamDecoder
+from nanochat_hf.tools import run_calculator
+
+
+def tiny_model(tokenizer, arch="modern", depth=2, seed=0):
+    from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = NanoChatConfig.from_depth(depth, arch=arch, vocab_size=len(tokenizer), max_position_embeddings=256, head_dim=64)
+    model = NanoChatForCausalLM(cfg).eval()
+    with torch.no_grad():  # nanochat's init zeroes some projections; random weights make every token matter
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.fixture(scope="module", params=["modern", "classic"])
+def model(request, tiny_tokenizer):
+    return tiny_model(tiny_tokenizer, request.param)
+
+
+@pytest.fixture(scope="module")
+def prompt(tiny_tokenizer):
+    from nanochat_hf.tokenization import render_for_completion
+
+    return render_for_completion(tiny_tokenizer, [{"role": "user", "content": "What is the meaning of life?"}])
+
+
+def completion(seqs, prompt):
+    return [s[len(prompt):] for s in seqs]
+
+
+def test_greedy_matches_model_generate(model, tiny_tokenizer, prompt):
+    engine = Engine(model, tiny_tokenizer)
+    engine.stop_ids = set()  # compare the raw token stream, without stopping
+    got = [col[0] for col, _ in engine.generate(prompt, max_tokens=24, temperature=0.0)]
+    ref = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert got == ref[0, len(prompt):].tolist()
+
+
+def test_sampling_is_seeded_and_samples_differ(model, tiny_tokenizer, prompt):
+    engine = Engine(model, tiny_tokenizer)
+    a, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=16, temperature=1.0, seed=7)
+    b, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=16, temperature=1.0, seed=7)
+    c, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=16, temperature=1.0, seed=8)
+    assert a == b and a != c
+    assert len({tuple(s) for s in a}) > 1  # one prefill, four different samples
+    assert all(s[:len(prompt)] == prompt for s in a)
+
+
+def test_greedy_samples_identical_and_topk1_topp_small_are_greedy(model, tiny_tokenizer, prompt):
+    engine = Engine(model, tiny_tokenizer)
+    greedy, masks = engine.generate_batch(prompt, num_samples=3, max_tokens=12, temperature=0.0)
+    assert greedy[0] == greedy[1] == greedy[2]
+    assert masks[0][:len(prompt)] == [0] * len(prompt) and set(masks[0][len(prompt):]) <= {1}
+    top1, _ = engine.generate_batch(prompt, max_tokens=12, temperature=1.0, top_k=1, seed=3)
+    nucleus, _ = engine.generate_batch(prompt, max_tokens=12, temperature=1.0, top_p=1e-6, seed=3)
+    assert top1[0] == nucleus[0] == greedy[0]
+
+
+def test_bad_arguments(model, tiny_tokenizer, prompt):
+    engine = Engine(model, tiny_tokenizer)
+    for kwargs in [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2), dict(max_tokens=0), dict(num_samples=0)]:
+        with pytest.raises(ValueError):
+            next(engine.generate(prompt, **kwargs))
+    for bad in [[], "hello", [1, "a"], [10**9]]:
+        with pytest.raises(ValueError):
+            next(engine.generate(bad))
+    with pytest.raises(ValueError, match="context"):
+        next(engine.generate([1] * 300))
+
+
+def test_max_tokens_is_capped_by_context(model, tiny_tokenizer):
+    engine = Engine(model, tiny_tokenizer)
+    engine.stop_ids = set()
+    steps = list(engine.generate([0] * 250, max_tokens=100, temperature=0.0))
+    assert len(steps) == 6  # 256 positions - 250 prompt tokens
+
+
+# ----------------------------------------------------------------------------- tool use with a scripted model
+
+
+class ScriptedLM(nn.Module):
+    """A causal LM whose next token is `script[last input token]`: it drives the tool state machine exactly.
+
+    It speaks the Cache API like a real model (one KV update per layer per call), so the engine's cache,
+    padding and row surgery are exercised too.
+    """
+
+    def __init__(self, script: dict[int, int], vocab: int):
+        super().__init__()
+        self.script, self.vocab = script, vocab
+        self.config = type("Cfg", (), {"num_hidden_layers": 2, "max_position_embeddings": 256})()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=True,
+                logits_to_keep=0, **kwargs):
+        b, t = input_ids.shape
+        for layer in range(2):
+            past_key_values.update(torch.zeros(b, 1, t, 4), torch.zeros(b, 1, t, 4), layer)
+        logits = torch.full((b, t, self.vocab), -10.0)
+        for i in range(b):
+            for j in range(t):
+                logits[i, j, self.script.get(int(input_ids[i, j]), 0)] = 10.0
+        if logits_to_keep:
+            logits = logits[:, -logits_to_keep:]
+        return type("Out", (), {"logits": logits})()
+
+
+def scripted_engine(tokenizer, prompt_last: int, expr: str):
+    """Model that answers: <|python_start|> expr <|python_end|> (forced output) then <|assistant_end|>."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
+           ["<|python_start|>", "<|python_end|>", "<|output_end|>", "<|assistant_end|>"]}
+    expr_ids = tokenizer.encode(expr, add_special_tokens=False)
+    assert len(set(expr_ids)) == len(expr_ids), "the script needs distinct tokens"
+    chain = [prompt_last, ids["<|python_start|>"], *expr_ids, ids["<|python_end|>"]]
+    script = dict(zip(chain[:-1], chain[1:]))
+    script[ids["<|python_end|>"]] = 5  # overridden: the output is forced in
+    script[ids["<|output_end|>"]] = ids["<|assistant_end|>"]
+    return Engine(ScriptedLM(script, len(tokenizer)), tokenizer), expr_ids, ids
+
+
+@pytest.mark.parametrize("expr", ["12*3+4", "exec(y)"])
+def test_calculator_output_is_forced_and_masked(tiny_tokenizer, prompt, expr):
+    engine, expr_ids, ids = scripted_engine(tiny_tokenizer, prompt[-1], expr)
+    seqs, masks = engine.generate_batch(prompt, num_samples=2, max_tokens=64, temperature=0.0)
+    out = [engine.ids["<|output_start|>"], *tiny_tokenizer.encode(run_calculator(expr), add_special_tokens=False),
+           engine.ids["<|output_end|>"]]
+    sampled = [ids["<|python_start|>"], *expr_ids, ids["<|python_end|>"]]
+    for seq, mask in zip(seqs, masks):
+        assert seq == prompt + sampled + out  # <|assistant_end|> ends the row and is not included
+        assert mask == [0] * len(prompt) + [1] * len(sampled) + [0] * len(out)
+    text = tiny_tokenizer.decode(seqs[0][len(prompt):])
+    assert ("<|output_start|>40<|output_end|>" in text) if expr == "12*3+4" else ("<|output_start|>Error:" in text)
+
+
+def test_scheduler_batches_tool_rows(tiny_tokenizer, prompt):
+    engine, _, _ = scripted_engine(tiny_tokenizer, prompt[-1], "7*6")
+    ref, _ = engine.generate_batch(prompt, max_tokens=64, temperature=0.0)
+    sched = engine.scheduler(max_batch_size=4)
+    try:
+        results = run_concurrently(sched, [prompt, [0, 0, 0] + prompt, prompt[2:]], SamplingParams(max_tokens=64, temperature=0))
+    finally:
+        sched.close()
+    tokens, reasons = results[0]
+    assert prompt + tokens[:-1] == ref[0] and reasons == "stop"
+    assert all(r == "stop" for _, r in results)
+
+
+# ----------------------------------------------------------------------------- continuous batching
+
+
+def run_concurrently(sched, prompts, params, cancel_index=None):
+    """Submit all prompts at once; return [(tokens, finish_reason)] per prompt."""
+    out = [([], None) for _ in prompts]
+    done = [threading.Event() for _ in prompts]
+    requests = []
+
+    def callback(i):
+        def on_event(ev: Event):
+            if ev.token is not None:
+                out[i][0].append(ev.token)
+                if cancel_index == i and len(out[i][0]) == 2:
+                    requests[i].cancel()
+            if ev.finish_reason:
+                out[i] = (out[i][0], ev.finish_reason)
+                done[i].set()
+        return on_event
+
+    for i, p in enumerate(prompts):
+        requests.append(sched.submit(p, params, callback(i)))
+    for d in done:
+        assert d.wait(60), "a request never finished"
+    return out
+
+
+def test_scheduler_matches_single_requests(model, tiny_tokenizer):
+    from nanochat_hf.tokenization import render_for_completion
+
+    engine = Engine(model, tiny_tokenizer)
+    engine.stop_ids = set()
+    questions = ["Hi", "Tell me a story about a king and his three daughters.", "2+2?", "Why is the sky blue at noon?", "Ok"]
+    prompts = [render_for_completion(tiny_tokenizer, [{"role": "user", "content": q}]) for q in questions]
+    lengths = [5, 9, 3, 12, 7]
+    refs = [[c[0] for c, _ in engine.generate(p, max_tokens=n, temperature=0.0)] for p, n in zip(prompts, lengths)]
+    sched = engine.scheduler(max_batch_size=3)  # fewer slots than requests: some wait, then join mid-flight
+    try:
+        outs = []
+        done = threading.Event()
+        results = {}
+        for i, (p, n) in enumerate(zip(prompts, lengths)):
+            def on_event(ev, i=i):
+                if ev.token is not None:
+                    results.setdefault(i, []).append(ev.token)
+                if ev.finish_reason:
+                    outs.append((i, ev.finish_reason))
+                    if len(outs) == len(prompts):
+                        done.set()
+            sched.submit(p, SamplingParams(max_tokens=n, temperature=0.0), on_event)
+        assert done.wait(60)
+        assert sched.steps > 0
+    finally:
+        sched.close()
+    assert all(reason == "length" for _, reason in outs)
+    for i, ref in enumerate(refs):
+        assert results[i] == ref, f"request {i} differs when batched"
+
+
+def test_scheduler_cancel_frees_the_row(model, tiny_tokenizer, prompt):
+    engine = Engine(model, tiny_tokenizer)
+    engine.stop_ids = set()
+    sched = engine.scheduler(max_batch_size=2)
+    try:
+        results = run_concurrently(sched, [prompt, prompt, prompt], SamplingParams(max_tokens=20, temperature=0), cancel_index=0)
+    finally:
+        sched.close()
+    assert results[0][1] == "cancelled" and len(results[0][0]) < 20
+    assert [r for _, r in results[1:]] == ["length", "length"] and all(len(t) == 20 for t, _ in results[1:])
+
+
+def test_slot_cache_merge_and_select():
+    a, b = SlotCache(1), SlotCache(1)
+    a.update(torch.ones(2, 1, 3, 2), torch.ones(2, 1, 3, 2), 0)
+    b.update(torch.full((1, 1, 5, 2), 2.0), torch.full((1, 1, 5, 2), 2.0), 0)
+    a.nanochat_prev_embedding, b.nanochat_prev_embedding = torch.zeros(2, 1, 4), torch.ones(1, 1, 4)
+    m = SlotCache.merge(a, b)
+    assert m.get_seq_length() == 5 and m.layers[0].keys.shape == (3, 1, 5, 2)
+    assert m.layers[0].keys[0, 0, :2].abs().sum() == 0 and m.layers[0].keys[0, 0, 2:].eq(1).all()
+    assert m.nanochat_prev_embedding[:, 0, 0].tolist() == [0, 0, 1]  # per-row model state follows its row
+    m.batch_select_indices(torch.tensor([2]))
+    m.crop_left(1)
+    assert m.layers[0].keys.shape == (1, 1, 4, 2) and m.nanochat_prev_embedding.shape[0] == 1
+    for _ in range(200):  # the buffer grows past its first capacity
+        m.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2), 0)
+    assert m.get_seq_length() == 204
+
+
+def test_stream_decoder_holds_split_characters(tiny_tokenizer):
+    text = "héllo wörld ☃ ok"
+    ids = tiny_tokenizer.encode(text, add_special_tokens=False)
+    dec = StreamDecoder(tiny_tokenizer)
+    pieces = [dec.push(t) for t in ids]
+    assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
