@@ -279,8 +279,8 @@ def _count_batch(docs: list[str]) -> dict[str, int]:
 
 _SPLIT_REGEX = None
 _BYTELEVEL_TABLE = {b: BYTE_TO_CHAR[b] for b in range(256)}  # latin-1 char i <-> byte i -> ByteLevel char
-COUNT_BATCH_CHARS = 4_000_000  # characters per worker task
-POOL_MIN_CHARS = 8_000_000  # below this, counting in this process beats starting workers
+COUNT_BATCH_CHARS = 1_000_000  # characters per worker task
+POOL_MIN_CHARS = 2_000_000  # below this, counting in this process beats starting workers
 
 
 def _char_batches(docs: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
