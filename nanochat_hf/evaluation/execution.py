@@ -1,0 +1,202 @@
+"""Run model-written Python (HumanEval) in a separate, limited process.
+
+    from nanochat_hf.evaluation.execution import execute_code
+    result = execute_code(program, timeout=5.0)   # ExecutionResult(success, reason, stdout, stderr)
+
+Each program runs in a fresh `python -I -S -B` process (isolated: no site-packages, no env vars,
+no bytecode writes) started in its own session (so a timeout kills everything it spawned) inside a
+throw-away scratch directory. Before the program runs, the child:
+- sets resource limits: address space (huge allocations -> MemoryError), CPU seconds, written file
+  size, number of processes, no core dumps;
+- replaces what a program could use to escape or do harm with functions that raise
+  `SandboxViolation`: process creation (fork, exec, spawn, system, popen, subprocess), signals to
+  other processes, sockets, writes/deletes/renames outside the scratch directory, chdir.
+Whatever happens, the evaluating process gets a failed result with the reason; nothing it owns is
+touched. This is nanochat's `execution.py` idea (a reliability guard, not a security boundary
+against a determined attacker: for that, run the evaluation in a container).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+TIMEOUT_S = 5.0  # wall-clock seconds per program (HumanEval tests run in milliseconds)
+MAX_MEMORY_BYTES = 512 * 1024 * 1024  # address space of the child
+MAX_FILE_BYTES = 16 * 1024 * 1024  # largest file the child may write
+MAX_OUTPUT_CHARS = 4000  # stdout/stderr kept in the result
+RESULT_TAG = "__NANOCHAT_HF_SANDBOX__"  # the child's last stderr line: tag + JSON status
+
+
+@dataclass
+class ExecutionResult:
+    success: bool
+    reason: str  # "passed", "timeout", "memory limit", "sandbox: ...", "SyntaxError: ...", ...
+    stdout: str = ""
+    stderr: str = ""
+
+
+# The child's prologue: runs inside the sandboxed interpreter, reads the program from stdin.
+_CHILD = r'''
+import builtins, io, json, os, resource, sys
+TAG, LIMITS = sys.argv[1], json.loads(sys.argv[2])
+SCRATCH = os.path.realpath(os.getcwd())
+def _limit(which, value):
+    try:
+        resource.setrlimit(which, (value, value))
+    except (ValueError, OSError):
+        pass
+_limit(resource.RLIMIT_AS, LIMITS["memory"])
+_limit(resource.RLIMIT_DATA, LIMITS["memory"])
+_limit(resource.RLIMIT_CPU, LIMITS["cpu"])
+_limit(resource.RLIMIT_FSIZE, LIMITS["fsize"])
+_limit(resource.RLIMIT_CORE, 0)
+_limit(resource.RLIMIT_NPROC, LIMITS["nproc"])  # not enforced for root: fork itself is blocked below
+program = sys.stdin.read()
+sys.stdin = io.StringIO("")
+
+class SandboxViolation(PermissionError):
+    pass
+
+def _deny(name):
+    def denied(*args, **kwargs):
+        raise SandboxViolation(f"sandbox: {name} is not allowed")
+    return denied
+
+def _inside(path):
+    if isinstance(path, int):
+        return True  # an already-open descriptor
+    path = os.path.realpath(os.fsdecode(path))
+    return path == SCRATCH or path.startswith(SCRATCH + os.sep)
+
+_open, _os_open = builtins.open, os.open
+def guarded_open(file, mode="r", *args, **kwargs):
+    if any(c in mode for c in "wax+") and not _inside(file):
+        raise SandboxViolation(f"sandbox: writing {file!r} outside the scratch directory is not allowed")
+    return _open(file, mode, *args, **kwargs)
+def guarded_os_open(path, flags, *args, **kwargs):
+    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND) and not _inside(path):
+        raise SandboxViolation(f"sandbox: writing {path!r} outside the scratch directory is not allowed")
+    return _os_open(path, flags, *args, **kwargs)
+builtins.open = io.open = guarded_open
+os.open = guarded_os_open
+
+def _guard_paths(name, nargs=1):
+    real = getattr(os, name)
+    def guarded(*args, **kwargs):
+        for p in args[:nargs]:
+            if not _inside(p):
+                raise SandboxViolation(f"sandbox: os.{name}({p!r}) outside the scratch directory is not allowed")
+        return real(*args, **kwargs)
+    setattr(os, name, guarded)
+for _name, _n in [("remove", 1), ("unlink", 1), ("rmdir", 1), ("mkdir", 1), ("makedirs", 1), ("removedirs", 1),
+                  ("rename", 2), ("replace", 2), ("renames", 2), ("link", 2), ("symlink", 2), ("truncate", 1),
+                  ("chmod", 1), ("chown", 1), ("utime", 1)]:
+    if hasattr(os, _name):
+        _guard_paths(_name, _n)
+
+for _name in ["system", "popen", "fork", "forkpty", "vfork", "kill", "killpg", "putenv", "unsetenv", "chdir",
+              "fchdir", "chroot", "setuid", "setgid", "execl", "execle", "execlp", "execlpe", "execv", "execve",
+              "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp",
+              "spawnvpe", "posix_spawn", "posix_spawnp"]:
+    if hasattr(os, _name):
+        setattr(os, _name, _deny(f"os.{_name}"))
+
+import shutil, socket, subprocess
+shutil.rmtree = _deny("shutil.rmtree")
+shutil.move = _deny("shutil.move")
+subprocess.Popen = _deny("subprocess.Popen")
+for _name in ["run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"]:
+    setattr(subprocess, _name, _deny(f"subprocess.{_name}"))
+socket.socket = _deny("socket.socket")
+for _name in ["create_connection", "create_server", "socketpair", "fromfd", "getaddrinfo", "gethostbyname"]:
+    setattr(socket, _name, _deny(f"socket.{_name}"))
+for _name in ["_socket", "_posixsubprocess", "ctypes", "_ctypes", "multiprocessing", "resource"]:
+    sys.modules[_name] = None  # importing them now raises ImportError
+
+def report(ok, reason):
+    sys.stdout.flush()
+    sys.__stderr__.write("\n" + TAG + json.dumps({"ok": ok, "reason": reason}) + "\n")
+    sys.__stderr__.flush()
+
+try:
+    exec(compile(program, "<program>", "exec"), {"__name__": "__main__", "__builtins__": builtins})
+except SandboxViolation as e:
+    report(False, str(e))
+except MemoryError:
+    report(False, "memory limit")
+except RecursionError:
+    report(False, "RecursionError: maximum recursion depth exceeded")
+except SystemExit as e:
+    report(e.code in (None, 0), "passed" if e.code in (None, 0) else f"exit code {e.code}")
+except BaseException as e:
+    report(False, f"{type(e).__name__}: {str(e)[:300]}")
+else:
+    report(True, "passed")
+'''
+
+
+def _limits(timeout: float, max_memory_bytes: int) -> str:
+    return json.dumps({"memory": int(max_memory_bytes), "cpu": int(timeout) + 1, "fsize": MAX_FILE_BYTES, "nproc": 64})
+
+
+def execute_code(program: str, timeout: float = TIMEOUT_S, max_memory_bytes: int = MAX_MEMORY_BYTES) -> ExecutionResult:
+    """Run `program` in the sandbox; success iff it finishes within the limits without an exception."""
+    with tempfile.TemporaryDirectory(prefix="nanochat_hf_exec_") as scratch:
+        env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8",
+               "PYTHONHASHSEED": "0", "no_proxy": "*", "http_proxy": "http://0.0.0.0:9", "https_proxy": "http://0.0.0.0:9"}
+        cmd = [sys.executable, "-I", "-S", "-B", "-c", _CHILD, RESULT_TAG, _limits(timeout, max_memory_bytes)]
+        proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True, text=True, errors="replace")
+        try:
+            out, err = proc.communicate(program, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            out, err = proc.communicate()
+            return ExecutionResult(False, "timeout", out[-MAX_OUTPUT_CHARS:], err[-MAX_OUTPUT_CHARS:])
+        finally:
+            _kill_group(proc)  # anything the program left running in its session
+    status = None
+    head, sep, tail = err.rpartition(RESULT_TAG)
+    if sep:
+        try:
+            status = json.loads(tail.strip().splitlines()[0])
+        except (ValueError, IndexError):
+            status = None
+        err = head.rstrip("\n")
+    out, err = out[-MAX_OUTPUT_CHARS:], err[-MAX_OUTPUT_CHARS:]
+    if status is None:  # the child died before reporting: a signal (CPU limit, OOM killer) or os._exit
+        rc = proc.returncode
+        if rc is not None and rc < 0:
+            name = signal.Signals(-rc).name
+            reason = "cpu time limit" if name == "SIGXCPU" else ("memory limit" if name in ("SIGKILL", "SIGSEGV") else name)
+            return ExecutionResult(False, f"{reason} (killed by {name})", out, err)
+        if rc == 0:
+            return ExecutionResult(False, "exited before the tests ran (os._exit)", out, err)
+        last = err.strip().splitlines()[-1] if err.strip() else f"exit code {rc}"
+        return ExecutionResult(False, last[:300], out, err)
+    return ExecutionResult(bool(status["ok"]), status["reason"], out, err)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def execute_many(programs: list[str], timeout: float = TIMEOUT_S, max_memory_bytes: int = MAX_MEMORY_BYTES,
+                 workers: int | None = None, progress: bool = False) -> list[ExecutionResult]:
+    """Run many programs, several at a time (each still alone in its own process), results in order."""
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    with ThreadPoolExecutor(workers) as pool:
+        it = pool.map(lambda p: execute_code(p, timeout, max_memory_bytes), programs)
+        return list(tqdm(it, total=len(programs), desc="execute", disable=not progress))
