@@ -356,10 +356,18 @@ def train(cfg: PretrainConfig) -> dict:
 
     set_seed(cfg.seed)
     config = model_config(cfg, cfg.depth, len(tokenizer))
-    if config.vocab_size < len(tokenizer):
-        raise ValueError(f"the model's vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens; use the matching tokenizer")
+    from nanochat_hf.modeling import FA3_KERNEL, check_tokenizer_fits
+
+    check_tokenizer_fits(config, tokenizer)
     model = model_classes()[1](config)
     model.config.use_cache = False
+    if on_gpu:  # FlashAttention-3 (Hub kernel, bf16 under autocast, sliding windows); SDPA if it cannot load
+        try:
+            model.set_attn_implementation(FA3_KERNEL)
+        except Exception as err:
+            say(f"FlashAttention-3 unavailable ({type(err).__name__}); using SDPA (slower with sliding windows)")
+            model.set_attn_implementation("sdpa")
+    say(f"attention: {model.config._attn_implementation}")
     plan = training_plan(cfg, model, len(tokenizer), accelerator.num_processes)
     if cfg.fp8:
         if not on_gpu:
