@@ -326,6 +326,7 @@ def train(cfg: PretrainConfig) -> dict:
     from nanochat_hf.dataloader import BestFitLoader
     from nanochat_hf.dataset import load_splits
     from nanochat_hf.loss_eval import evaluate_bpb
+    from nanochat_hf.modeling import FA3_KERNEL, check_tokenizer_fits
     from nanochat_hf.optim import TrainingSchedule, build_optimizer
 
     on_gpu = torch.cuda.is_available()
@@ -356,8 +357,6 @@ def train(cfg: PretrainConfig) -> dict:
 
     set_seed(cfg.seed)
     config = model_config(cfg, cfg.depth, len(tokenizer))
-    from nanochat_hf.modeling import FA3_KERNEL, check_tokenizer_fits
-
     check_tokenizer_fits(config, tokenizer)
     model = model_classes()[1](config)
     model.config.use_cache = False
