@@ -561,9 +561,8 @@ def parse_args(argv: list[str] | None) -> PretrainConfig:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg = parse_args(argv)
     try:
-        train(cfg)
+        train(parse_args(argv))  # an unknown YAML key or a missing --config file is a one-line error too
     except (ValueError, FileNotFoundError, PretrainError) as err:
         print(f"nanochat-hf pretrain: {err}", file=sys.stderr)
         return 2
