@@ -104,14 +104,20 @@ def test_push_to_hub_uploads_the_folder(monkeypatch):
         calls["commit"] = (repo_id, kw.get("commit_message"))
         return SimpleNamespace(commit_url="https://hub.invalid/c/1", oid="1", pr_url=None)
 
+    def no_card_yet(*args, **kwargs):  # what the Hub answers for a new repo: no README.md
+        from huggingface_hub.errors import EntryNotFoundError
+
+        raise EntryNotFoundError("README.md not found")
+
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr("transformers.utils.hub.ModelCard.load", no_card_yet)
     monkeypatch.setattr(HfApi, "create_commit", create_commit)
     model = NanoChatForCausalLM(tiny("modern"))
     model.push_to_hub("someone/nanochat-d2", private=True, commit_message="d2 base")
     assert calls["repo"] == ("someone/nanochat-d2", True)
     assert calls["commit"] == ("someone/nanochat-d2", "d2 base")
     assert {"config.json", "model.safetensors", "generation_config.json", "modeling.py",
-            "configuration.py"} <= set(calls["files"])
+            "configuration.py", "README.md"} <= set(calls["files"])
 
 
 def test_truncated_safetensors_is_one_line_error(tmp_path):
