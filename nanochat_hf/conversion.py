@@ -99,11 +99,15 @@ def map_state_dict(state: dict[str, torch.Tensor], config: NanoChatConfig) -> di
     if unplaced:
         raise ValueError(f"cannot place {len(unplaced)} checkpoint tensor(s) in a {config.arch} model: {unplaced[:5]}"
                          f"{' ...' if len(unplaced) > 5 else ''}; is this a nanochat GPT checkpoint?")
-    if config.arch == "classic":
-        # Dec 2025 checkpoints pad the vocabulary to 64 rows; the native classic model has exactly vocab_size.
-        for key in ("model.embed_tokens.weight", "lm_head.weight"):
-            if key in out and out[key].shape[0] > config.vocab_size:
-                out[key] = out[key][: config.vocab_size].clone()
+    # Dec 2025 checkpoints pad the vocabulary to 64 rows while the native classic model has exactly vocab_size;
+    # the modern model always pads. Padding rows never reach the logits (they are sliced off), so both are safe.
+    rows = config.padded_vocab_size
+    for key, tensor in list(out.items()):
+        if key in ("model.embed_tokens.weight", "lm_head.weight") or key.startswith("model.value_embeds."):
+            if tensor.shape[0] > rows >= config.vocab_size:
+                out[key] = tensor[:rows].clone()
+            elif config.vocab_size <= tensor.shape[0] < rows:
+                out[key] = torch.cat([tensor, tensor.new_zeros(rows - tensor.shape[0], *tensor.shape[1:])])
     return out
 
 
