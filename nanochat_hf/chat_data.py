@@ -431,7 +431,7 @@ class SourceSpec:
         return f"{self.source}:{self.path}" if self.path and self.source != "identity" else self.source
 
 
-def load_source(spec: SourceSpec, validation: bool = False, progress: bool = True):
+def load_source(spec: SourceSpec, validation: bool = False):
     """One mixture entry as a `datasets.Dataset` with a single `messages` column (repeats not applied)."""
     from datasets import Dataset
 
@@ -513,19 +513,19 @@ class Mixture:
         return mix
 
 
-def build_mixture(mixture, progress: bool = True):
+def build_mixture(mixture):
     """A `DatasetDict` with `train` (sources x repeats, shuffled together) and `validation` (may be empty)."""
     from datasets import Dataset, DatasetDict, concatenate_datasets
 
     mix = Mixture.parse(mixture)
     parts, counts = [], {}
     for spec in mix.train:
-        ds = load_source(spec, validation=False, progress=progress)
+        ds = load_source(spec, validation=False)
         counts[spec.name] = counts.get(spec.name, 0) + len(ds) * spec.repeat
         parts += [ds] * spec.repeat  # nanochat's oversampling: the same rows once per epoch
     train = concatenate_datasets(parts).shuffle(seed=mix.seed).flatten_indices()
     if mix.validation:
-        val = concatenate_datasets([load_source(s, validation=True, progress=progress) for s in mix.validation])
+        val = concatenate_datasets([load_source(s, validation=True) for s in mix.validation])
         val = val.shuffle(seed=mix.seed).flatten_indices()
     elif mix.val_fraction > 0:
         split = train.train_test_split(test_size=mix.val_fraction, seed=mix.seed)

@@ -318,9 +318,10 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
     """Build the data, run SFTTrainer, save the chat model; returns a summary of the run."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    from nanochat_hf.chat_data import build_mixture, tokenize_conversations
+    from nanochat_hf.chat_data import Mixture, build_mixture, tokenize_conversations
 
     output_dir = Path(cfg.output_dir)
+    mixture = Mixture.parse(chat_args.mixture)  # a bad mixture fails now, before the model loads
     if cfg.max_length is None or cfg.max_length < 16:
         raise ValueError(f"--max_length must be >= 16 tokens, got {cfg.max_length}")
     resume = chat_args.resume or (cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None)
@@ -336,7 +337,7 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
         print(f"note: max_length {cfg.max_length} > the model's max_position_embeddings "
               f"{model.config.max_position_embeddings}", file=sys.stderr)
 
-    splits = build_mixture(chat_args.mixture)
+    splits = build_mixture(mixture)
     train_ds, train_stats = tokenize_conversations(splits["train"], tokenizer, cfg.max_length, "train", cfg.dataset_num_proc)
     eval_ds, eval_stats = None, None
     if len(splits["validation"]):
