@@ -23,12 +23,13 @@ the head on the last position only, and a sampler. The KV cache is our `SlotCach
 DynamicCache grows with `torch.cat` (a copy of the whole cache per token); ours writes into a
 preallocated buffer that doubles when full, and supports the row surgery continuous batching needs.
 
-Why not transformers' own continuous batching (`generate_batch` / `ContinuousBatchingManager`):
-in 5.23 it needs a paged-attention kernel per attention implementation and has no hook to force
-tool-output tokens into a running sequence, so the calculator could not work; it also does not
-know about extra per-row state a model keeps on its cache (nanochat's smear keeps the previous
-token's embedding there). Our scheduler (below) left-pads rows to a shared cache length, admits
-new requests between decode steps (batched prefill, then a merge), and drops finished rows.
+Why not transformers' own continuous batching (`model.generate_batch` / `ContinuousBatchingManager`,
+tried in 5.23 on CPU): it serves the classic architecture, but the modern one fails (the manager
+hands the model a dict of per-layer-type masks, our modeling builds its masks itself), it has no
+hook to force tool-output tokens into a running sequence (so no calculator), and it does not know
+about per-row state a model keeps on its cache (nanochat's smear). Our scheduler (below) left-pads
+rows to a shared cache length, admits new requests between decode steps (batched prefill, then a
+merge), and drops finished rows.
 """
 
 from __future__ import annotations
@@ -559,3 +560,86 @@ class StreamDecoder:
             return ""
         piece, self.emitted = text[self.emitted:], len(text)
         return piece
+
+
+class ChatRenderer:
+    """Generated token ids -> display text with the tool call made visible, streamed piece by piece.
+
+    Plain tokens go through a StreamDecoder; the tool's special tokens become `markers` (the CLI
+    shows `[calculator: 12*3 = 36]`, the server can pass its own).
+    """
+
+    DEFAULT_MARKERS = {"<|python_start|>": "[calculator: ", "<|python_end|>": "", "<|output_start|>": " = ",
+                       "<|output_end|>": "]", "<|assistant_end|>": "", "<|bos|>": ""}
+
+    def __init__(self, tokenizer, markers: dict[str, str] | None = None):
+        self.tokenizer = tokenizer
+        markers = self.DEFAULT_MARKERS if markers is None else markers
+        vocab = tokenizer.get_vocab()
+        self.markers = {vocab[k]: v for k, v in markers.items() if k in vocab}
+        self.special = set(tokenizer.all_special_ids) | set(self.markers)
+        self.decoder = StreamDecoder(tokenizer)
+
+    def push(self, token: int) -> str:
+        if token in self.special:
+            self.decoder = StreamDecoder(self.tokenizer)  # a special token ends any pending text
+            return self.markers.get(token, "")
+        return self.decoder.push(token)
+
+
+def parse_assistant(tokenizer, tokens: list[int]) -> list[dict]:
+    """Completion ids -> nanochat message parts [{"type": "text"|"python"|"python_output", "text": ...}].
+
+    The inverse of the chat template for an assistant turn, so a conversation with tool calls can be
+    stored as messages and re-rendered exactly (the stop token, if present, is dropped).
+    """
+    vocab = tokenizer.get_vocab()
+    kinds = {vocab["<|python_start|>"]: "python", vocab["<|output_start|>"]: "python_output"}
+    closers = {vocab["<|python_end|>"], vocab["<|output_end|>"]}
+    stops = {vocab[t] for t in STOP_TOKENS}
+    parts, kind, buf = [], "text", []
+
+    def flush():
+        if buf or kind != "text":
+            parts.append({"type": kind, "text": tokenizer.decode(buf)})
+        buf.clear()
+
+    for t in tokens:
+        if t in stops:
+            break
+        if t in kinds:
+            flush()
+            kind = kinds[t]
+        elif t in closers:
+            flush()
+            kind = "text"
+        else:
+            buf.append(t)
+    flush()
+    return parts
+
+
+def load_engine(model_path: str, device: str | None = None, dtype: str | None = None) -> Engine:
+    """Model + tokenizer from a stage's output folder or a Hub id -> Engine (bf16 on GPU, fp32 on CPU)."""
+    from pathlib import Path
+
+    import nanochat_hf.modeling  # noqa: F401  (registers our architectures with the Auto classes)
+    from transformers import AutoModelForCausalLM
+
+    from nanochat_hf.tokenization import load_tokenizer
+
+    local = Path(model_path).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise FileNotFoundError(f"{model_path} has no config.json; pass a model folder written by a training stage "
+                                "(e.g. runs/tiny/sft) or a Hub id like user/nanochat-d20")
+    if not local.exists() and (model_path.startswith((".", "/", "~")) or model_path.count("/") != 1):
+        raise FileNotFoundError(f"model {model_path!r} not found; pass a model folder or a Hub id like user/nanochat-d20")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    source = str(local) if local.exists() else model_path
+    tokenizer = load_tokenizer(source)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device)
+    if model.config.vocab_size < len(tokenizer):
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}; "
+                         "they do not belong together")
+    return Engine(model, tokenizer)
