@@ -24,7 +24,6 @@ import os
 import pickle
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -193,8 +192,9 @@ def tokenizer_from_ranks(mergeable_ranks: dict[bytes, int], merges: list[tuple[b
     """A `PreTrainedTokenizerFast` from tiktoken-style ranks (token bytes -> id) plus the 9 specials after them.
 
     `merges`: the learned merge pairs in order; if None (a tiktoken import) every split of a token
-    into two known tokens becomes a merge, ordered by the rank of the result -- tiktoken merges the
-    adjacent pair whose concatenation has the lowest rank, and this reproduces that.
+    into two lower-ranked tokens becomes a merge, ordered by the rank of the result: tiktoken merges
+    the adjacent pair whose concatenation has the lowest rank, and this reproduces it (the one
+    theoretical gap: two *different* splits of one token both adjacent in one chunk at once).
     """
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -243,106 +243,53 @@ def tokenizer_from_ranks(mergeable_ranks: dict[bytes, int], merges: list[tuple[b
 
 
 def train_tokenizer(inputs=None, vocab_size: int = DEFAULT_VOCAB_SIZE, max_chars: int = DEFAULT_MAX_CHARS,
-                    doc_cap: int = DEFAULT_DOC_CAP, progress: bool = True, num_workers: int | None = None):
+                    doc_cap: int = DEFAULT_DOC_CAP, progress: bool = True):
     """Train nanochat's BPE on `inputs` (txt/jsonl/parquet files, folders, 'hub:<id>'; None = embedded corpus)."""
     if vocab_size - len(SPECIAL_TOKENS) < 256:
         raise ValueError(f"--vocab-size {vocab_size} is too small: it needs 256 bytes + {len(SPECIAL_TOKENS)} special tokens (>= 265)")
     if max_chars <= 0 or doc_cap <= 0:
         raise ValueError("--max-chars and --doc-cap must be positive")
     check_inputs(inputs)  # fail on a bad path now, not after reading half of the corpus
-    counts = count_chunks(iter_documents(inputs, max_chars, doc_cap, progress), num_workers)
-    return train_from_counts(counts, vocab_size, progress)
+    return train_from_documents(iter_documents(inputs, max_chars, doc_cap, progress), vocab_size, progress)
 
 
-# Training in two steps, because that is where the time goes. Handing documents straight to
-# `tokenizers`' BpeTrainer (Split + ByteLevel pre-tokenizers) costs ~3x rustbpe: its per-chunk
-# bookkeeping (offset alignments for every split) dominates, while its merge loop is fast.
-# So: (1) split + count chunks with the `regex` module in worker processes (same splits,
-# ~3x cheaper per chunk), (2) feed each distinct chunk to the BpeTrainer `count` times.
+def train_from_documents(docs: Iterable[str], vocab_size: int, progress: bool = True):
+    """tokenizers' BpeTrainer over the documents -> our tokenizer (nanochat's id layout + specials).
 
-
-def _count_batch(docs: list[str]) -> dict[str, int]:
-    """{ByteLevel chunk: count} of a batch of documents (runs in a worker process)."""
-    import regex
-
-    global _SPLIT_REGEX
-    if _SPLIT_REGEX is None:
-        _SPLIT_REGEX = regex.compile(SPLIT_PATTERN)
-    chunks = []
-    for doc in docs:
-        chunks += _SPLIT_REGEX.findall(doc)
-    counts = Counter(chunks)
-    # single-byte chunks (",", ".", "\n", ...) hold no pair: they cannot influence any merge
-    return {c.encode("utf-8").decode("latin-1").translate(_BYTELEVEL_TABLE): n for c, n in counts.items()
-            if len(c) > 1 or ord(c) > 127}
-
-
-_SPLIT_REGEX = None
-_BYTELEVEL_TABLE = {b: BYTE_TO_CHAR[b] for b in range(256)}  # latin-1 char i <-> byte i -> ByteLevel char
-COUNT_BATCH_CHARS = 1_000_000  # characters per worker task
-POOL_MIN_CHARS = 2_000_000  # below this, counting in this process beats starting workers
-
-
-def _char_batches(docs: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
-    batch, size = [], 0
-    for doc in docs:
-        batch.append(doc)
-        size += len(doc)
-        if size >= batch_chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
-
-
-def count_chunks(docs: Iterable[str], num_workers: int | None = None) -> Counter:
-    """Counter {ByteLevel chunk: occurrences} of the split-pattern chunks of `docs`, in parallel processes."""
-    num_workers = num_workers or os.cpu_count() or 1
-    batches = _char_batches(docs, COUNT_BATCH_CHARS)
-    counts: Counter = Counter()
-    first = []  # look ahead: small corpora are counted here, without starting processes
-    for batch in batches:
-        first.append(batch)
-        if len(first) * COUNT_BATCH_CHARS >= POOL_MIN_CHARS:
-            break
-    if num_workers == 1 or len(first) * COUNT_BATCH_CHARS < POOL_MIN_CHARS:
-        for batch in first + list(batches):
-            counts.update(_count_batch(batch))
-        return counts
-    import itertools
-    import multiprocessing
-
-    # fork (Linux): workers start instantly and need no `if __name__ == "__main__"` guard in the caller's script
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    with multiprocessing.get_context(method).Pool(num_workers) as pool:
-        for part in pool.imap_unordered(_count_batch, itertools.chain(first, batches)):
-            counts.update(part)
-    return counts
-
-
-def train_from_counts(counts: dict[str, int], vocab_size: int, progress: bool = True):
-    """BpeTrainer on {ByteLevel chunk: count} -> our tokenizer (nanochat's id layout + specials)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    Where the time goes (benchmarks/tokenizer.py, 2 cores): the merge loop is cheap (~5% of the run);
+    ~95% is splitting + counting chunks, where tokenizers tracks offset alignments for every chunk
+    (~1 us of CPU per chunk vs ~0.5 us for rustbpe). Counting chunks ourselves first (`regex` in
+    worker processes, then feeding each distinct chunk `count` times) was measured and is no faster
+    in CPU time: the trainer has no way to take counts, so the feed costs as much as the count saved.
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.CharDelimiterSplit(" ")  # ByteLevel chunks never contain a plain space
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - len(SPECIAL_TOKENS),
         min_frequency=0,  # as rustbpe: merge until the vocabulary is full
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
         show_progress=progress,
     )
-
-    def repeated():  # "chunk chunk chunk ": the trainer counts it `count` times (in bounded pieces)
-        for chunk, n in counts.items():
-            while n > 0:
-                k = min(n, 1_000_000)
-                yield (chunk + " ") * k
-                n -= k
-
-    tok.train_from_iterator(repeated(), trainer, length=len(counts))
+    tok.train_from_iterator(_batched(docs), trainer)
     ranks, merges = _ranks_from_trained(tok)
     return tokenizer_from_ranks(ranks, merges)
+
+
+def _batched(docs: Iterable[str], size: int = 256) -> Iterator[list[str]]:
+    """Lists of documents: one Python -> Rust hand-over per batch instead of per document."""
+    batch = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _ranks_from_trained(tok) -> tuple[dict[bytes, int], list[tuple[bytes, bytes]]]:

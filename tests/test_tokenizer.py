@@ -438,34 +438,3 @@ def test_import_refuses_other_files(tmp_path):
     with pytest.raises(ValueError, match="split pattern"):
         convert_tiktoken_tokenizer(tmp_path / "tokenizer.pkl", tmp_path / "out")
 
-
-# ----------------------------------------------------------------------------- the fast training path
-
-
-def test_counted_training_learns_exactly_what_the_plain_bpe_trainer_learns():
-    """count_chunks + train_from_counts == tokenizers' BpeTrainer fed the documents (Split + ByteLevel)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
-
-    from nanochat_hf.tokenization import _ranks_from_trained, count_chunks, tokenizer_from_ranks, train_from_counts
-
-    docs = _docs()[:400] + TRICKY * 20
-    plain = Tokenizer(models.BPE())
-    plain.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-                                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    plain.train_from_iterator(docs, trainers.BpeTrainer(vocab_size=700 - 9, min_frequency=0, show_progress=False,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    reference = tokenizer_from_ranks(*_ranks_from_trained(plain))
-    ours = train_from_counts(count_chunks(docs, num_workers=1), 700, progress=False)
-    assert ours.get_vocab() == reference.get_vocab()
-    assert ours.backend_tokenizer.model.__getstate__() == reference.backend_tokenizer.model.__getstate__()
-
-
-def test_parallel_counting_matches_counting_in_process(monkeypatch):
-    import nanochat_hf.tokenization as T
-
-    docs = _docs()
-    monkeypatch.setattr(T, "COUNT_BATCH_CHARS", 20_000)  # many batches over 2 worker processes
-    monkeypatch.setattr(T, "POOL_MIN_CHARS", 40_000)
-    parallel = T.count_chunks(iter(docs), num_workers=2)
-    assert parallel == T.count_chunks(docs, num_workers=1)
-    assert parallel["Ġthe"] > 100 and "," not in parallel  # ByteLevel form; single bytes carry no pair
