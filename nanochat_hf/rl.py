@@ -1,0 +1,480 @@
+"""Reinforcement learning on GSM8K with TRL's GRPOTrainer: nanochat's `chat_rl`, on the HF stack.
+
+    accelerate launch -m nanochat_hf.rl --config recipes/d20/grpo.yaml --model_name_or_path runs/d20/sft
+    nanochat-hf rl --config recipes/tiny/grpo.yaml --model_name_or_path runs/tiny/sft --output_dir runs/tiny/rl
+
+Every key of the YAML is also a flag (`--max_steps 2`, `--num_generations 8`, `--use_vllm true`).
+
+nanochat's RL is "GRPO" reduced to on-policy REINFORCE, and each of its simplifications is
+one of GRPOConfig's knobs (set in the recipes):
+  no KL to a reference model              beta: 0.0
+  on policy, no PPO ratio/clip needed     num_iterations: 1  (the ratio is then exactly 1)
+  token-level normalisation (DAPO)        loss_type: dapo
+  advantage = reward - group mean         scale_rewards: none
+  16 samples per question, 256 tokens     num_generations: 16, max_completion_length: 256
+  temperature 1.0, top-k 50               temperature: 1.0, top_k: 50
+  lr = 5% of base, linear decay to 0      init_lr_frac: 0.05 (nanochat optimizer) / learning_rate, lr_scheduler_type: linear
+
+Rollouts use the calculator tool as the model was taught in SFT: when it writes
+`<|python_start|>expr<|python_end|>`, `nanochat_hf.engine.Engine` evaluates `expr` with the safe
+calculator and forces `<|output_start|>result<|output_end|>` into the sequence. We plug that
+engine into TRL through its `rollout_func` hook and return the forced tokens as `env_mask = 0`,
+which TRL multiplies into the loss mask: the model is never trained to "predict" tool output.
+TRL's own `tools=` support expects JSON function-calling templates, which nanochat's format is not.
+
+Data: `dataset_name: synthetic` (default, offline) generates arithmetic word problems with exact
+answers; `openai/gsm8k` (config `main`) or any local jsonl/parquet with GSM8K's `question` and
+`answer` columns is the real thing. The reward is exact numeric match of the final answer
+(`nanochat_hf.rewards`). pass@1..k on held-out questions is measured every `eval_every` steps.
+Outputs: checkpoints (`checkpoint-N/`, resumable with `--resume_from_checkpoint auto`), the log
+`<output_dir>/logs/rl.jsonl` (reward per step, pass@k), and a Hub-ready model folder in `<output_dir>`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+# ----------------------------------------------------------------------------- arguments
+
+
+@dataclass
+class RLArguments:
+    """Our flags; everything else is TRL's GRPOConfig (output_dir, max_steps, learning_rate, ...)."""
+
+    model_name_or_path: str | None = field(default=None, metadata={"help": "SFT model folder or Hub id (required)"})
+    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's)"})
+    # data
+    dataset_name: str = field(default="synthetic", metadata={
+        "help": "'synthetic' (offline arithmetic), a Hub id such as openai/gsm8k, or a local jsonl/parquet file or "
+                "folder with GSM8K's `question` and `answer` columns"})
+    dataset_config: str | None = field(default="main", metadata={"help": "Hub config / subfolder (GSM8K: main)"})
+    dataset_train_split: str = field(default="train", metadata={"help": "split with the training questions"})
+    dataset_test_split: str = field(default="test", metadata={"help": "split with the held-out questions (pass@k)"})
+    max_train_examples: int = field(default=-1, metadata={"help": "use only the first N training questions (-1: all)"})
+    synthetic_train_size: int = field(default=4000, metadata={"help": "synthetic: number of training problems"})
+    synthetic_test_size: int = field(default=200, metadata={"help": "synthetic: number of held-out problems"})
+    synthetic_max_operand: int = field(default=999, metadata={"help": "synthetic: largest number in a problem"})
+    synthetic_seed: int = field(default=200_000, metadata={
+        "help": "synthetic: seed of the first training problem (far from the seeds mid/SFT draw from)"})
+    # reward
+    reward_funcs: list[str] = field(default_factory=lambda: ["correctness"], metadata={
+        "help": "reward functions of nanochat_hf.rewards: correctness, correctness_last_number, format "
+                "(weights: GRPOConfig's reward_weights)"})
+    # rollouts
+    use_calculator: bool = field(default=True, metadata={
+        "help": "run the calculator tool inside rollouts (nanochat's Engine); false: plain TRL generation"})
+    # periodic pass@k on held-out questions (nanochat: every 60 steps, 400 questions, k up to 8)
+    eval_every: int = field(default=60, metadata={"help": "measure pass@k every N steps (and at 0 and the end); <=0: never"})
+    eval_examples: int = field(default=400, metadata={"help": "held-out questions per pass@k measurement"})
+    pass_k: int = field(default=8, metadata={"help": "samples per held-out question: logs pass@1..pass@k"})
+    eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the pass@k samples"})
+    # optimizer: TRL's AdamW (learning_rate, lr_scheduler_type) or nanochat's Muon + AdamW groups
+    optimizer: str = field(default="adamw", metadata={
+        "help": "'adamw' (TRL's, learning_rate + lr_scheduler_type) or 'nanochat' (Muon for matrices, AdamW "
+                "elsewhere, lrs below times init_lr_frac, linear decay to 0)"})
+    embedding_lr: float = field(default=0.2, metadata={"help": "nanochat optimizer: embedding lr (AdamW)"})
+    unembedding_lr: float = field(default=0.004, metadata={"help": "nanochat optimizer: lm_head lr (AdamW)"})
+    matrix_lr: float = field(default=0.02, metadata={"help": "nanochat optimizer: block matrices lr (Muon)"})
+    scalar_lr: float = field(default=0.5, metadata={"help": "nanochat optimizer: scalars lr (AdamW)"})
+    init_lr_frac: float = field(default=0.05, metadata={"help": "nanochat optimizer: start at this fraction of the lrs"})
+
+
+def parse_args(argv: list[str]):
+    from trl import GRPOConfig, TrlParser
+
+    parser = TrlParser((RLArguments, GRPOConfig))
+    rl_args, config = parser.parse_args_and_config(args=argv)
+    return rl_args, config
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def synthetic_rows(size: int, seed: int = 0, max_operand: int = 99) -> list[dict]:
+    """Arithmetic word problems in GSM8K's schema, from the SFT data's own generator.
+
+    The SFT stage teaches exactly these conversations (calculator call, then `#### answer`), so
+    RL starts from a model that knows the format and improves how often it gets them right.
+    """
+    from nanochat_hf.chat_data import arithmetic
+
+    rows = []
+    for messages in arithmetic(size, seed=seed, max_operand=max_operand):
+        question, parts = messages[0]["content"], messages[1]["content"]
+        # Back to GSM8K's text: a python part and the output after it become `<<expr=result>>`.
+        answer = ""
+        for i, part in enumerate(parts):
+            if part["type"] == "python":
+                following = parts[i + 1] if i + 1 < len(parts) else {}
+                answer += f"<<{part['text']}={following.get('text', '') if following.get('type') == 'python_output' else ''}>>"
+            elif part["type"] == "text":
+                answer += part["text"]
+        rows.append({"question": question, "answer": answer})
+    return rows
+
+
+def to_prompt_dataset(rows):
+    """GSM8K rows -> TRL's conversational prompts; `answer` stays a column for the reward function."""
+    from datasets import Dataset
+
+    if not isinstance(rows, Dataset):
+        rows = Dataset.from_list(list(rows))
+    missing = {"question", "answer"} - set(rows.column_names)
+    if missing:
+        raise ValueError(f"the RL dataset needs GSM8K's `question` and `answer` columns; missing {sorted(missing)} "
+                         f"(columns: {rows.column_names})")
+    extra = [c for c in rows.column_names if c not in ("question", "answer")]
+    return rows.map(lambda r: {"prompt": [{"role": "user", "content": r["question"]}]}, remove_columns=extra)
+
+
+def load_prompts(args: RLArguments):
+    """(train, test) prompt datasets for `args.dataset_name`."""
+    if args.dataset_name == "synthetic":
+        from nanochat_hf.chat_data import VAL_SEED_OFFSET
+
+        train = synthetic_rows(args.synthetic_train_size, seed=args.synthetic_seed, max_operand=args.synthetic_max_operand)
+        test = synthetic_rows(args.synthetic_test_size, seed=VAL_SEED_OFFSET, max_operand=args.synthetic_max_operand)
+    else:
+        # Hub id (openai/gsm8k + config main) or local files in the same schema; chat_data knows both.
+        from nanochat_hf.chat_data import _load_rows
+
+        path = Path(args.dataset_name).expanduser()
+        if path.is_dir() and args.dataset_config and (path / args.dataset_config).is_dir():
+            path = path / args.dataset_config  # a local copy of the Hub layout: gsm8k/main/train-*.parquet
+        source = str(path) if path.exists() else args.dataset_name
+        train = _load_rows(source, args.dataset_config, args.dataset_train_split)
+        test = _load_rows(source, args.dataset_config, args.dataset_test_split)
+        if source == str(path) and path.is_file():
+            raise ValueError(f"{path} is one file; RL needs train and held-out questions: give a folder with "
+                             f"{args.dataset_train_split}.jsonl and {args.dataset_test_split}.jsonl (or parquet)")
+    train, test = to_prompt_dataset(train), to_prompt_dataset(test)
+    if args.max_train_examples > 0:
+        train = train.select(range(min(args.max_train_examples, len(train))))
+    if len(train) == 0:
+        raise ValueError(f"no training questions in {args.dataset_name!r}")
+    return train, test
+
+
+# ----------------------------------------------------------------------------- rollouts with the calculator
+
+
+def _groups(prompts: list) -> list[tuple[int, int]]:
+    """(start, end) of runs of identical consecutive prompts: TRL's sampler repeats each question."""
+    spans, start = [], 0
+    for i in range(1, len(prompts) + 1):
+        if i == len(prompts) or prompts[i] != prompts[start]:
+            spans.append((start, i))
+            start = i
+    return spans
+
+
+def sample_with_tools(engine, prompt_tokens: list[int], num_samples: int, max_tokens: int,
+                      temperature: float, top_k: int | None, top_p: float | None, seed: int):
+    """`num_samples` completions of one prompt: (completion ids, mask with 0 on forced tool output).
+
+    `engine` is a `nanochat_hf.engine.Engine`: it samples, runs the calculator on each
+    `<|python_end|>` and forces its output in. A completion that stopped on its own ends with
+    `<|assistant_end|>` (mask 1) so the model is also rewarded for stopping; one cut at
+    `max_tokens` does not, which TRL reads as truncated.
+    """
+    sequences, masks = engine.generate_batch(
+        prompt_tokens, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature,
+        top_k=top_k or None, top_p=top_p if top_p is not None and top_p < 1.0 else None, seed=seed)
+    end = engine.tokenizer.convert_tokens_to_ids("<|assistant_end|>")
+    out_ids, out_masks = [], []
+    for seq, mask in zip(sequences, masks):
+        ids, m = list(seq[len(prompt_tokens):]), list(mask[len(prompt_tokens):])
+        if len(ids) < max_tokens:
+            ids, m = ids + [end], m + [1]
+        out_ids.append(ids)
+        out_masks.append(m)
+    return out_ids, out_masks
+
+
+def make_rollout_func(args: RLArguments):
+    """TRL `rollout_func(prompts, trainer) -> {prompt_ids, completion_ids, logprobs, env_mask}`."""
+    from trl.models.utils import unwrap_model_for_generation
+
+    from nanochat_hf.engine import Engine
+    from nanochat_hf.tokenization import render_for_completion
+
+    def rollout(prompts: list, trainer) -> dict:
+        cfg, tokenizer = trainer.args, trainer.processing_class
+        prompt_ids, completion_ids, env_mask = [], [], []
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model, torch.no_grad():
+            was_training = model.training
+            engine = Engine(model, tokenizer)  # puts the model in eval mode (no dropout while sampling)
+            for g, (start, end) in enumerate(_groups(prompts)):
+                tokens = render_for_completion(tokenizer, prompts[start])
+                # A different seed for every step, rank and question (nanochat hashes (step, example)).
+                seed = hash((cfg.seed, trainer.state.global_step, trainer.accelerator.process_index, g)) & 0x7FFFFFFF
+                ids, masks = sample_with_tools(engine, tokens, end - start, cfg.max_completion_length,
+                                               cfg.temperature, cfg.top_k, cfg.top_p, seed)
+                prompt_ids += [tokens] * (end - start)
+                completion_ids += ids
+                env_mask += masks
+            model.train(was_training)
+        python_start = tokenizer.convert_tokens_to_ids("<|python_start|>")
+        tool_calls = sum(ids.count(python_start) for ids in completion_ids)
+        metrics = getattr(trainer, "_metrics", None)  # TRL averages and logs these with its own
+        if metrics is not None:
+            metrics["train"]["tools/calls_per_completion"].append(tool_calls / max(1, len(completion_ids)))
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None, "env_mask": env_mask}
+
+    return rollout
+
+
+# ----------------------------------------------------------------------------- pass@k and logging
+
+
+@torch.no_grad()
+def pass_at_k(model, tokenizer, dataset, k: int, max_tokens: int, temperature: float, top_k: int | None,
+              rank: int = 0, world_size: int = 1, seed: int = 0) -> tuple[torch.Tensor, int]:
+    """nanochat's measure: for k' = 1..k, how many questions have a correct answer among the first k' samples.
+
+    Returns (counts[k], number of questions) for this rank's share; the caller sums across ranks.
+    """
+    from nanochat_hf.engine import Engine
+    from nanochat_hf.rewards import correctness_reward
+    from nanochat_hf.tokenization import render_for_completion
+
+    counts, n = torch.zeros(k), 0
+    was_training = model.training
+    engine = Engine(model, tokenizer)
+    for idx in range(rank, len(dataset), world_size):
+        row = dataset[idx]
+        tokens = render_for_completion(tokenizer, row["prompt"])
+        ids, _ = sample_with_tools(engine, tokens, k, max_tokens, temperature, top_k, None, seed + idx)
+        texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
+        correct = correctness_reward(completions=texts, answer=[row["answer"]] * k)
+        for j in range(k):
+            counts[j] += float(any(correct[: j + 1]))
+        n += 1
+    model.train(was_training)
+    return counts, n
+
+
+class PassAtKCallback(TrainerCallback):
+    """pass@1..k on held-out questions at step 0, every `eval_every` steps and at the end."""
+
+    def __init__(self, args: RLArguments, dataset):
+        self.args, self.dataset, self.trainer, self.last = args, dataset, None, None
+
+    def _run(self, state):
+        from trl.models.utils import unwrap_model_for_generation
+
+        trainer, a = self.trainer, self.args
+        if trainer is None or a.eval_every <= 0 or self.last == state.global_step or len(self.dataset) == 0:
+            return
+        self.last = state.global_step
+        acc, cfg = trainer.accelerator, trainer.args
+        data = self.dataset.select(range(min(a.eval_examples, len(self.dataset))))
+        with unwrap_model_for_generation(trainer.model_wrapped, acc) as model:
+            counts, n = pass_at_k(model, trainer.processing_class, data, a.pass_k, cfg.max_completion_length,
+                                  a.eval_temperature, cfg.top_k, acc.process_index, acc.num_processes, seed=cfg.seed)
+        totals = acc.reduce(torch.cat([counts, torch.tensor([float(n)])]).to(acc.device), reduction="sum").cpu()
+        logs = {f"pass@{j + 1}": round(float(totals[j] / max(1.0, totals[-1])), 4) for j in range(a.pass_k)}
+        model_ = trainer.model
+        was_training = model_.training
+        model_.eval()  # GRPOTrainer.log flushes the metrics of the current mode: keep the training ones intact
+        trainer.log(logs)
+        model_.train(was_training)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._run(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.args.eval_every > 0 and state.global_step % self.args.eval_every == 0:
+            self._run(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._run(state)
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Every log row (reward, loss, lr, pass@k, ...) as one JSON line, for the report card."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str)) or v is None}}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """On resume, drop log rows written after the checkpoint we restart from (they will be redone)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a torn last line from a killed run
+            continue
+        if row.get("step", 0) <= step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------- model, optimizer
+
+
+def load_model(args: RLArguments, config):
+    import nanochat_hf.modeling  # noqa: F401  registers our architectures with the Auto classes
+    from transformers import AutoModelForCausalLM
+
+    from nanochat_hf.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(args.tokenizer_name_or_path or args.model_name_or_path)
+    tokenizer.padding_side = "left"  # GRPO left-pads prompts
+    # fp32 master weights; bf16 autocast comes from `bf16: true` on GPUs (as nanochat).
+    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32,
+                                                 trust_remote_code=config.trust_remote_code)
+    if model.config.vocab_size < len(tokenizer):
+        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}: "
+                         "pass the tokenizer the model was trained with (--tokenizer_name_or_path)")
+    # The saved folder generates like nanochat's chat: stop at <|assistant_end|> (or a stray <|bos|>).
+    gen = model.generation_config
+    gen.eos_token_id = [tokenizer.convert_tokens_to_ids("<|assistant_end|>"), tokenizer.bos_token_id]
+    gen.bos_token_id, gen.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
+    gen.do_sample, gen.temperature, gen.top_k = True, config.temperature, config.top_k or None
+    return model, tokenizer
+
+
+def build_nanochat_optimizer(model, args: RLArguments, max_steps: int):
+    """nanochat's chat_rl optimizer: Muon + AdamW groups at init_lr_frac of their lrs, linear decay to 0."""
+    from nanochat_hf.optim import build_optimizer
+
+    optimizer = build_optimizer(model, embedding_lr=args.embedding_lr * args.init_lr_frac,
+                                unembedding_lr=args.unembedding_lr * args.init_lr_frac,
+                                matrix_lr=args.matrix_lr * args.init_lr_frac,
+                                scalar_lr=args.scalar_lr * args.init_lr_frac, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max_steps))
+    return optimizer, scheduler
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def check_args(args: RLArguments, config) -> None:
+    """Refuse bad settings in one line each, before loading anything."""
+    from nanochat_hf.rewards import REWARD_FUNCS
+
+    if not args.model_name_or_path:
+        raise ValueError("--model_name_or_path is required: the SFT model folder (e.g. runs/tiny/sft) or a Hub id")
+    local = Path(args.model_name_or_path).expanduser()
+    if (local.exists() or args.model_name_or_path.startswith((".", "/", "~"))) and not (local / "config.json").is_file():
+        raise FileNotFoundError(f"{local} is not a model folder (no config.json); run `nanochat-hf sft` first or "
+                                "pass the right --model_name_or_path")
+    unknown = [r for r in args.reward_funcs if r not in REWARD_FUNCS]
+    if unknown or not args.reward_funcs:
+        raise ValueError(f"unknown reward_funcs {unknown}; choose from {sorted(REWARD_FUNCS)}")
+    if config.reward_weights is not None and len(config.reward_weights) != len(args.reward_funcs):
+        raise ValueError(f"reward_weights has {len(config.reward_weights)} values for {len(args.reward_funcs)} reward_funcs")
+    if args.optimizer not in ("adamw", "nanochat"):
+        raise ValueError(f"optimizer must be 'adamw' or 'nanochat', got {args.optimizer!r}")
+    if args.pass_k < 1:
+        raise ValueError(f"pass_k must be >= 1, got {args.pass_k}")
+    if config.num_iterations != 1 or config.beta != 0.0:
+        print(f"[rl] note: num_iterations={config.num_iterations}, beta={config.beta}: no longer nanochat's "
+              "on-policy objective (num_iterations 1, beta 0)", file=sys.stderr)
+
+
+def resolve_resume(config) -> str | None:
+    """`--resume_from_checkpoint auto` (or true/last) = the newest checkpoint-N in output_dir, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    value = config.resume_from_checkpoint
+    if value in (None, "", "false", "False", "none", "None"):
+        return None
+    if str(value).lower() in ("auto", "true", "last"):
+        return get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
+    if not os.path.isdir(value):
+        raise FileNotFoundError(f"checkpoint {value} does not exist; pass a checkpoint-N folder or `auto`")
+    return value
+
+
+def train(args: RLArguments, config):
+    from trl import GRPOTrainer
+
+    from nanochat_hf.rewards import REWARD_FUNCS
+    from nanochat_hf.tokenization import save_tokenizer
+
+    check_args(args, config)
+    resume = resolve_resume(config)
+    train_ds, test_ds = load_prompts(args)
+    model, tokenizer = load_model(args, config)
+    if config.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
+        config.gradient_checkpointing = False
+    optimizers = (None, None)
+    if args.optimizer == "nanochat":
+        if config.max_steps <= 0:  # nanochat: (questions // questions per step) * epochs
+            questions_per_step = config.generation_batch_size // config.num_generations
+            config.max_steps = max(1, int(len(train_ds) // questions_per_step * config.num_train_epochs))
+        optimizers = build_nanochat_optimizer(model, args, config.max_steps)
+
+    # Rollouts: our Engine with the calculator (default), or TRL's generation (also its vLLM path).
+    rollout_func = None
+    if args.use_calculator and not config.use_vllm:
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.x
+        rollout_func = make_rollout_func(args)
+    elif args.use_calculator:
+        print("[rl] use_vllm: rollouts go through TRL's vLLM generation, without the calculator tool", file=sys.stderr)
+
+    log_path = Path(config.output_dir) / "logs" / "rl.jsonl"
+    if resume is None and log_path.exists():
+        log_path.unlink()  # a fresh run starts a fresh log
+    elif resume is not None:
+        truncate_log(log_path, int(Path(resume).name.rsplit("-", 1)[-1]))
+    passk = PassAtKCallback(args, test_ds)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[REWARD_FUNCS[name] for name in args.reward_funcs],
+        args=config,
+        train_dataset=train_ds,
+        processing_class=tokenizer,
+        callbacks=[JsonlLogCallback(log_path), passk],
+        optimizers=optimizers,
+        rollout_func=rollout_func,
+    )
+    passk.trainer = trainer
+    if trainer.accelerator.is_main_process:
+        print(f"[rl] {trainer.accelerator.state}".strip())
+        print(f"[rl] {len(train_ds):,} training questions, {len(test_ds):,} held out; "
+              f"{config.num_generations} samples each; calculator in rollouts: {rollout_func is not None}")
+    trainer.train(resume_from_checkpoint=resume)
+
+    # The Hub-ready folder: weights, config, generation config, tokenizer with its chat template.
+    trainer.save_model(config.output_dir)
+    if trainer.accelerator.is_main_process:
+        save_tokenizer(tokenizer, config.output_dir)
+        trainer.create_model_card(model_name=Path(config.output_dir).name, dataset_name=args.dataset_name,
+                                  tags=["nanochat", "nanochat_hf"])
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args, config = parse_args(argv)
+        train(args, config)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"nanochat-hf rl: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

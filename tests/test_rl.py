@@ -1,0 +1,259 @@
+"""RL stage: prompts, rollouts with the calculator (forced tokens masked), GRPO raising the reward, resume."""
+
+import json
+import random
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from nanochat_hf.rl import (
+    RLArguments,
+    _groups,
+    load_prompts,
+    main,
+    make_rollout_func,
+    parse_args,
+    synthetic_rows,
+    to_prompt_dataset,
+    truncate_log,
+)
+from nanochat_hf.rewards import correctness_reward
+
+REPO = Path(__file__).resolve().parents[1]
+MAX_OPERAND = 9  # one-digit problems: a 2-layer model learns the format in a couple of hundred steps
+SFT_STEPS = 200
+
+
+def _sft(model, tokenizer, conversations, steps: int, lr: float = 3e-3, batch_size: int = 16, seed: int = 0):
+    """Plain supervised training on the assistant tokens (what `nanochat-hf sft` does, minus TRL)."""
+    from nanochat_hf.tokenization import render_conversation
+
+    data = [render_conversation(tokenizer, c) for c in conversations]
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    for step in range(steps):
+        batch = [data[rng.randrange(len(data))] for _ in range(batch_size)]
+        T = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([i + [tokenizer.pad_token_id] * (T - len(i)) for i, _ in batch])
+        labels = torch.tensor([[t if m else -100 for t, m in zip(i, mk)] + [-100] * (T - len(i)) for i, mk in batch])
+        for group in opt.param_groups:
+            group["lr"] = lr * (1 - step / steps)
+        model(input_ids=ids, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return model
+
+
+@pytest.fixture(scope="session")
+def sft_model_dir(tiny_tokenizer_dir, tmp_path_factory):
+    """A 2-layer model SFT'd on the synthetic arithmetic conversations (calculator call, `#### answer`)."""
+    import nanochat_hf.modeling  # noqa: F401
+    from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
+    from nanochat_hf.chat_data import arithmetic
+    from nanochat_hf.tokenization import load_tokenizer, save_tokenizer
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    config = NanoChatConfig.from_depth(2, vocab_size=len(tokenizer), max_position_embeddings=256,
+                                       head_dim=32, aspect_ratio=32)
+    model = _sft(NanoChatForCausalLM(config), tokenizer, arithmetic(2000, seed=0, max_operand=MAX_OPERAND), SFT_STEPS)
+    out = tmp_path_factory.mktemp("sft_model")
+    model.save_pretrained(out)
+    save_tokenizer(tokenizer, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def test_synthetic_rows_are_gsm8k_rows_whose_reference_earns_the_reward():
+    from nanochat_hf.chat_data import arithmetic, gsm8k_answer_to_parts
+
+    rows = synthetic_rows(20, seed=3, max_operand=99)
+    assert all(set(r) == {"question", "answer"} and "####" in r["answer"] for r in rows)
+    # The same conversations SFT trains on: GSM8K's <<expr=result>> parses back to the tool-call parts.
+    assert [gsm8k_answer_to_parts(r["answer"]) for r in rows] == [c[1]["content"] for c in arithmetic(20, 3, 99)]
+    answers = [r["answer"] for r in rows]
+    assert correctness_reward(completions=answers, answer=answers) == [1.0] * 20
+    assert synthetic_rows(5, seed=3) == synthetic_rows(5, seed=3)  # deterministic
+
+
+def test_load_prompts_from_local_gsm8k_files(tmp_path):
+    rows = {"train": [{"question": "Ann has 3 apples and buys 4. How many?", "answer": "3+4=<<3+4=7>>7\n#### 7"}] * 3,
+            "test": [{"question": "What is 2 times 5?", "answer": "2*5=<<2*5=10>>10\n#### 10"}]}
+    for split, rs in rows.items():
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps({**r, "extra": 1}) + "\n" for r in rs))
+    train, test = load_prompts(RLArguments(dataset_name=str(tmp_path), dataset_config=None))
+    assert len(train) == 3 and len(test) == 1
+    assert set(train.column_names) == {"question", "answer", "prompt"}
+    assert train[0]["prompt"] == [{"role": "user", "content": rows["train"][0]["question"]}]
+    assert test[0]["answer"].endswith("#### 10")
+    train, _ = load_prompts(RLArguments(dataset_name=str(tmp_path), dataset_config=None, max_train_examples=2))
+    assert len(train) == 2
+
+
+def test_prompt_dataset_refuses_other_schemas():
+    with pytest.raises(ValueError, match="question"):
+        to_prompt_dataset([{"problem": "1+1", "answer": "#### 2"}])
+
+
+def test_groups_of_repeated_prompts():
+    a, b = [{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]
+    assert _groups([a, a, a, b, b, a]) == [(0, 3), (3, 5), (5, 6)]
+
+
+# ----------------------------------------------------------------------------- rollouts with the tool
+
+
+def test_rollout_forces_calculator_output_and_masks_it(sft_model_dir):
+    """TRL's rollout_func contract, through our Engine: forced `<|output_start|>...<|output_end|>` has env_mask 0."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from nanochat_hf.tokenization import load_tokenizer
+    from nanochat_hf.tools import run_calculator
+
+    tokenizer = load_tokenizer(sft_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(sft_model_dir)
+    questions = ["What is 7*8?", "Compute 9 - 3."]
+    prompts = [[{"role": "user", "content": q}] for q in questions for _ in range(4)]
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(seed=0, max_completion_length=48, temperature=0.7, top_k=50, top_p=1.0),
+        processing_class=tokenizer, model_wrapped=model, accelerator=Accelerator(cpu=True),
+        state=SimpleNamespace(global_step=0), _metrics={"train": __import__("collections").defaultdict(list)})
+    out = make_rollout_func(RLArguments())(prompts, trainer)
+    assert set(out) == {"prompt_ids", "completion_ids", "logprobs", "env_mask"}
+    assert len(out["completion_ids"]) == len(out["env_mask"]) == len(out["prompt_ids"]) == 8
+    assert model.training  # the rollout hands the model back in training mode
+
+    ids = {n: tokenizer.convert_tokens_to_ids(n) for n in
+           ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>", "<|assistant_end|>")}
+    checked = 0
+    for completion, mask in zip(out["completion_ids"], out["env_mask"]):
+        assert len(completion) == len(mask)
+        forced = [i for i, m in enumerate(mask) if m == 0]
+        if ids["<|python_end|>"] not in completion:
+            assert forced == []  # nothing is forced without a tool call
+            continue
+        start, end = completion.index(ids["<|python_start|>"]), completion.index(ids["<|python_end|>"])
+        expression = tokenizer.decode(completion[start + 1:end])
+        expected = [ids["<|output_start|>"], *tokenizer.encode(run_calculator(expression), add_special_tokens=False),
+                    ids["<|output_end|>"]]
+        # Right after the call: the calculator's real answer, every token of it masked out of the loss.
+        assert completion[end + 1:end + 1 + len(expected)] == expected
+        assert forced[: len(expected)] == list(range(end + 1, end + 1 + len(expected)))
+        assert all(mask[i] == 1 for i in range(end + 1))  # the model's own tokens stay in the loss
+        checked += 1
+    assert checked >= 4, "the SFT'd model should call the calculator in most samples"
+    # Samples that stopped end with <|assistant_end|>, kept in the loss (the model learns to stop).
+    stopped = [c for c in out["completion_ids"] if len(c) < 48]
+    assert stopped and all(c[-1] == ids["<|assistant_end|>"] for c in stopped)
+    assert trainer._metrics["train"]["tools/calls_per_completion"][0] > 0
+
+
+# ----------------------------------------------------------------------------- GRPO
+
+
+def _rl_argv(model_dir, out_dir, *extra):
+    return ["--config", str(REPO / "recipes/tiny/grpo.yaml"), "--model_name_or_path", str(model_dir),
+            "--output_dir", str(out_dir), "--synthetic_max_operand", str(MAX_OPERAND),
+            "--synthetic_train_size", "400", "--synthetic_test_size", "16", "--eval_examples", "16",
+            "--max_completion_length", "48", "--dataloader_num_workers", "0", *extra]
+
+
+def _log(out_dir):
+    return [json.loads(line) for line in (Path(out_dir) / "logs" / "rl.jsonl").read_text().splitlines()]
+
+
+def test_grpo_raises_the_reward_of_an_sft_model(sft_model_dir, tmp_path):
+    out = tmp_path / "rl"
+    rc = main(_rl_argv(sft_model_dir, out, "--max_steps", "24", "--num_generations", "8",
+                       "--per_device_train_batch_size", "32", "--eval_every", "12", "--pass_k", "2",
+                       "--optimizer", "adamw", "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
+                       "--save_steps", "100"))
+    assert rc == 0
+    log = _log(out)
+    rewards = [row["reward"] for row in log if "reward" in row]
+    assert len(rewards) == 24
+    first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
+    assert 0.0 < first < 0.9, f"the SFT model should be right sometimes, not always: {rewards}"
+    assert last > first + 0.05, f"mean reward did not rise: first 8 steps {first:.3f}, last 8 {last:.3f}"
+    # pass@k measured at the start, midway and at the end; per-function reward logged by TRL.
+    passk = [row for row in log if "pass@1" in row]
+    assert [row["step"] for row in passk] == [0, 12, 24]
+    assert all(0 <= row["pass@1"] <= row["pass@2"] <= 1 for row in passk)
+    assert any("rewards/correctness_reward/mean" in row for row in log)
+    # A Hub-ready folder that loads without nanochat_hf-specific steps.
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "generation_config.json", "README.md"):
+        assert (out / name).is_file(), name
+    from nanochat_hf.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(out)
+    gen = json.loads((out / "generation_config.json").read_text())
+    assert tokenizer.convert_tokens_to_ids("<|assistant_end|>") in gen["eos_token_id"]
+
+
+def test_resume_from_checkpoint_continues_where_it_stopped(sft_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "rl"
+    argv = _rl_argv(sft_model_dir, out, "--max_steps", "4", "--save_steps", "2", "--num_generations", "4",
+                    "--per_device_train_batch_size", "8", "--eval_every", "0")
+    assert main(argv) == 0
+    full = load_file(out / "model.safetensors")
+    full_log = [r for r in _log(out) if "reward" in r]
+    # Pretend the run died after checkpoint-2: drop what came later, then resume.
+    import shutil
+    shutil.rmtree(out / "checkpoint-4")
+    (out / "model.safetensors").unlink()
+    assert main(argv + ["--resume_from_checkpoint", "auto"]) == 0
+    resumed = load_file(out / "model.safetensors")
+    log = [r for r in _log(out) if "reward" in r]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]  # no step twice, none missing
+    assert [r["reward"] for r in log] == [r["reward"] for r in full_log]  # same rollouts after the restart
+    for name, tensor in full.items():
+        torch.testing.assert_close(resumed[name], tensor, msg=name)
+
+
+def test_truncate_log_drops_rows_after_the_checkpoint(tmp_path):
+    path = tmp_path / "rl.jsonl"
+    path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3}\n{"step": 3')  # a torn last line too
+    truncate_log(path, 2)
+    assert path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+# ----------------------------------------------------------------------------- recipes and bad input
+
+
+@pytest.mark.parametrize("tier", ["tiny", "d20", "d24", "d26", "d32"])
+def test_recipes_hold_nanochats_objective(tier):
+    args, config = parse_args(["--config", str(REPO / f"recipes/{tier}/grpo.yaml"), "--bf16", "false", "--use_cpu", "true"])
+    assert (config.beta, config.num_iterations, config.loss_type, config.scale_rewards) == (0.0, 1, "dapo", "none")
+    assert (config.temperature, config.top_k) == (1.0, 50)
+    assert args.reward_funcs == ["correctness"] and args.use_calculator
+    if tier != "tiny":
+        assert config.num_generations == 16 and config.max_completion_length == 256
+        assert config.generation_batch_size * 8 // config.num_generations == 16  # 16 questions/step on 8 GPUs
+        assert args.dataset_name == "openai/gsm8k" and args.init_lr_frac == 0.05
+
+
+def test_every_flag_overrides_the_recipe():
+    args, config = parse_args(["--config", str(REPO / "recipes/tiny/grpo.yaml"), "--max_steps", "3",
+                               "--pass_k", "2", "--reward_funcs", "correctness", "format"])
+    assert config.max_steps == 3 and args.pass_k == 2 and args.reward_funcs == ["correctness", "format"]
+
+
+def test_bad_input_is_one_line_error(tmp_path, sft_model_dir, capsys):
+    recipe = str(REPO / "recipes/tiny/grpo.yaml")
+    assert main(["--config", recipe, "--model_name_or_path", str(tmp_path / "nope"), "--output_dir", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert main(["--config", recipe, "--model_name_or_path", str(sft_model_dir), "--output_dir", str(tmp_path),
+                 "--reward_funcs", "vibes"]) == 2
+    assert "unknown reward_funcs" in capsys.readouterr().err
+    assert main(["--config", recipe, "--model_name_or_path", str(sft_model_dir), "--output_dir", str(tmp_path),
+                 "--resume_from_checkpoint", str(tmp_path / "checkpoint-9")]) == 2
+    assert "does not exist" in capsys.readouterr().err
