@@ -421,6 +421,8 @@ def convert_tiktoken_tokenizer(pkl_path: str | os.PathLike, output_dir: str | os
     expected = {t: len(ranks) + i for i, t in enumerate(SPECIAL_TOKENS)}
     if specials != expected:
         raise ValueError(f"{path} has special tokens {specials}, expected nanochat's 9 right after the {len(ranks)} merged tokens")
+    # By hand rather than transformers' convert_tiktoken_to_fast (which needs blobfile): the same
+    # builder as training, so an imported tokenizer and a trained one are the same kind of folder.
     tokenizer = tokenizer_from_ranks(dict(ranks))
     save_tokenizer(tokenizer, output_dir)
     return tokenizer
