@@ -358,9 +358,9 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
-    if eval_ds is not None:
-        metrics.update(trainer.evaluate())
-        log.on_log(cfg, trainer.state, None, logs={"final_eval_loss": metrics.get("eval_loss")})
+    if eval_ds is not None:  # the validation loss of the final model (unless the last step just measured it)
+        last = [r for r in trainer.state.log_history if "eval_loss" in r and r.get("step") == trainer.state.global_step]
+        metrics.update(last[-1] if last else trainer.evaluate())
     save_chat_model(trainer, tokenizer, output_dir)
     return {"output_dir": str(output_dir), "steps": trainer.state.global_step, **metrics,
             "truncated_rows": train_stats["truncated_rows"]}
