@@ -1,0 +1,180 @@
+"""CORE as lighteval custom tasks, giving exactly `nanochat-hf eval`'s numbers.
+
+    NANOCHAT_HF_EVAL_BUNDLE=eval_bundle/ lighteval accelerate \
+        "model_name=out/base,trust_remote_code=True,override_chat_template=False,batch_size=8" \
+        "core_copa|0,core_winograd|0,core_lambada_openai|0" \
+        --custom-tasks nanochat_hf/evaluation/lighteval_tasks.py
+
+Task names are `core_<label>` for every task of core.yaml; always ask for 0 lighteval shots: the
+few-shot examples are nanochat's (drawn per row with Random(1234 + i)) and already in the prompt.
+
+Why custom metrics: lighteval's loglikelihood path tokenizes context and continuation separately
+and sums log-probs, while nanochat tokenizes whole prompts, finds the continuation span in token
+space (common prefix / common suffix) and compares *mean* losses; LM tasks need every greedy
+token to match. So each request is built from nanochat's own token sequences:
+- multiple choice / schema: the context is just BOS and the "choices" are the full prompts plus,
+  for each, the part before its span; sum(full) - sum(prefix) is the span's log-prob and the span
+  length comes from the returned tokens, so the metric takes nanochat's argmin of mean loss;
+- language modelling: greedy generation of exactly the span's length from the prompt without the
+  continuation, correct iff the generated tokens equal the continuation's tokens.
+Environment: NANOCHAT_HF_EVAL_BUNDLE (bundle folder; default: the cached/downloaded one),
+NANOCHAT_HF_EVAL_TOKENIZER (default: the `model_name=` of the lighteval command line),
+NANOCHAT_HF_EVAL_MAX_PER_TASK (nanochat's --max-per-task).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from lighteval.metrics.metrics_sample import SampleLevelComputation
+from lighteval.metrics.utils.metric_utils import SampleLevelMetric
+from lighteval.tasks.lighteval_task import LightevalTaskConfig
+from lighteval.tasks.requests import Doc, SamplingMethod
+
+from nanochat_hf.evaluation import core
+
+logger = logging.getLogger(__name__)
+TASK_PREFIX = "core_"
+
+
+def _bundle() -> Path:
+    return core.resolve_bundle(os.environ.get("NANOCHAT_HF_EVAL_BUNDLE") or None)
+
+
+def _max_per_task() -> int:
+    return int(os.environ.get("NANOCHAT_HF_EVAL_MAX_PER_TASK", "-1"))
+
+
+def _tokenizer_source() -> str:
+    """The tokenizer: $NANOCHAT_HF_EVAL_TOKENIZER, else the model_name= of lighteval's model argument."""
+    if os.environ.get("NANOCHAT_HF_EVAL_TOKENIZER"):
+        return os.environ["NANOCHAT_HF_EVAL_TOKENIZER"]
+    for arg in sys.argv:
+        m = re.search(r"(?:^|,)model_name=([^,]+)", arg)
+        if m:
+            return m.group(1)
+    raise ValueError("set NANOCHAT_HF_EVAL_TOKENIZER to the model's folder or Hub id (no model_name= on the command line)")
+
+
+@lru_cache(maxsize=1)
+def _tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(_tokenizer_source(), trust_remote_code=True)
+
+
+@lru_cache(maxsize=None)
+def _task_rows(label: str) -> tuple[core.CoreTask, list[dict]]:
+    bundle = _bundle()
+    task = core.load_tasks(bundle, [label])[0]
+    return task, core.load_task_rows(bundle, task, _max_per_task())
+
+
+def _model_max_len() -> int | None:
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(_tokenizer_source(), trust_remote_code=True)
+    except (OSError, ValueError):
+        return None
+    return core.model_max_seq_len(type("M", (), {"config": cfg})())
+
+
+def _context_prefix(tok) -> tuple[str, list[int]]:
+    """What lighteval feeds before our tokens: "" when the tokenizer adds BOS itself, else BOS's text."""
+    bos = core.bos_id(tok)
+    if tok("", add_special_tokens=True)["input_ids"][:1] == [bos]:
+        return "", []
+    return tok.convert_ids_to_tokens(bos), []
+
+
+def prompt_fn(line: dict, task_name: str) -> Doc:
+    """One nanochat CORE example -> a lighteval Doc carrying nanochat's exact token sequences."""
+    label = task_name.split("|")[0].removeprefix(TASK_PREFIX)
+    task, rows = _task_rows(label)
+    tok = _tokenizer()
+    ex = core.prepare_example(int(line["idx"]), rows, task, tok, _model_max_len())
+    query, _ = _context_prefix(tok)
+    decode = lambda ids: tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    specific = {"spans": [e - s for s, e in zip(ex.starts, ex.ends)], "type": task.task_type,
+                "tokens": [t[1:] for t in ex.tokens], "starts": [s - 1 for s in ex.starts]}
+    if task.task_type == "language_modeling":
+        seq, s, e = ex.tokens[0], ex.starts[0], ex.ends[0]
+        return Doc(task_name=task_name, query=query + decode(seq[1:s]), choices=[decode(seq[s:e])], gold_index=0,
+                   generation_size=e - s, stop_sequences=[], specific=specific)
+    fulls = [decode(t[1:]) for t in ex.tokens]
+    prefixes = [decode(t[1:s]) for t, s in zip(ex.tokens, ex.starts)]
+    return Doc(task_name=task_name, query=query, choices=fulls + prefixes, gold_index=int(ex.gold), specific=specific)
+
+
+class NanochatMeanLossChoice(SampleLevelComputation):
+    """nanochat's MC/schema rule: the option whose continuation span has the lowest mean loss."""
+
+    def compute(self, doc: Doc, model_response, **kwargs) -> float:
+        n = len(doc.choices) // 2
+        lps, toks = model_response.logprobs, model_response.output_tokens
+        losses = []
+        for i in range(n):
+            full, prefix = [t for t in toks[i] if t >= 0], [t for t in toks[n + i] if t >= 0]  # -1 = lighteval's padding
+            if full[:len(prefix)] != prefix:
+                logger.warning("%s: prefix tokens differ from the full prompt's; the score may differ from nanochat's",
+                               doc.task_name)
+            span = doc.specific["spans"][i]
+            losses.append(-(lps[i] - lps[n + i]) / span)
+        return float(losses.index(min(losses)) == doc.gold_index)
+
+
+class NanochatGreedyMatch(SampleLevelComputation):
+    """nanochat's LM rule: every greedy token of the continuation is right (= greedy generation reproduces it)."""
+
+    def compute(self, doc: Doc, model_response, **kwargs) -> float:
+        seq, start = doc.specific["tokens"][0], doc.specific["starts"][0]
+        want = seq[start:start + doc.specific["spans"][0]]
+        if model_response.output_tokens:
+            got = [int(t) for t in model_response.output_tokens[0] if t >= 0][:len(want)]
+            return float(got == want)
+        return float(model_response.text[0] == doc.choices[0])
+
+
+core_mc_metric = SampleLevelMetric(metric_name="acc", higher_is_better=True, category=SamplingMethod.LOGPROBS,
+                                   sample_level_fn=NanochatMeanLossChoice(), corpus_level_fn=np.mean)
+core_lm_metric = SampleLevelMetric(metric_name="acc", higher_is_better=True, category=SamplingMethod.GENERATIVE,
+                                   sample_level_fn=NanochatGreedyMatch(), corpus_level_fn=np.mean)
+
+
+def _index_dataset(label: str, n: int) -> str:
+    """lighteval loads a dataset per task; ours is just the row indices (the rows live in the bundle)."""
+    folder = core.default_cache_dir() / "lighteval_core" / f"{label}-{n}"
+    path = folder / "test.jsonl"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"idx": i}) + "\n" for i in range(n)))
+        tmp.replace(path)
+    return str(folder)
+
+
+def build_tasks() -> list[LightevalTaskConfig]:
+    bundle = _bundle()
+    configs = []
+    for task in core.load_tasks(bundle):
+        if not (bundle / "eval_data" / task.dataset_uri).is_file():
+            continue  # an incomplete bundle: offer only what it has
+        n = len(_task_rows(task.label)[1])
+        lm = task.task_type == "language_modeling"
+        configs.append(LightevalTaskConfig(
+            name=TASK_PREFIX + task.label, prompt_function=prompt_fn, hf_repo=_index_dataset(task.label, n),
+            hf_subset="default", hf_avail_splits=["test"], evaluation_splits=["test"], few_shots_split=None,
+            few_shots_select=None, metrics=[core_lm_metric if lm else core_mc_metric],
+            generation_size=64 if lm else None, stop_sequence=[], version=0))
+    return configs
+
+
+TASKS_TABLE = build_tasks()
