@@ -1,0 +1,130 @@
+"""ChatCORE tasks: letter-logit scoring, greedy decoding with the calculator, answer/code extraction."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanochat_hf.evaluation import chat_tasks
+from nanochat_hf.tokenization import render_for_completion
+
+CHAT = Path(__file__).parent / "fixtures" / "eval" / "chat"
+
+
+def tiny_model(tokenizer, seed=0):
+    from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
+
+    torch.manual_seed(seed)
+    model = NanoChatForCausalLM(NanoChatConfig.from_depth(1, arch="classic", vocab_size=len(tokenizer),
+                                                          max_position_embeddings=1024))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # nanochat's init gives near-uniform logits; randomise for decisive predictions
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    return model.eval()
+
+
+class ScriptedLM(torch.nn.Module):
+    """Emits a fixed token script (one token per forward step), whatever the input: for decoding tests."""
+
+    def __init__(self, vocab_size, script):
+        super().__init__()
+        self.vocab_size, self.script, self.calls = vocab_size, list(script), []
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, past_key_values=None, use_cache=None, **kw):
+        step = 0 if past_key_values is None else past_key_values + 1
+        self.calls.append(input_ids[0].tolist())
+        logits = torch.zeros(1, input_ids.shape[1], self.vocab_size)
+        logits[0, -1, self.script[min(step, len(self.script) - 1)]] = 1.0
+        return type("Out", (), {"logits": logits, "past_key_values": step})()
+
+
+def test_mc_prompts_and_shuffle_follow_nanochat():
+    convs = chat_tasks.load_conversations("ARC-Easy", str(CHAT))
+    from datasets import load_dataset
+
+    order = [r["question"] for r in load_dataset("json", data_files=str(CHAT / "arc_easy.jsonl"), split="train").shuffle(seed=42)]
+    assert [c["messages"][0]["content"].split("\n")[0] for c in convs] == [f"Multiple Choice question: {q}" for q in order]
+    conv = next(c for c in convs if c["letters"] == ["1", "2", "3", "4"])
+    assert conv["messages"][0]["content"] == ("Multiple Choice question: Which object is a good conductor of electricity?\n"
+                                              "- wooden spoon=1\n- rubber band=2\n- copper wire=3\n- plastic cup=4\n\n"
+                                              "Respond only with the letter of the correct answer.")
+    assert conv["messages"][1]["content"] == "3"
+    assert len(chat_tasks.load_conversations("MMLU", str(CHAT), max_problems=2)) == 2
+
+
+def test_categorical_scoring_equals_one_by_one_letter_argmax(tiny_tokenizer):
+    model = tiny_model(tiny_tokenizer)
+    for task in ("ARC-Easy", "MMLU"):
+        convs = chat_tasks.load_conversations(task, str(CHAT))
+        expected = []
+        for c in convs:  # independent: one conversation at a time, no padding
+            ids = render_for_completion(tiny_tokenizer, c["messages"])
+            assert ids[-1] == tiny_tokenizer.convert_tokens_to_ids("<|assistant_start|>")
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+            letter_ids = [tiny_tokenizer.convert_tokens_to_ids(l) for l in c["letters"]]
+            expected.append(c["letters"][int(torch.stack([logits[i] for i in letter_ids]).argmax())] == c["messages"][-1]["content"])
+        got = chat_tasks.run_categorical(model, tiny_tokenizer, convs, batch_size=3, progress=False)
+        assert got == expected
+        res = chat_tasks.evaluate_chat_task(task, model, tiny_tokenizer, str(CHAT), progress=False)
+        acc = sum(expected) / len(expected)
+        assert res["accuracy"] == pytest.approx(acc) and res["centered"] == pytest.approx((acc - 0.25) / 0.75)
+
+
+def test_greedy_decoding_runs_the_calculator_tool(tiny_tokenizer):
+    tok = tiny_tokenizer
+    sp = tok.convert_tokens_to_ids
+    text = lambda s: tok.encode(s, add_special_tokens=False)
+    # the model "writes" a tool call, then (whatever it would say) the tool output is forced in, then the answer
+    script = [sp("<|python_start|>"), *text("48+24"), sp("<|python_end|>"), 0, 0, 0, 0, *text("#### 72"), sp("<|assistant_end|>")]
+    model = ScriptedLM(len(tok), script)
+    out = chat_tasks.greedy_with_tool(model, tok, [sp("<|bos|>")], max_tokens=50)
+    decoded = tok.decode(out, skip_special_tokens=False)
+    assert decoded.startswith("<|python_start|>48+24<|python_end|><|output_start|>72<|output_end|>")
+    assert decoded.endswith("#### 72") and sp("<|assistant_end|>") not in out
+    assert len(chat_tasks.greedy_with_tool(ScriptedLM(len(tok), [5]), tok, [1], max_tokens=7)) == 7
+
+
+def test_gsm8k_scoring_uses_the_number_after_hashes(tiny_tokenizer, monkeypatch):
+    convs = chat_tasks.load_conversations("GSM8K", str(CHAT))
+    refs = [chat_tasks.reference_answer(c) for c in convs]
+    assert sorted(refs) == ["10", "72"]
+    # the model answers every question with "#### 72": exactly the Natalia question is right
+    monkeypatch.setattr(chat_tasks, "generate_completions", lambda m, t, cs, *a, **k: ["so #### 72"] * len(cs))
+    outcomes = chat_tasks.run_generative("GSM8K", None, tiny_tokenizer, convs, progress=False)
+    assert outcomes == [r == "72" for r in refs]
+    assert chat_tasks.extract_answer("The answer is #### 1,234.5") == "1234.5"
+    assert chat_tasks.extract_answer("no marker 42") is None
+
+
+def test_spelling_bee_reference_is_the_letter_count():
+    convs = chat_tasks.load_conversations("SpellingBee", max_problems=20)
+    assert len(convs) == 20
+    for c in convs:
+        content = c["messages"][1]["content"]
+        expr = next(p["text"] for p in content if p["type"] == "python")  # 'word'.count('x')
+        word, letter = expr.split("'")[1], expr.split("'")[3]
+        assert chat_tasks.reference_answer(c) == str(word.count(letter))
+
+
+def test_humaneval_extraction_and_execution(monkeypatch):
+    assert chat_tasks.extract_program("Sure:\n```python\ndef f():\n    return 1\n```\nbye") == "def f():\n    return 1"
+    assert chat_tasks.extract_program("  def f(): return 2 ") == "def f(): return 2"
+    prompt = "from typing import List\nimport math\n\n\ndef g(x: List[int]) -> int:\n    pass\n"
+    assert chat_tasks.extract_imports(prompt) == "from typing import List\nimport math"
+    convs = chat_tasks.load_conversations("HumanEval", max_problems=3)
+    assert len(convs) == 3 and all("check" in c["test"] for c in convs)
+    # the canonical solutions, answered in a markdown block, pass; a wrong answer fails
+    good = [f"Here you go:\n```python\n{c['messages'][1]['content']}\n```" for c in convs]
+    monkeypatch.setattr(chat_tasks, "generate_completions", lambda m, t, cs, *a, **k: good)
+    assert chat_tasks.run_generative("HumanEval", None, None, convs, progress=False) == [True] * 3
+    monkeypatch.setattr(chat_tasks, "generate_completions", lambda m, t, cs, *a, **k: ["def nope(): pass"] * 3)
+    assert chat_tasks.run_generative("HumanEval", None, None, convs, progress=False) == [False] * 3
+
+
+def test_missing_chat_data_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="arc_easy.jsonl"):
+        chat_tasks.load_conversations("ARC-Easy", str(tmp_path))
+    with pytest.raises(ValueError, match="unknown chat task"):
+        chat_tasks.load_conversations("TriviaQA")
