@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.max_per_task == 0 or args.max_per_task < -1:
             raise ValueError(f"--max-per-task must be a positive number or -1 (all), got {args.max_per_task}")
-        resolve_tasks(args.tasks)
-        if args.bundle is not None:
-            core.resolve_bundle(args.bundle)  # fail before loading the model
+        core_labels, _, _ = resolve_tasks(args.tasks)
+        if core_labels is None or core_labels:  # check the bundle and task names before loading the model
+            core.load_tasks(core.resolve_bundle(args.bundle), core_labels or None)
         model, tokenizer = load_model(args.model, args.device, args.dtype)
         result = evaluate(model, tokenizer, args.tasks, args.max_per_task, args.bundle, args.chat_data, args.bpb_text,
                           args.batch_tokens, args.max_new_tokens, not args.no_progress, model_name=args.model)

@@ -1,0 +1,107 @@
+"""`nanochat-hf eval` end to end on a saved tiny model, and the same numbers through lighteval's own CLI."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nanochat_hf.evaluation import core, run
+
+BUNDLE = Path(__file__).parent / "fixtures" / "eval" / "eval_bundle"
+CHAT = Path(__file__).parent / "fixtures" / "eval" / "chat"
+TASKS_MODULE = Path(run.__file__).parent / "lighteval_tasks.py"
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tiny_tokenizer_dir, tmp_path_factory):
+    from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
+    from nanochat_hf.tokenization import load_tokenizer, save_tokenizer
+
+    tok = load_tokenizer(tiny_tokenizer_dir)
+    torch.manual_seed(0)
+    model = NanoChatForCausalLM(NanoChatConfig.from_depth(2, arch="classic", vocab_size=len(tok), max_position_embeddings=512))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # decisive (non-uniform) predictions, so that scores are not decided by float noise
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    out = tmp_path_factory.mktemp("tiny_model")
+    model.save_pretrained(out)
+    save_tokenizer(tok, out)
+    return out
+
+
+def test_cli_writes_json_and_table_equal_to_library_scores(tiny_model_dir, tmp_path):
+    out = tmp_path / "res.json"
+    rc = run.main(["--model", str(tiny_model_dir), "--tasks", "core,bpb", "--bundle", str(BUNDLE),
+                   "--output", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert set(res["tasks"]) == {"arc_easy", "copa", "lambada_openai", "winograd"}
+    model, tok = run.load_model(str(tiny_model_dir), "cpu")
+    direct = core.evaluate_core(model, tok, BUNDLE, progress=False)
+    for label, r in direct["tasks"].items():
+        assert res["tasks"][label]["accuracy"] == pytest.approx(r["accuracy"])
+        assert res["tasks"][label]["centered"] == pytest.approx(r["centered"])
+        assert res["tasks"][label]["n"] == r["n"]
+    assert res["core"] == pytest.approx(direct["core"])
+    assert res["model"] == str(tiny_model_dir) and res["run"]["seconds"] > 0 and "commit" in res["run"]
+    assert 0 < res["bpb"] < 20  # a random model: roughly log2(vocab) bits per token spread over bytes
+    table = out.with_suffix(".md").read_text()
+    assert "| copa | 0 | 6 |" in table and "**CORE**" in table
+
+
+def test_cli_max_per_task_and_chat_tasks(tiny_model_dir, tmp_path):
+    out = tmp_path / "chat.json"
+    rc = run.main(["--model", str(tiny_model_dir), "--tasks", "copa,ARC-Easy,MMLU", "--bundle", str(BUNDLE),
+                   "--chat-data", str(CHAT), "--max-per-task", "2", "--output", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert {k: v["n"] for k, v in res["tasks"].items()} == {"copa": 2, "ARC-Easy": 2, "MMLU": 2}
+    assert res["chatcore"] is None  # only defined over all six ChatCORE tasks, as in nanochat
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "core", "--bundle", "/nonexistent/bundle"], "not a CORE eval bundle"),
+    (["--tasks", "nosuchtask"], "unknown CORE task"),
+    (["--tasks", "core", "--max-per-task", "0"], "--max-per-task"),
+])
+def test_cli_bad_input_is_one_line_and_exit_2(tiny_model_dir, argv, message, capsys):
+    extra = [] if "--bundle" in argv else ["--bundle", str(BUNDLE)]
+    assert run.main(["--model", str(tiny_model_dir), *argv, *extra, "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+
+
+def test_cli_missing_model_folder(tmp_path, capsys):
+    assert run.main(["--model", str(tmp_path), "--tasks", "copa", "--bundle", str(BUNDLE)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_lighteval_cli_gives_the_same_numbers(tiny_model_dir, tmp_path):
+    """lighteval's own CLI with our --custom-tasks module reproduces nanochat-hf eval's accuracies."""
+    pytest.importorskip("lighteval")
+    import lighteval
+
+    pkl = Path(lighteval.__file__).parent / "tasks" / "tasks" / "tinyBenchmarks.pkl"
+    if not pkl.exists():
+        pytest.skip(f"offline lighteval needs an (empty) {pkl} (it downloads one on import)")
+    labels = ["copa", "winograd", "arc_easy"]
+    env = dict(os.environ, NANOCHAT_HF_EVAL_BUNDLE=str(BUNDLE), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    lighteval_bin = shutil.which("lighteval") or f"{sys.executable} -m lighteval"
+    cmd = [*lighteval_bin.split(), "accelerate",
+           f"model_name={tiny_model_dir},trust_remote_code=True,override_chat_template=False,batch_size=4,device=cpu,"
+           f"cache_dir={tmp_path / 'cache'}",
+           ",".join(f"core_{l}|0" for l in labels), "--custom-tasks", str(TASKS_MODULE), "--output-dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next((tmp_path / "out" / "results").rglob("results_*.json")).read_text())["results"]
+    model, tok = run.load_model(str(tiny_model_dir), "cpu")
+    ours = core.evaluate_core(model, tok, BUNDLE, labels=labels, progress=False)["tasks"]
+    for label in labels:
+        assert results[f"core_{label}|0"]["acc"] == pytest.approx(ours[label]["accuracy"]), label
