@@ -561,6 +561,12 @@ class StreamDecoder:
         piece, self.emitted = text[self.emitted:], len(text)
         return piece
 
+    def flush(self) -> str:
+        """Whatever is held back (at the end of a stream an incomplete character is shown as is)."""
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip)
+        piece, self.emitted = text[self.emitted:], len(text)
+        return piece
+
 
 class ChatRenderer:
     """Generated token ids -> display text with the tool call made visible, streamed piece by piece.

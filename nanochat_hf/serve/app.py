@@ -1,0 +1,405 @@
+"""The FastAPI app: chat page, TGI routes, OpenAI chat completions, all on one continuous-batching scheduler.
+
+    app = create_app(engine, Limits(max_concurrent=32), model_id="nanochat-d20")
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+
+Every request becomes a `Request` on the engine's `Scheduler` (one background thread decodes all
+active requests together). Its events cross from that thread to the event loop through an
+asyncio.Queue; a request that ends early (client gone, stop sequence, timeout) is cancelled and
+its row leaves the batch at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+
+from nanochat_hf.engine import Engine, Event, SamplingParams, StreamDecoder
+from nanochat_hf.serve.protocol import ApiError, Limits, bad, parse_chat, parse_json_body, parse_tgi
+
+VERSION = "0.1.0"
+PART_OF = {"<|python_start|>": "python", "<|output_start|>": "python_output"}  # a special token opens a part
+CLOSERS = ("<|python_end|>", "<|output_end|>")
+
+
+def _error_response(request: Request, err: ApiError) -> JSONResponse:
+    if request.url.path.startswith("/v1/"):  # OpenAI's shape, which the openai client parses
+        kind = {400: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+                503: "server_overloaded", 504: "timeout"}.get(err.status, "server_error")
+        status = 400 if err.status == 422 else err.status  # OpenAI answers invalid requests with 400
+        body = {"error": {"message": err.message, "type": kind, "param": None, "code": status}}
+        return JSONResponse(body, status_code=status)
+    else:  # TGI's shape, which text_generation / InferenceClient parse
+        body = {"error": err.message, "error_type": err.kind}
+    return JSONResponse(body, status_code=err.status)
+
+
+class Server:
+    """State shared by the routes: engine, scheduler, limits and the in-flight count."""
+
+    def __init__(self, engine: Engine, limits: Limits, model_id: str):
+        self.engine, self.limits, self.model_id = engine, limits, model_id
+        self.tokenizer = engine.tokenizer
+        self.scheduler = None
+        self.in_flight = 0
+        self.created = int(time.time())
+        vocab = self.tokenizer.get_vocab()
+        self.special_ids = set(self.tokenizer.all_special_ids) | {vocab[t] for t in PART_OF} | {vocab[t] for t in CLOSERS}
+        self.part_of = {vocab[t]: kind for t, kind in PART_OF.items()}
+        self.closers = {vocab[t] for t in CLOSERS}
+
+    def start(self):
+        self.scheduler = self.engine.scheduler(self.limits.max_concurrent)
+
+    def stop(self):
+        if self.scheduler is not None:
+            self.scheduler.close()
+
+    async def read_body(self, request: Request) -> dict:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
+            raise ApiError(413, f"the request body is {declared} bytes; the limit is {self.limits.max_body_bytes}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.limits.max_body_bytes:
+                raise ApiError(413, f"the request body is over the limit of {self.limits.max_body_bytes} bytes")
+            chunks.append(chunk)
+        return parse_json_body(b"".join(chunks))
+
+    def check_prompt(self, ids: list[int]) -> list[int]:
+        n, limit = len(ids), min(self.limits.max_prompt_tokens, self.engine.max_context - 1)
+        if n > limit:
+            raise bad(f"the prompt has {n} tokens; the limit is {limit} (shorten it, or set `truncate`)")
+        return ids
+
+    def seeded(self, params: SamplingParams) -> SamplingParams:
+        if params.temperature > 0 and params.seed is None:  # report the seed we drew, as TGI does
+            params.seed = random.randrange(2**63)
+        return params
+
+    async def events(self, http: Request, prompt: list[int], params: SamplingParams, prompt_logprobs: bool = False):
+        """Submit to the scheduler and yield its Events until the end; cancels the request if we stop early."""
+        capacity = self.limits.max_concurrent + self.limits.max_queue
+        if self.in_flight >= capacity:
+            raise ApiError(503, f"the server is busy ({self.in_flight} requests in flight, limit {capacity}); retry later",
+                           "overloaded")
+        self.in_flight += 1
+        loop, q = asyncio.get_running_loop(), asyncio.Queue()
+        deadline = time.monotonic() + self.limits.request_timeout_s
+        req, finished = None, False
+        try:
+            req = self.scheduler.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev),
+                                        want_prompt_logprobs=prompt_logprobs)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ApiError(504, f"the request took longer than {self.limits.request_timeout_s:g} s", "timeout")
+                try:
+                    ev: Event = await asyncio.wait_for(q.get(), timeout=min(left, 1.0))
+                except asyncio.TimeoutError:
+                    if await http.is_disconnected():  # a non-streaming client that went away
+                        return
+                    continue
+                if ev.finish_reason == "error":
+                    raise ApiError(500, f"generation failed: {ev.error}", "generation")
+                finished = ev.finish_reason is not None
+                yield ev
+                if finished:
+                    return
+        finally:
+            self.in_flight -= 1
+            if req is not None and not finished:
+                req.cancel()  # client gone, stop sequence or timeout: free the row
+
+    def token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token])
+
+
+def _stop_hit(text: str, stops: list[str]) -> str | None:
+    return next((s for s in stops if s in text), None)
+
+
+def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "nanochat") -> FastAPI:
+    limits = limits or Limits()
+    server = Server(engine, limits, model_id)
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        server.start()
+        yield
+        server.stop()
+
+    app = FastAPI(title="nanochat_hf", version=VERSION, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.server = server
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, err: ApiError):
+        return _error_response(request, err)
+
+    # ------------------------------------------------------------------ page, health, info
+
+    page = resources.files("nanochat_hf.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def chat_page():
+        return HTMLResponse(page)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "in_flight": server.in_flight}
+
+    @app.get("/info")
+    async def info():
+        p = next(engine.model.parameters())
+        return {
+            "model_id": model_id, "model_sha": None, "model_dtype": str(p.dtype).replace("torch.", ""),
+            "model_device_type": p.device.type, "model_pipeline_tag": "text-generation",
+            "max_concurrent_requests": limits.max_concurrent + limits.max_queue, "max_best_of": 1,
+            "max_stop_sequences": limits.max_stop_sequences, "max_input_tokens": limits.max_prompt_tokens,
+            "max_input_length": limits.max_prompt_tokens,
+            "max_total_tokens": min(limits.max_prompt_tokens + limits.max_new_tokens, engine.max_context),
+            "max_batch_size": limits.max_concurrent, "validation_workers": 1, "max_client_batch_size": 1,
+            "router": "nanochat_hf", "version": VERSION, "sha": None, "docker_label": None,
+        }
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": server.created,
+                                            "owned_by": "nanochat_hf"}]}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        body = await server.read_body(request)
+        inputs = body.get("inputs")
+        if not isinstance(inputs, str) or not inputs:
+            raise bad("`inputs` must be a non-empty string")
+        enc = server.tokenizer(inputs, return_offsets_mapping=True)
+        return [{"id": i, "text": inputs[a:b] if b > a else server.token_text(i), "start": a, "stop": b}
+                for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])]
+
+    # ------------------------------------------------------------------ TGI
+
+    async def tgi(request: Request, stream: bool | None, as_list: bool):
+        body = await server.read_body(request)
+        r = parse_tgi(body, limits, stream)
+        prompt = server.tokenizer(r.inputs)["input_ids"]
+        if r.truncate is not None:
+            prompt = prompt[-r.truncate:]
+        prompt = server.check_prompt(prompt)
+        params = server.seeded(r.params)
+        if r.stream:
+            return StreamingResponse(tgi_stream(request, r, prompt, params), media_type="text/event-stream")
+        tokens, finish, prefill, stop_text, assembler = [], None, None, None, TextAssembler(server)
+        async for ev in server.events(request, prompt, params, prompt_logprobs=r.decoder_input_details):
+            if ev.prompt_logprobs is not None:
+                prefill = [{"id": t, "text": server.token_text(t), "logprob": lp} for t, lp in zip(prompt, ev.prompt_logprobs)]
+            if ev.token is not None:
+                tokens.append((ev.token, ev.logprob))
+                assembler.push(ev.token, final=ev.finish_reason is not None)
+                if r.stop and (stop_text := _stop_hit(assembler.text, r.stop)):
+                    finish = "stop_sequence"
+                    break
+            if ev.finish_reason:
+                finish = {"stop": "eos_token", "length": "length"}.get(ev.finish_reason, ev.finish_reason)
+        if finish is None:  # a client that left: nobody reads this
+            return JSONResponse({"error": "cancelled", "error_type": "cancelled"}, status_code=499)
+        text = assembler.text
+        if stop_text is not None:
+            text = text[: text.index(stop_text) + len(stop_text)]
+        out = {"generated_text": (r.inputs + text) if r.return_full_text else text}
+        if r.details:
+            out["details"] = {
+                "finish_reason": finish, "generated_tokens": len(tokens), "seed": params.seed if params.temperature > 0 else None,
+                "prefill": prefill or [], "top_tokens": None, "best_of_sequences": None,
+                "tokens": [{"id": t, "text": server.token_text(t), "logprob": lp, "special": t in server.special_ids}
+                           for t, lp in tokens],
+            }
+        return JSONResponse([out] if as_list else out)
+
+    async def tgi_stream(request: Request, r, prompt, params):
+        assembler, tokens = TextAssembler(server), []
+        try:
+            async for ev in server.events(request, prompt, params):
+                if ev.token is None:
+                    continue
+                tokens.append(ev.token)
+                piece, special = assembler.push(ev.token, final=ev.finish_reason is not None)
+                finish = {"stop": "eos_token", "length": "length"}.get(ev.finish_reason, ev.finish_reason)
+                text = assembler.text
+                stop_text = _stop_hit(text, r.stop) if r.stop else None
+                if stop_text is not None:
+                    text, finish = text[: text.index(stop_text) + len(stop_text)], "stop_sequence"
+                event = {"index": len(tokens), "token": {"id": ev.token, "text": piece, "logprob": ev.logprob, "special": special},
+                         "top_tokens": None, "generated_text": None, "details": None}
+                if finish is not None:
+                    event["generated_text"] = (r.inputs + text) if r.return_full_text else text
+                    event["details"] = {"finish_reason": finish, "generated_tokens": len(tokens),
+                                        "seed": params.seed if params.temperature > 0 else None, "input_length": len(prompt)}
+                yield f"data:{json.dumps(event)}\n\n"
+                if finish is not None:
+                    return
+        except ApiError as err:  # headers are already sent: report in the stream, as TGI does
+            yield f"data:{json.dumps({'error': err.message, 'error_type': err.kind})}\n\n"
+
+    @app.post("/")
+    async def tgi_compat(request: Request):
+        return await tgi(request, None, as_list=True)
+
+    @app.post("/generate")
+    async def generate(request: Request):
+        return await tgi(request, False, as_list=False)
+
+    @app.post("/generate_stream")
+    async def generate_stream(request: Request):
+        return await tgi(request, True, as_list=False)
+
+    # ------------------------------------------------------------------ OpenAI chat completions
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        from nanochat_hf.tokenization import render_for_completion
+
+        body = await server.read_body(request)
+        r = parse_chat(body, limits)
+        try:
+            prompt = render_for_completion(server.tokenizer, r.messages)
+        except ValueError as err:  # the chat template's own checks (alternating roles, ...)
+            raise bad(str(err)) from None
+        prompt = server.check_prompt(prompt)
+        params = server.seeded(r.params)
+        cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), r.model or model_id
+        if r.stream:
+            return StreamingResponse(chat_stream(request, r, prompt, params, cid, created, model),
+                                     media_type="text/event-stream")
+        parts = Parts(server)
+        finish, logprobs = None, []
+        async for ev in server.events(request, prompt, params):
+            if ev.token is not None:
+                parts.push(ev.token)
+                if r.logprobs and ev.token not in engine.stop_ids:
+                    logprobs.append(_logprob_entry(server, ev))
+                if r.stop and _stop_hit(parts.content, r.stop):
+                    finish = "stop"
+                    break
+            if ev.finish_reason:
+                finish = ev.finish_reason
+        if finish is None:
+            return JSONResponse({"error": {"message": "cancelled"}}, status_code=499)
+        content, raw_parts = parts.finish(r.stop)
+        message = {"role": "assistant", "content": content, "parts": raw_parts}
+        return {"id": cid, "object": "chat.completion", "created": created, "model": model,
+                "system_fingerprint": f"nanochat_hf-{VERSION}",
+                "choices": [{"index": 0, "message": message, "finish_reason": finish,
+                             "logprobs": {"content": logprobs} if r.logprobs else None}],
+                "usage": {"prompt_tokens": len(prompt), "completion_tokens": parts.count,
+                          "total_tokens": len(prompt) + parts.count}}
+
+    async def chat_stream(request: Request, r, prompt, params, cid, created, model):
+        def chunk(delta, finish=None, **extra):
+            return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                                          "system_fingerprint": f"nanochat_hf-{VERSION}",
+                                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                                          **extra}) + "\n\n"
+
+        parts = Parts(server)
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            async for ev in server.events(request, prompt, params):
+                if ev.token is None:
+                    continue
+                content, kind, raw = parts.push(ev.token)
+                finish = ev.finish_reason
+                if r.stop and _stop_hit(parts.content, r.stop):
+                    finish = "stop"
+                if content or raw or kind != "text":
+                    yield chunk({"content": content, "nanochat": {"type": kind, "text": raw}})
+                if finish is not None:
+                    yield chunk({}, finish)
+                    if r.include_usage:
+                        usage = {"prompt_tokens": len(prompt), "completion_tokens": parts.count,
+                                 "total_tokens": len(prompt) + parts.count}
+                        yield "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                                     "model": model, "choices": [], "usage": usage}) + "\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+        except ApiError as err:
+            yield "data: " + json.dumps({"error": {"message": err.message, "type": err.kind, "code": err.status}}) + "\n\n"
+
+    return app
+
+
+class TextAssembler:
+    """TGI text: token pieces streamed as they become valid UTF-8; the same pieces make `generated_text`,
+    so a streamed answer and a non-streamed one read the same. Special tokens keep their spelling
+    (a tool call stays visible); the stop token is not part of the text."""
+
+    def __init__(self, server: Server):
+        self.server, self.decoder, self.text = server, StreamDecoder(server.tokenizer), ""
+
+    def push(self, token: int, final: bool = False) -> tuple[str, bool]:
+        s = self.server
+        if token in s.special_ids:
+            pending = self.decoder.flush()  # bytes of a split character end at a special token
+            self.decoder = StreamDecoder(s.tokenizer)
+            self.text += pending + ("" if token in s.engine.stop_ids else s.token_text(token))
+            return pending + s.token_text(token), True
+        piece = self.decoder.push(token) + (self.decoder.flush() if final else "")
+        self.text += piece
+        return piece, False
+
+
+def _logprob_entry(server: Server, ev: Event) -> dict:
+    text = server.token_text(ev.token)
+    return {"token": text, "logprob": ev.logprob, "bytes": list(text.encode("utf-8")), "top_logprobs": []}
+
+
+class Parts:
+    """Completion tokens -> readable content (tool call as `[calculator: expr = result]`) and nanochat parts."""
+
+    MARK_OPEN = {"python": "[calculator: ", "python_output": " = "}
+    MARK_CLOSE = {"python": "", "python_output": "]"}
+
+    def __init__(self, server: Server):
+        self.server = server
+        self.kind, self.decoder = "text", StreamDecoder(server.tokenizer)
+        self.parts: list[dict] = []
+        self.content, self.count = "", 0
+
+    def push(self, token: int) -> tuple[str, str, str]:
+        """-> (content piece, the part's type, raw text piece of the part)."""
+        self.count += 1
+        s = self.server
+        if token in s.special_ids:
+            piece = self.MARK_CLOSE.get(self.kind, "") if token in s.closers else ""
+            if token in s.part_of:
+                self.kind = s.part_of[token]
+                self.parts.append({"type": self.kind, "text": ""})
+                piece = self.MARK_OPEN[self.kind]
+            elif token in s.closers:
+                self.kind = "text"
+            self.decoder = StreamDecoder(s.tokenizer)
+            self.content += piece
+            return piece, self.kind, ""
+        raw = self.decoder.push(token)
+        if not self.parts or self.parts[-1]["type"] != self.kind:
+            self.parts.append({"type": self.kind, "text": ""})
+        self.parts[-1]["text"] += raw
+        self.content += raw
+        return raw, self.kind, raw
+
+    def finish(self, stops: list[str]) -> tuple[str, list[dict]]:
+        content = self.content
+        hit = _stop_hit(content, stops) if stops else None
+        if hit is not None:
+            content = content[: content.index(hit)]  # OpenAI drops the stop sequence
+        return content, [p for p in self.parts if p["text"] or p["type"] != "text"]

@@ -1,0 +1,285 @@
+"""`nanochat-hf serve` against real clients on loopback: text_generation, huggingface_hub, openai, raw HTTP."""
+
+import contextlib
+import json
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from nanochat_hf.engine import Engine
+from nanochat_hf.serve import Limits, create_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def live_server(engine, limits=None):
+    """uvicorn in a thread on a free loopback port; yields the base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(engine, limits or Limits(), model_id="tiny"), host="127.0.0.1",
+                                           port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(300):
+        if server.started:
+            break
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_tokenizer):
+    from test_engine import tiny_model
+
+    return Engine(tiny_model(tiny_tokenizer, "modern"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def url(engine):
+    with live_server(engine, Limits(max_prompt_tokens=200, max_new_tokens=48)) as base:
+        yield base
+
+
+def wait_idle(base):
+    for _ in range(200):
+        if httpx.get(f"{base}/health").json()["in_flight"] == 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+# ----------------------------------------------------------------------------- plain routes
+
+
+def test_health_info_models_tokenize_page(url, tiny_tokenizer):
+    assert httpx.get(f"{url}/health").status_code == 200
+    info = httpx.get(f"{url}/info").json()
+    for key in ("model_id", "model_dtype", "model_device_type", "max_concurrent_requests", "max_input_tokens",
+                "max_total_tokens", "max_best_of", "max_stop_sequences", "version", "router"):
+        assert key in info
+    assert info["model_id"] == "tiny" and info["max_input_tokens"] == 200
+    assert httpx.get(f"{url}/v1/models").json()["data"][0]["id"] == "tiny"
+    toks = httpx.post(f"{url}/tokenize", json={"inputs": "Hello world"}).json()
+    assert [t["id"] for t in toks] == tiny_tokenizer("Hello world")["input_ids"]
+    page = httpx.get(f"{url}/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "http://" not in page.text and "https://" not in page.text  # nothing fetched from outside
+
+
+# ----------------------------------------------------------------------------- TGI clients
+
+
+def test_text_generation_client(url, engine, tiny_tokenizer):
+    from text_generation import Client
+
+    client = Client(url, timeout=60)
+    res = client.generate("The king said", max_new_tokens=10, decoder_input_details=True)
+    prompt = tiny_tokenizer("The king said")["input_ids"]
+    ref = [c[0] for c, _ in engine.generate(prompt, max_tokens=10, temperature=0.0)]  # greedy, like TGI's default
+    d = res.details
+    assert [t.id for t in d.tokens] == ref[:len(d.tokens)]
+    assert d.generated_tokens == len(d.tokens) and d.finish_reason.value in ("length", "eos_token")
+    assert [t.id for t in d.prefill] == prompt and d.prefill[0].logprob is None
+    assert all(t.logprob <= 0 for t in d.tokens) and all(t.logprob <= 0 for t in d.prefill[1:])
+
+    streamed = list(client.generate_stream("The king said", max_new_tokens=10))
+    assert streamed[-1].details is not None and streamed[-1].generated_text is not None
+    assert [r.token.id for r in streamed] == [t.id for t in d.tokens]
+    assert streamed[-1].generated_text == res.generated_text
+
+    sampled = client.generate("The king said", max_new_tokens=8, do_sample=True, temperature=0.9, seed=5)
+    again = client.generate("The king said", max_new_tokens=8, do_sample=True, temperature=0.9, seed=5)
+    assert sampled.generated_text == again.generated_text and sampled.details.seed == 5
+
+
+def test_tgi_generate_routes_and_stop_sequences(url):
+    body = {"inputs": "Once upon a time", "parameters": {"max_new_tokens": 12, "details": True}}
+    full = httpx.post(f"{url}/generate", json=body, timeout=60).json()
+    assert isinstance(full, dict) and len(full["details"]["tokens"]) > 0
+    text = full["generated_text"]
+    assert httpx.post(f"{url}/", json=body, timeout=60).json()[0]["generated_text"] == text  # `/` answers a list
+    if len(text) > 4:
+        stop = text[2:4]
+        cut = httpx.post(f"{url}/generate", json={**body, "parameters": {**body["parameters"], "stop": [stop]}},
+                         timeout=60).json()
+        assert cut["generated_text"].endswith(stop) and cut["details"]["finish_reason"] == "stop_sequence"
+    events = []
+    with httpx.stream("POST", f"{url}/generate_stream", json=body, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line[5:]))
+    assert events[-1]["generated_text"] == text and events[-1]["details"]["generated_tokens"] == len(events)
+
+
+def test_huggingface_hub_inference_client(url):
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(base_url=url, timeout=60)
+    out = client.text_generation("To be or not", max_new_tokens=6, details=True)
+    assert out.details.generated_tokens > 0 and isinstance(out.generated_text, str)
+    chunks = list(client.text_generation("To be or not", max_new_tokens=6, stream=True))
+    assert "".join(chunks) == out.generated_text
+    chat = client.chat_completion([{"role": "user", "content": "Hello!"}], max_tokens=8, temperature=0)
+    assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens > 0
+    streamed = "".join(c.choices[0].delta.content or "" for c in
+                       client.chat_completion([{"role": "user", "content": "Hello!"}], max_tokens=8, temperature=0, stream=True)
+                       if c.choices)
+    assert streamed == chat.choices[0].message.content
+
+
+def test_openai_client(url):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=60, max_retries=0)
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who are you?"}]
+    res = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0, logprobs=True)
+    choice = res.choices[0]
+    assert choice.finish_reason in ("stop", "length") and res.usage.total_tokens == res.usage.prompt_tokens + res.usage.completion_tokens
+    assert len(choice.logprobs.content) <= 10
+    stream = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == choice.message.content
+    assert chunks[-1].usage.completion_tokens == res.usage.completion_tokens
+    assert [m.id for m in client.models.list()] == ["tiny"]
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="tiny", messages=[{"role": "wizard", "content": "hi"}])
+    assert "role" in str(err.value)
+
+
+# ----------------------------------------------------------------------------- validation and limits
+
+
+@pytest.mark.parametrize("path, content, status, words", [
+    ("/generate", b"{not json", 400, "not valid JSON"),
+    ("/generate", b"\xff\xfe{}", 400, "UTF-8"),
+    ("/generate", b"", 400, "empty"),
+    ("/generate", b"[1, 2]", 422, "JSON object"),
+    ("/generate", json.dumps({"inputs": 5}).encode(), 422, "inputs"),
+    ("/generate", json.dumps({"inputs": "x", "parameters": {"temperature": -1}}).encode(), 422, "temperature"),
+    ("/generate", json.dumps({"inputs": "x", "parameters": {"max_new_tokens": "ten"}}).encode(), 422, "max_new_tokens"),
+    ("/generate", json.dumps({"inputs": "x", "parameters": {"max_new_tokens": 10_000}}).encode(), 422, "<= 48"),
+    ("/generate", json.dumps({"inputs": "x", "parameters": {"top_p": 1.5}}).encode(), 422, "top_p"),
+    ("/generate", json.dumps({"inputs": "x", "parameters": {"repetition_penalty": 1.3}}).encode(), 422, "not supported"),
+    ("/generate", json.dumps({"inputs": "word " * 400}).encode(), 422, "the limit is 200"),
+    ("/v1/chat/completions", json.dumps({"messages": []}).encode(), 400, "messages"),
+    ("/v1/chat/completions", json.dumps({"messages": "hi"}).encode(), 400, "messages"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "tool", "content": "x"}]}).encode(), 400, "role"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": 3}]}).encode(), 400, "content"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "a"}], "temperature": -0.5}).encode(), 400, "temperature"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "a"}], "stream": "yes"}).encode(), 400, "stream"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "a"}], "n": 3}).encode(), 400, "n"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "assistant", "content": "a"}]}).encode(), 400, "last message"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}).encode(), 400, "alternate"),
+    ("/tokenize", json.dumps({"inputs": ""}).encode(), 422, "inputs"),
+])
+def test_malformed_requests_get_clear_4xx(url, path, content, status, words):
+    r = httpx.post(f"{url}{path}", content=content, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    message = err["message"] if isinstance(err, dict) else err
+    assert words.lower() in message.lower()
+
+
+def test_body_size_limit(url):
+    r = httpx.post(f"{url}/generate", content=b'{"inputs": "' + b"a" * (2 << 20) + b'"}', timeout=30)
+    assert r.status_code == 413 and "limit" in r.json()["error"]
+
+
+def slow_engine(tokenizer, delay=0.05):
+    """A scripted model that never stops and takes `delay` s per step: requests stay in flight."""
+    from test_engine import ScriptedLM
+
+    class Slow(ScriptedLM):
+        def forward(self, *args, **kwargs):
+            time.sleep(delay)
+            return super().forward(*args, **kwargs)
+
+    return Engine(Slow({}, len(tokenizer)), tokenizer)  # always predicts token 0
+
+
+def test_busy_then_503_and_disconnect_frees_the_slot(tiny_tokenizer):
+    engine = slow_engine(tiny_tokenizer)
+    engine.stop_ids = set()
+    body = {"inputs": "The king", "parameters": {"max_new_tokens": 200}}
+    with live_server(engine, Limits(max_new_tokens=200, max_concurrent=1, max_queue=0)) as base:
+        with httpx.Client(timeout=60) as c:
+            with c.stream("POST", f"{base}/generate_stream", json=body) as held:
+                lines = held.iter_lines()
+                next(lines)  # the first request is now generating (keep `lines` alive: dropping it closes the stream)
+                assert httpx.get(f"{base}/health").json()["in_flight"] == 1
+                busy = httpx.post(f"{base}/generate", json=body, timeout=30)
+                assert busy.status_code == 503 and "busy" in busy.json()["error"]
+            # the client closed its stream mid-way: the slot must come back long before 200 steps
+        assert wait_idle(base)
+        ok = httpx.post(f"{base}/generate", json={"inputs": "The king", "parameters": {"max_new_tokens": 3}}, timeout=60)
+        assert ok.status_code == 200
+
+
+def test_queue_then_serve(tiny_tokenizer):
+    engine = slow_engine(tiny_tokenizer, delay=0.01)
+    engine.stop_ids = set()
+    with live_server(engine, Limits(max_new_tokens=20, max_concurrent=1, max_queue=4)) as base:
+        results = [None] * 3
+
+        def call(i):
+            results[i] = httpx.post(f"{base}/generate", json={"inputs": "a", "parameters": {"max_new_tokens": 10}}, timeout=60)
+
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [r.status_code for r in results] == [200, 200, 200]  # one row, the others waited in the queue
+
+
+def test_request_timeout(tiny_tokenizer):
+    engine = slow_engine(tiny_tokenizer)
+    engine.stop_ids = set()
+    with live_server(engine, Limits(max_new_tokens=200, request_timeout_s=0.5, max_prompt_tokens=50)) as base:
+        r = httpx.post(f"{base}/generate", json={"inputs": "a", "parameters": {"max_new_tokens": 200}}, timeout=60)
+        assert r.status_code == 504 and "longer than" in r.json()["error"]
+        r = httpx.post(f"{base}/v1/chat/completions", json={"messages": [{"role": "user", "content": "a"}],
+                                                            "max_tokens": 200, "stream": True}, timeout=60)
+        assert "longer than" in r.text  # streaming: the error arrives as an event
+        assert wait_idle(base)
+
+
+def test_tool_calls_through_the_chat_api(tiny_tokenizer):
+    from test_engine import scripted_engine
+
+    from nanochat_hf.tokenization import render_for_completion
+
+    msgs = [{"role": "user", "content": "What is 7 times 6?"}]
+    prompt = render_for_completion(tiny_tokenizer, msgs)
+    engine, _, _ = scripted_engine(tiny_tokenizer, prompt[-1], "7*6")
+    with live_server(engine) as base:
+        res = httpx.post(f"{base}/v1/chat/completions", json={"messages": msgs, "temperature": 0}, timeout=60).json()
+        msg = res["choices"][0]["message"]
+        assert msg["content"] == "[calculator: 7*6 = 42]" and res["choices"][0]["finish_reason"] == "stop"
+        assert msg["parts"] == [{"type": "python", "text": "7*6"}, {"type": "python_output", "text": "42"}]
+        kinds = []
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json={"messages": msgs, "stream": True}, timeout=60) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: {"):
+                    delta = json.loads(line[6:])["choices"][0]["delta"]
+                    kinds.append(delta.get("nanochat", {}).get("type"))
+        assert "python" in kinds and "python_output" in kinds
+        # the parts go back in as history and render to the same tokens
+        follow = msgs + [{"role": "assistant", "content": msg["parts"]}, {"role": "user", "content": "thanks"}]
+        assert httpx.post(f"{base}/v1/chat/completions", json={"messages": follow, "max_tokens": 2}, timeout=60).status_code == 200
