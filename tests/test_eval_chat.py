@@ -129,3 +129,12 @@ def test_missing_chat_data_names_the_file(tmp_path):
         chat_tasks.load_conversations("ARC-Easy", str(tmp_path))
     with pytest.raises(ValueError, match="unknown chat task"):
         chat_tasks.load_conversations("TriviaQA")
+
+
+def test_engine_and_fallback_decode_the_same_greedy_tokens(tiny_tokenizer):
+    engine = pytest.importorskip("nanochat_hf.engine")
+    model = tiny_model(tiny_tokenizer)
+    conv = chat_tasks.load_conversations("GSM8K", str(CHAT))[0]
+    prompt = render_for_completion(tiny_tokenizer, conv["messages"])
+    seqs, _ = engine.Engine(model, tiny_tokenizer).generate_batch(prompt, num_samples=1, max_tokens=12, temperature=0.0)
+    assert seqs[0][len(prompt):] == chat_tasks.greedy_with_tool(model, tiny_tokenizer, prompt, 12)
