@@ -171,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--max-per-task must be a positive number or -1 (all), got {args.max_per_task}")
         core_labels, _, _ = resolve_tasks(args.tasks)
         if core_labels is None or core_labels:  # check the bundle and task names before loading the model
-            core.load_tasks(core.resolve_bundle(args.bundle), core_labels or None)
+            bundle = core.resolve_bundle(args.bundle)
+            missing = [t.label for t in core.load_tasks(bundle, core_labels or None)
+                       if not (bundle / "eval_data" / t.dataset_uri).is_file()]
+            if missing:
+                raise FileNotFoundError(f"the bundle {bundle} lacks the data of {', '.join(missing)}; use the full bundle "
+                                        f"({core.EVAL_BUNDLE_URL}) or list the other tasks with --tasks")
         model, tokenizer = load_model(args.model, args.device, args.dtype)
         result = evaluate(model, tokenizer, args.tasks, args.max_per_task, args.bundle, args.chat_data, args.bpb_text,
                           args.batch_tokens, args.max_new_tokens, not args.no_progress, model_name=args.model)
