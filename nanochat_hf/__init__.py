@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 # The model classes are imported lazily so that `nanochat-hf --help` and the tokenizer
 # stage start without importing torch/transformers' model code.
 _LAZY = {
-    "NanoChatConfig": "nanochat_hf.configuration",
+    "NanoChatConfig": "nanochat_hf.modeling",  # importing modeling also registers the Auto* classes
     "NanoChatForCausalLM": "nanochat_hf.modeling",
     "NanoChatModel": "nanochat_hf.modeling",
 }

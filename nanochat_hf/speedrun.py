@@ -30,6 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO_ROOT / "recipes"
 CHAT_STAGES = ("mid", "sft", "rl")
+OFFLINE_EVAL_DATA = Path(__file__).resolve().parent / "evaluation" / "data"
 
 
 @dataclass
@@ -41,6 +42,11 @@ class Preset:
     vocab_size: int
     tokenizer_max_chars: int
     eval_max_per_task: int  # -1 = full evaluation
+    # Offline CPU tiers evaluate on the small data shipped in nanochat_hf/evaluation/data/ (the
+    # 18 CORE tasks whose data is public here, 100 rows each; ARC in chat format); GPU tiers use the
+    # full DCLM bundle and the Hub datasets.
+    base_tasks: str = "core,bpb"
+    chat_tasks: str = "chatcore"
     data_shards: int = 0  # GPU tiers: Hub shards to download before pretraining (~55M tokens each)
     overrides: dict[str, list[str]] = field(default_factory=dict)  # stage -> extra flags on top of the recipe
 
@@ -48,7 +54,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # smoke: the whole path with the smallest sizes, for CI (minutes on 2 cores).
     "smoke": Preset(
-        recipe_dir="tiny", gpu=False, vocab_size=1024, tokenizer_max_chars=300_000, eval_max_per_task=8,
+        recipe_dir="tiny", gpu=False, vocab_size=1024, tokenizer_max_chars=300_000, eval_max_per_task=16,
+        base_tasks="arc_easy,copa,piqa,winograd,lambada_openai,bpb", chat_tasks="ARC-Easy,SpellingBee",
         overrides={
             "pretrain": ["--depth", "2", "--num_iterations", "30", "--eval_every", "-1", "--eval_tokens", "16384"],
             "mid": ["--max_steps", "10"],
@@ -57,7 +64,8 @@ PRESETS: dict[str, Preset] = {
         },
     ),
     # tiny: the student-laptop run, fully offline on the embedded corpus (~15 minutes on 2 cores).
-    "tiny": Preset(recipe_dir="tiny", gpu=False, vocab_size=4096, tokenizer_max_chars=2_000_000_000, eval_max_per_task=50),
+    "tiny": Preset(recipe_dir="tiny", gpu=False, vocab_size=4096, tokenizer_max_chars=2_000_000_000, eval_max_per_task=50,
+                   chat_tasks="ARC-Easy,ARC-Challenge,SpellingBee,HumanEval"),
     # GPU tiers: nanochat's depths on an 8xH100 node; recipes carry the sizes and budgets.
     "d20": Preset(recipe_dir="d20", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000, eval_max_per_task=-1, data_shards=120),
     "d24": Preset(recipe_dir="d24", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000, eval_max_per_task=-1, data_shards=170),
@@ -169,7 +177,7 @@ class Speedrun:
                                                         *p.overrides.get("pretrain", [])], distributed=True),
         ], lambda: (base / "model.safetensors").exists()
 
-        yield from self._eval_stage("base_eval", base, "core", "base")
+        yield from self._eval_stage("base_eval", base, p.base_tasks, "base")
 
         previous = base
         for stage in CHAT_STAGES:
@@ -183,7 +191,7 @@ class Speedrun:
             previous = out
 
         for stage in CHAT_STAGES:
-            yield from self._eval_stage(f"{stage}_eval", run / stage, "chatcore", stage)
+            yield from self._eval_stage(f"{stage}_eval", run / stage, p.chat_tasks, stage)
 
         yield "report", [self.python_module("nanochat_hf.report", ["--run", str(run)])], lambda: False
         if self.push_to_hub:
@@ -195,6 +203,8 @@ class Speedrun:
         args = ["--model", str(model_dir), "--tasks", tasks, "--output", str(out)]
         if self.preset.eval_max_per_task > 0:
             args += ["--max-per-task", str(self.preset.eval_max_per_task)]
+        if not self.preset.gpu:
+            args += ["--bundle", str(OFFLINE_EVAL_DATA / "eval_bundle_mini"), "--chat-data", str(OFFLINE_EVAL_DATA / "chat")]
         yield name, [self.python_module("nanochat_hf.evaluation.run", args)], out.exists
 
     def go(self) -> None:
