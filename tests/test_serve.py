@@ -84,7 +84,7 @@ def test_health_info_models_tokenize_page(url, tiny_tokenizer):
 
 
 def test_text_generation_client(url, engine, tiny_tokenizer):
-    from text_generation import Client
+    Client = pytest.importorskip("text_generation", reason="pip install --no-deps text-generation").Client
 
     client = Client(url, timeout=60)
     res = client.generate("The king said", max_new_tokens=10, decoder_input_details=True)
