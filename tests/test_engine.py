@@ -48,9 +48,9 @@ def test_greedy_matches_model_generate(model, tiny_tokenizer, prompt):
 
 def test_sampling_is_seeded_and_samples_differ(model, tiny_tokenizer, prompt):
     engine = Engine(model, tiny_tokenizer)
-    a, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=16, temperature=1.0, seed=7)
-    b, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=16, temperature=1.0, seed=7)
-    c, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=16, temperature=1.0, seed=8)
+    a, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=8, temperature=1.0, seed=7)
+    b, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=8, temperature=1.0, seed=7)
+    c, _ = engine.generate_batch(prompt, num_samples=4, max_tokens=8, temperature=1.0, seed=8)
     assert a == b and a != c
     assert len({tuple(s) for s in a}) > 1  # one prefill, four different samples
     assert all(s[:len(prompt)] == prompt for s in a)
