@@ -267,7 +267,7 @@ class PassAtKCallback(TrainerCallback):
     def __init__(self, args: RLArguments, dataset):
         self.args, self.dataset, self.trainer, self.last = args, dataset, None, None
 
-    def _run(self, state):
+    def _run(self, state, control=None):
         from trl.models.utils import unwrap_model_for_generation
 
         trainer, a = self.trainer, self.args
@@ -284,7 +284,10 @@ class PassAtKCallback(TrainerCallback):
         model_ = trainer.model
         was_training = model_.training
         model_.eval()  # GRPOTrainer.log flushes the metrics of the current mode: keep the training ones intact
+        should_log = control.should_log if control is not None else None
         trainer.log(logs)
+        if control is not None:  # logging resets the flag; the step's own training log must still happen
+            control.should_log = should_log
         model_.train(was_training)
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -292,7 +295,7 @@ class PassAtKCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.args.eval_every > 0 and state.global_step % self.args.eval_every == 0:
-            self._run(state)
+            self._run(state, control)
 
     def on_train_end(self, args, state, control, **kwargs):
         self._run(state)

@@ -22,11 +22,11 @@ from nanochat_hf.rl import (
 from nanochat_hf.rewards import correctness_reward
 
 REPO = Path(__file__).resolve().parents[1]
-MAX_OPERAND = 9  # one-digit problems: a 2-layer model learns the format in a couple of hundred steps
-SFT_STEPS = 200
+MAX_OPERAND = 2  # answers from a handful of values: a 2-layer model gets some right after a short SFT
+SFT_STEPS = 100
 
 
-def _sft(model, tokenizer, conversations, steps: int, lr: float = 3e-3, batch_size: int = 16, seed: int = 0):
+def _sft(model, tokenizer, conversations, steps: int, lr: float = 1e-2, batch_size: int = 16, seed: int = 0):
     """Plain supervised training on the assistant tokens (what `nanochat-hf sft` does, minus TRL)."""
     from nanochat_hf.tokenization import render_conversation
 
@@ -117,8 +117,8 @@ def test_rollout_forces_calculator_output_and_masks_it(sft_model_dir):
     from nanochat_hf.tools import run_calculator
 
     tokenizer = load_tokenizer(sft_model_dir)
-    model = AutoModelForCausalLM.from_pretrained(sft_model_dir)
-    questions = ["What is 7*8?", "Compute 9 - 3."]
+    model = AutoModelForCausalLM.from_pretrained(sft_model_dir).train()  # as the trainer holds it
+    questions = ["What is 2*2?", "Compute 1 + 2."]
     prompts = [[{"role": "user", "content": q}] for q in questions for _ in range(4)]
     trainer = SimpleNamespace(
         args=SimpleNamespace(seed=0, max_completion_length=48, temperature=0.7, top_k=50, top_p=1.0),
