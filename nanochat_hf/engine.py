@@ -516,20 +516,39 @@ class Scheduler:
                     self._emit(row.request, Event(finish_reason="error", error=f"{type(err).__name__}: {err}"))
                 batch, rows[:] = DecodeBatch(self.engine), []
 
+    def _sample_rows(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
+        """One token per row with that row's parameters and generator; filtering is batched per setting."""
+        out = [0] * len(rows)
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            p = row.request.params
+            groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
+        for (temperature, top_k, top_p), idx in groups.items():
+            sub = logits[idx]
+            if temperature == 0:
+                for i, t in zip(idx, sub.argmax(-1).tolist()):
+                    out[i] = t
+                continue
+            probs = filter_logits(sub, temperature, top_k, top_p).softmax(-1)
+            for j, i in enumerate(idx):  # per-row generator: a request's samples do not depend on its neighbours
+                out[i] = int(torch.multinomial(probs[j], 1, generator=rows[i].generator))
+        return out
+
     @torch.inference_mode()
     def _step(self, batch: DecodeBatch, rows: list[_Row]):
-        logprobs = batch.logits.log_softmax(-1)
+        sampled = self._sample_rows(batch.logits, rows)
+        chosen = [row.tool.next_token(t) for row, t in zip(rows, sampled)]
+        logprobs = batch.logits.log_softmax(-1).gather(-1, torch.tensor([[t] for t, _ in chosen], device=batch.logits.device))
+        logprobs = logprobs.squeeze(-1).tolist()
         column, keep = [], []
-        for i, row in enumerate(rows):
+        for i, (row, (token, mask)) in enumerate(zip(rows, chosen)):
             req = row.request
             if req.cancelled:
                 self._emit(req, Event(finish_reason="cancelled"))
                 continue
-            sampled = int(sample(batch.logits[i:i + 1], req.params, row.generator))
-            token, mask = row.tool.next_token(sampled)
             row.left -= 1
             finish = "stop" if token in self.engine.stop_ids else ("length" if row.left <= 0 else None)
-            self._emit(req, Event(token=token, logprob=float(logprobs[i, token]), forced=mask == 0, finish_reason=finish))
+            self._emit(req, Event(token=token, logprob=logprobs[i], forced=mask == 0, finish_reason=finish))
             if finish is None and req.cancelled:  # cancelled from inside its own callback
                 self._emit(req, Event(finish_reason="cancelled"))
             elif finish is None:
