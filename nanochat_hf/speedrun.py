@@ -47,6 +47,7 @@ class Preset:
     # full DCLM bundle and the Hub datasets.
     base_tasks: str = "core,bpb"
     chat_tasks: str = "chatcore"
+    chat_max_per_task: int | None = None  # None = eval_max_per_task
     data_shards: int = 0  # GPU tiers: Hub shards to download before pretraining (~55M tokens each)
     overrides: dict[str, list[str]] = field(default_factory=dict)  # stage -> extra flags on top of the recipe
 
@@ -55,12 +56,14 @@ PRESETS: dict[str, Preset] = {
     # smoke: the whole path with the smallest sizes, for CI (minutes on 2 cores).
     "smoke": Preset(
         recipe_dir="tiny", gpu=False, vocab_size=1024, tokenizer_max_chars=300_000, eval_max_per_task=16,
-        base_tasks="arc_easy,copa,piqa,winograd,lambada_openai,bpb", chat_tasks="ARC-Easy,SpellingBee",
+        base_tasks="arc_easy,copa,piqa,winograd,lambada_openai,bpb", chat_tasks="ARC-Easy,SpellingBee", chat_max_per_task=4,
         overrides={
             "pretrain": ["--depth", "2", "--num_iterations", "30", "--eval_every", "-1", "--eval_tokens", "16384"],
-            "mid": ["--max_steps", "10"],
-            "sft": ["--max_steps", "10"],
-            "rl": ["--max_steps", "2"],
+            "mid": ["--max_steps", "10", "--per_device_train_batch_size", "8"],
+            "sft": ["--max_steps", "10", "--per_device_train_batch_size", "8"],
+            "rl": ["--max_steps", "2", "--per_device_train_batch_size", "8", "--num_generations", "4",
+                   "--max_completion_length", "32", "--synthetic_train_size", "64", "--synthetic_test_size", "8",
+                   "--eval_examples", "4"],
         },
     ),
     # tiny: the student-laptop run, fully offline on the embedded corpus (~15 minutes on 2 cores).
@@ -177,7 +180,7 @@ class Speedrun:
                                                         *p.overrides.get("pretrain", [])], distributed=True),
         ], lambda: (base / "model.safetensors").exists()
 
-        yield from self._eval_stage("base_eval", base, p.base_tasks, "base")
+        yield from self._eval_stage("base_eval", base, p.base_tasks, "base", p.eval_max_per_task)
 
         previous = base
         for stage in CHAT_STAGES:
@@ -191,18 +194,18 @@ class Speedrun:
             previous = out
 
         for stage in CHAT_STAGES:
-            yield from self._eval_stage(f"{stage}_eval", run / stage, p.chat_tasks, stage)
+            yield from self._eval_stage(f"{stage}_eval", run / stage, p.chat_tasks, stage, p.chat_max_per_task or p.eval_max_per_task)
 
         yield "report", [self.python_module("nanochat_hf.report", ["--run", str(run)])], lambda: False
         if self.push_to_hub:
             final = next((s for s in ("rl", "sft", "mid", "base") if (run / s / "config.json").exists()), "base")
             yield "push", [self.python_module("nanochat_hf.hub", ["--run", str(run), "--stage", final, "--repo-id", self.push_to_hub])], lambda: False
 
-    def _eval_stage(self, name: str, model_dir: Path, tasks: str, label: str):
+    def _eval_stage(self, name: str, model_dir: Path, tasks: str, label: str, max_per_task: int):
         out = self.run / "eval" / f"{label}.json"
         args = ["--model", str(model_dir), "--tasks", tasks, "--output", str(out)]
-        if self.preset.eval_max_per_task > 0:
-            args += ["--max-per-task", str(self.preset.eval_max_per_task)]
+        if max_per_task > 0:
+            args += ["--max-per-task", str(max_per_task)]
         if not self.preset.gpu:
             args += ["--bundle", str(OFFLINE_EVAL_DATA / "eval_bundle_mini"), "--chat-data", str(OFFLINE_EVAL_DATA / "chat")]
         yield name, [self.python_module("nanochat_hf.evaluation.run", args)], out.exists

@@ -30,6 +30,9 @@ def run_dir(tmp_path):
     (run / "eval").mkdir()
     (run / "eval" / "base.json").write_text(json.dumps({"model": "base", "tasks": {"arc_easy": {"accuracy": 0.31, "centered": 0.08, "n": 10}}, "core": 0.0123}))
     (run / "eval" / "sft.json").write_text(json.dumps({"model": "sft", "tasks": {"ARC-Easy": {"accuracy": 0.35}, "GSM8K": {"accuracy": 0.02}}, "chatcore": 0.05}))
+    (run / "rl").mkdir()
+    (run / "rl" / "config.json").write_text(json.dumps({"model_type": "nanochat_modern", "auto_map": {}}))
+    (run / "eval" / "rl.json").write_text(json.dumps({"model": "rl", "tasks": {"ARC-Easy": {"accuracy": 0.4, "centered": 0.2}, "SpellingBee": {"accuracy": 0.1, "centered": 0.1}}, "chatcore": None}))
     (run / "stages.json").write_text(json.dumps({"preset": "smoke", "num_gpus": 0, "stages": {"pretrain": {"status": "done", "seconds": 61.0}, "sft": {"status": "done", "seconds": 30.0}}}))
     return run
 
@@ -37,10 +40,13 @@ def run_dir(tmp_path):
 def test_report_has_summary_table_and_plots(run_dir):
     path = report.write_report(run_dir)
     text = path.read_text()
-    assert "| Metric | BASE | SFT |" in text
-    assert "| CORE | 0.0123 | - |" in text
-    assert "| ARC-Easy | 0.3100 | 0.3500 |" in text
-    assert "| ChatCORE | - | 0.0500 |" in text
+    assert "| Metric | BASE | SFT | RL |" in text
+    assert "| CORE | 0.0123 | - | - |" in text
+    # the base model's CORE arc_easy (completion scoring) is not the chat ARC-Easy (letter choice)
+    assert "| ARC-Easy | - | 0.3500 | 0.4000 |" in text
+    # a full ChatCORE as is; over a subset of the chat tasks, the mean centered score with an asterisk
+    assert "| ChatCORE | - | 0.0500 | 0.1500* |" in text
+    assert "ChatCORE over the chat tasks that ran" in text
     assert "Total wall time: **1m31s**" in text
     plots = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
     assert plots == ["base_loss.png", "base_lr.png", "base_tokens_per_sec.png", "base_val_bpb.png", "sft_loss.png"]
@@ -90,13 +96,16 @@ def test_push_uploads_folder_card_and_report(run_dir, tmp_path):
     results = {r.metric_name: r.metric_value for r in card.data.eval_results}
     assert results == {"ARC-Easy": 0.35, "GSM8K": 0.02, "ChatCORE": 0.05}
     assert "alice/nanochat-tiny" in card.text and "trust_remote_code" not in card.text
+    # a modern checkpoint needs remote code, and the card says so
+    rl_card = hub.build_model_card(run_dir, "rl", "alice/rl")
+    assert "trust_remote_code=True" in rl_card.text
 
 
 def test_push_skips_optimizer_state_and_rejects_bad_input(run_dir, tmp_path):
     local = LocalHub(tmp_path / "hub")
     hub.push_stage(run_dir, "base", "bob/base", api=local)
     assert not (tmp_path / "hub" / "bob" / "base" / "checkpoints").exists()
-    with pytest.raises(FileNotFoundError, match="run the rl stage first"):
-        hub.push_stage(run_dir, "rl", "bob/x", api=local)
+    with pytest.raises(FileNotFoundError, match="run the mid stage first"):
+        hub.push_stage(run_dir, "mid", "bob/x", api=local)
     with pytest.raises(ValueError, match="USER/NAME"):
         hub.push_stage(run_dir, "sft", "noslash", api=local)
