@@ -170,6 +170,16 @@ def _series(rows: list[dict], key: str, x_keys=("tokens", "step", "global_step")
     return xs, ys, label
 
 
+def _add_tokens(rows: list[dict]) -> None:
+    """Pretraining logs steps; the plan row gives tokens per step, so curves can be drawn over tokens."""
+    per_step = next((r["plan"].get("total_batch_size") for r in rows if isinstance(r.get("plan"), dict)), None)
+    if not per_step:
+        return
+    for row in rows:
+        if isinstance(row.get("step"), int) and "tokens" not in row:
+            row["tokens"] = row["step"] * per_step
+
+
 def _first_key(rows: list[dict], candidates: tuple[str, ...]) -> str | None:
     for key in candidates:
         if any(isinstance(row.get(key), (int, float)) for row in rows):
@@ -199,6 +209,7 @@ def write_plots(run: Path, out_dir: Path) -> list[tuple[str, Path]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     logs = {stage: stage_log(run, stage) for stage in MODEL_STAGES}
+    _add_tokens(logs["base"])
     for stage, name, title, keys in PLOTS:
         rows = logs[stage]
         key = _first_key(rows, keys)
@@ -230,7 +241,7 @@ def _fmt(value, digits=4) -> str:
     if isinstance(value, PartialScore):
         return f"{value:.{digits}f}*"
     if isinstance(value, float):
-        return f"{value:.{digits}f}"
+        return f"{value:.3e}" if abs(value) >= 1e6 else f"{value:.{digits}f}"
     if isinstance(value, int) and abs(value) >= 10_000:
         return f"{value:,}"
     return str(value)
@@ -253,8 +264,15 @@ def _model_facts(run: Path, stage: str) -> dict:
         facts["layers"] = config.get("num_hidden_layers")
         facts["width"] = config.get("hidden_size")
         facts["vocab"] = config.get("vocab_size")
-    meta = read_json(run / stage / "training_summary.json")
-    facts.update({k: v for k, v in meta.items() if isinstance(v, (int, float, str))})
+    rows = stage_log(run, stage)
+    for row in rows:  # pretraining: the derived plan, then the end-of-run totals
+        if isinstance(row.get("plan"), dict):
+            for key in ("num_params", "num_scaling_params", "flops_per_token", "total_batch_size", "num_iterations", "total_tokens"):
+                if key in row["plan"]:
+                    facts[key] = row["plan"][key]
+        for key in ("total_training_time", "total_training_flops", "min_val_bpb"):
+            if isinstance(row.get(key), (int, float)):
+                facts[key] = row[key]
     return facts
 
 
