@@ -49,7 +49,7 @@ def test_final_model_loads_with_plain_transformers(smoke_run):
         "import sys; sys.modules['nanochat_hf'] = None\n"  # prove the package is not needed
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         f"path = {str(run / 'rl')!r}\n"
-        "tok = AutoTokenizer.from_pretrained(path)\n"
+        "tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n"
         "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)\n"
         "ids = tok.apply_chat_template([{'role': 'user', 'content': 'What is 2+3?'}], add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
         "out = model.generate(**ids, max_new_tokens=8, do_sample=False)\n"
