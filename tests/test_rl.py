@@ -23,7 +23,7 @@ from nanochat_hf.rewards import correctness_reward
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_OPERAND = 2  # answers from a handful of values: a 2-layer model gets some right after a short SFT
-SFT_STEPS = 100
+SFT_STEPS = 200  # pass@1 about 0.25 on held-out problems: room for RL to improve
 
 
 def _sft(model, tokenizer, conversations, steps: int, lr: float = 1e-2, batch_size: int = 16, seed: int = 0):
@@ -47,6 +47,22 @@ def _sft(model, tokenizer, conversations, steps: int, lr: float = 1e-2, batch_si
     return model
 
 
+def noisy_arithmetic(size: int) -> list:
+    """The synthetic SFT conversations, half of them ending in a wrong `#### 0`.
+
+    The SFT'd model then answers right or "0" about evenly: a policy with room to improve that
+    GRPO can fix within a few steps (only the reward tells the two apart).
+    """
+    from nanochat_hf.chat_data import arithmetic
+
+    conversations = arithmetic(size, seed=0, max_operand=MAX_OPERAND)
+    for i, conv in enumerate(conversations):
+        last = conv[1]["content"][-1]
+        if i % 2 == 1:
+            last["text"] = last["text"].rsplit("####", 1)[0] + "#### 0"
+    return conversations
+
+
 @pytest.fixture(scope="session")
 def sft_model_dir(tiny_tokenizer_dir, tmp_path_factory):
     """A 2-layer model SFT'd on the synthetic arithmetic conversations (calculator call, `#### answer`)."""
@@ -59,7 +75,7 @@ def sft_model_dir(tiny_tokenizer_dir, tmp_path_factory):
     torch.manual_seed(0)
     config = NanoChatConfig.from_depth(2, vocab_size=len(tokenizer), max_position_embeddings=256,
                                        head_dim=32, aspect_ratio=32)
-    model = _sft(NanoChatForCausalLM(config), tokenizer, arithmetic(2000, seed=0, max_operand=MAX_OPERAND), SFT_STEPS)
+    model = _sft(NanoChatForCausalLM(config), tokenizer, noisy_arithmetic(2000), SFT_STEPS)
     out = tmp_path_factory.mktemp("sft_model")
     model.save_pretrained(out)
     save_tokenizer(tokenizer, out)
@@ -121,7 +137,7 @@ def test_rollout_forces_calculator_output_and_masks_it(sft_model_dir):
     questions = ["What is 2*2?", "Compute 1 + 2."]
     prompts = [[{"role": "user", "content": q}] for q in questions for _ in range(4)]
     trainer = SimpleNamespace(
-        args=SimpleNamespace(seed=0, max_completion_length=48, temperature=0.7, top_k=50, top_p=1.0),
+        args=SimpleNamespace(seed=0, max_completion_length=64, temperature=0.7, top_k=50, top_p=1.0),
         processing_class=tokenizer, model_wrapped=model, accelerator=Accelerator(cpu=True),
         state=SimpleNamespace(global_step=0), _metrics={"train": __import__("collections").defaultdict(list)})
     out = make_rollout_func(RLArguments())(prompts, trainer)
@@ -135,10 +151,12 @@ def test_rollout_forces_calculator_output_and_masks_it(sft_model_dir):
     for completion, mask in zip(out["completion_ids"], out["env_mask"]):
         assert len(completion) == len(mask)
         forced = [i for i, m in enumerate(mask) if m == 0]
-        if ids["<|python_end|>"] not in completion:
-            assert forced == []  # nothing is forced without a tool call
+        start = completion.index(ids["<|python_start|>"]) if ids["<|python_start|>"] in completion else None
+        after = completion[start:] if start is not None else []
+        if ids["<|python_end|>"] not in after or after.index(ids["<|python_end|>"]) == 1:
+            assert forced == []  # nothing is forced without a (non-empty) tool call
             continue
-        start, end = completion.index(ids["<|python_start|>"]), completion.index(ids["<|python_end|>"])
+        end = start + after.index(ids["<|python_end|>"])
         expression = tokenizer.decode(completion[start + 1:end])
         expected = [ids["<|output_start|>"], *tokenizer.encode(run_calculator(expression), add_special_tokens=False),
                     ids["<|output_end|>"]]
@@ -149,7 +167,7 @@ def test_rollout_forces_calculator_output_and_masks_it(sft_model_dir):
         checked += 1
     assert checked >= 4, "the SFT'd model should call the calculator in most samples"
     # Samples that stopped end with <|assistant_end|>, kept in the loss (the model learns to stop).
-    stopped = [c for c in out["completion_ids"] if len(c) < 48]
+    stopped = [c for c in out["completion_ids"] if len(c) < 64]
     assert stopped and all(c[-1] == ids["<|assistant_end|>"] for c in stopped)
     assert trainer._metrics["train"]["tools/calls_per_completion"][0] > 0
 
@@ -161,7 +179,7 @@ def _rl_argv(model_dir, out_dir, *extra):
     return ["--config", str(REPO / "recipes/tiny/grpo.yaml"), "--model_name_or_path", str(model_dir),
             "--output_dir", str(out_dir), "--synthetic_max_operand", str(MAX_OPERAND),
             "--synthetic_train_size", "400", "--synthetic_test_size", "16", "--eval_examples", "16",
-            "--max_completion_length", "48", "--dataloader_num_workers", "0", *extra]
+            "--max_completion_length", "64", "--dataloader_num_workers", "0", *extra]
 
 
 def _log(out_dir):
@@ -170,20 +188,20 @@ def _log(out_dir):
 
 def test_grpo_raises_the_reward_of_an_sft_model(sft_model_dir, tmp_path):
     out = tmp_path / "rl"
-    rc = main(_rl_argv(sft_model_dir, out, "--max_steps", "24", "--num_generations", "8",
-                       "--per_device_train_batch_size", "32", "--eval_every", "12", "--pass_k", "2",
+    rc = main(_rl_argv(sft_model_dir, out, "--max_steps", "20", "--num_generations", "8",
+                       "--per_device_train_batch_size", "32", "--eval_every", "10", "--pass_k", "2",
                        "--optimizer", "adamw", "--learning_rate", "3e-3", "--lr_scheduler_type", "constant",
                        "--save_steps", "100"))
     assert rc == 0
     log = _log(out)
     rewards = [row["reward"] for row in log if "reward" in row]
-    assert len(rewards) == 24
-    first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
+    assert len(rewards) == 20
+    first, last = sum(rewards[:7]) / 7, sum(rewards[-7:]) / 7
     assert 0.0 < first < 0.9, f"the SFT model should be right sometimes, not always: {rewards}"
-    assert last > first + 0.05, f"mean reward did not rise: first 8 steps {first:.3f}, last 8 {last:.3f}"
+    assert last > first + 0.05, f"mean reward did not rise: first 7 steps {first:.3f}, last 7 {last:.3f}"
     # pass@k measured at the start, midway and at the end; per-function reward logged by TRL.
     passk = [row for row in log if "pass@1" in row]
-    assert [row["step"] for row in passk] == [0, 12, 24]
+    assert [row["step"] for row in passk] == [0, 10, 20]
     assert all(0 <= row["pass@1"] <= row["pass@2"] <= 1 for row in passk)
     assert any("rewards/correctness_reward/mean" in row for row in log)
     # A Hub-ready folder that loads without nanochat_hf-specific steps.
