@@ -46,7 +46,6 @@ DEFAULT_VOCAB_SIZE = 32768  # nanochat's 2**15
 DEFAULT_MAX_CHARS = 2_000_000_000  # train on the first 2B characters
 DEFAULT_DOC_CAP = 10_000  # crop each document to 10k characters (long docs would dominate the counts)
 DEFAULT_EVAL_CHARS = 10_000_000  # `tokenizer eval` reads at most this many characters
-TEXT_SUFFIXES = (".parquet", ".jsonl", ".json", ".txt")
 CHAT_TEMPLATE = (Path(__file__).resolve().parent / "chat_template.jinja").read_text(encoding="utf-8")
 
 
@@ -83,22 +82,14 @@ def _to_bytes(token: str) -> bytes:
 
 
 def _resolve_files(path: str) -> list[Path]:
-    """A file, or a folder's .parquet/.jsonl/.txt files minus the last (nanochat's validation shard)."""
-    p = Path(path).expanduser()
-    if p.is_file():
-        if p.suffix not in TEXT_SUFFIXES:
-            raise ValueError(f"unsupported input {p}; use .parquet (column 'text'), .jsonl (field 'text') or .txt")
-        return [p]
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix in TEXT_SUFFIXES and not f.name.startswith("."))
-        if not files:
-            raise FileNotFoundError(f"no .parquet/.jsonl/.txt files in {p}")
-        return files[:-1] if len(files) > 1 else files
-    # a Hub dataset alias (climbmix, fineweb-edu) whose shards `nanochat-hf data download` fetched
+    """The files of an --input as pretraining reads them (`nanochat_hf.dataset.list_files`: a file, a
+    folder, or a downloaded Hub alias), minus the last one: nanochat's validation shard."""
     from nanochat_hf.dataset import list_files
 
     try:
         files = list_files(path)
+    except ValueError:  # a file of another type
+        raise ValueError(f"unsupported input {path}; use .parquet (column 'text'), .jsonl (field 'text') or .txt") from None
     except FileNotFoundError as err:
         raise FileNotFoundError(f"--input {path!r}: {err}; or stream it with --input hub:<repo_id>") from None
     return files[:-1] if len(files) > 1 else files
