@@ -125,8 +125,11 @@ def test_tgi_generate_routes_and_stop_sequences(url):
     assert events[-1]["generated_text"] == text and events[-1]["details"]["generated_tokens"] == len(events)
 
 
-def test_huggingface_hub_inference_client(url):
-    from huggingface_hub import InferenceClient
+def test_huggingface_hub_inference_client(url, monkeypatch):
+    from huggingface_hub import InferenceClient, constants
+
+    # HF_HUB_OFFLINE=1 (set by CI) blocks every request the client makes, even to localhost.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
     client = InferenceClient(base_url=url, timeout=60)
     out = client.text_generation("To be or not", max_new_tokens=6, details=True)
