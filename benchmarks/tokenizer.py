@@ -30,10 +30,10 @@ os.environ["RAYON_NUM_THREADS"] = str(NUM_THREADS)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 from nanochat_hf.tokenization import (  # noqa: E402
-    CHAR_TO_BYTE,
     SPECIAL_TOKENS,
     SPLIT_PATTERN,
     iter_documents,
+    to_tiktoken,
     train_from_documents,
 )
 
@@ -124,9 +124,7 @@ def main() -> None:
     print(f"ours      {n_bytes / n_ours:.4f}  ({n_ours:,} tokens)   ratio {n_rust / n_ours:.4f} (goal >= 1.0)")
 
     # ---- 3. encode throughput on the same merges and thread count
-    ours_ranks = {bytes(CHAR_TO_BYTE[c] for c in t): i
-                  for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok) - len(SPECIAL_TOKENS)))))}
-    same_enc = tiktoken.Encoding("ours", pat_str=SPLIT_PATTERN, mergeable_ranks=ours_ranks, special_tokens={})
+    same_enc = to_tiktoken(tok)
     assert [e.ids for e in backend.encode_batch_fast(heldout[:50], add_special_tokens=False)] == \
         same_enc.encode_ordinary_batch(heldout[:50]), "ours and tiktoken disagree on the same merges"
     n_chars = sum(map(len, docs))
@@ -142,6 +140,22 @@ def main() -> None:
     print(f"tiktoken  {n_chars / w_t / 1e6:7.2f} M chars/s   {c_t:6.2f} s CPU")
     print(f"ours      {n_chars / w_e / 1e6:7.2f} M chars/s   {c_e:6.2f} s CPU   "
           f"ratio {w_t / w_e:.2f}x wall, {c_t / c_e:.2f}x CPU (goal >= 1.0)")
+
+    # ---- 4. where our encode time goes: the same documents through tokenizers' pipeline with a
+    # do-nothing model (WordLevel, one entry), so only pre-tokenization is timed.
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    stages = {"split regex + ByteLevel (our pre-tokenizer)": backend.pre_tokenizer,
+              "split regex alone": pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+              "WhitespaceSplit (no regex at all)": pre_tokenizers.WhitespaceSplit()}
+    print("\n== where ours spends encode time (best wall, % of our full encode; tiktoken's full encode = "
+          f"{w_t / w_e:.0%})")
+    for name, pre in stages.items():
+        probe = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+        probe.pre_tokenizer = pre
+        best_wall = min(timed(lambda: probe.encode_batch_fast(docs, add_special_tokens=False))[0] for _ in range(args.repeats))
+        print(f"{name:46s} {best_wall:6.2f} s  {best_wall / w_e:5.0%}")
+
 
 if __name__ == "__main__":
     main()

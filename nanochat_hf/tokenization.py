@@ -387,6 +387,24 @@ def render_for_completion(tokenizer, messages) -> list[int]:
     return list(_apply(tokenizer, messages, add_generation_prompt=True)["input_ids"])
 
 
+# ----------------------------------------------------------------------------- export to tiktoken
+
+
+def to_tiktoken(tokenizer, name: str = "nanochat_hf"):
+    """Our tokenizer as a `tiktoken.Encoding` with the same ids (specials included).
+
+    For bulk data preparation: tiktoken encodes about twice as fast as `tokenizers` on the same
+    merges (see benchmarks/tokenizer.py), and it is what nanochat itself encodes with.
+    """
+    try:
+        import tiktoken
+    except ImportError:
+        raise ValueError("exporting to tiktoken needs tiktoken: pip install tiktoken") from None
+    specials = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    ranks = {bytes(CHAR_TO_BYTE[c] for c in token): i for token, i in tokenizer.get_vocab().items() if token not in specials}
+    return tiktoken.Encoding(name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+
+
 # ----------------------------------------------------------------------------- import nanochat's tokenizer.pkl
 
 

@@ -19,6 +19,7 @@ from nanochat_hf.tokenization import (
     main,
     render_conversation,
     render_for_completion,
+    to_tiktoken,
     train_tokenizer,
 )
 
@@ -112,6 +113,17 @@ def test_same_ids_as_tiktoken_on_the_same_merges(tok):
     shakespeare = embedded_corpus_path().read_text()[-20_000:]  # text the tokenizer was not trained on
     for text in TRICKY + [shakespeare]:
         assert enc(tok, text) == ref.encode_ordinary(text)
+
+
+def test_to_tiktoken_exports_the_same_ids_specials_included(tok):
+    pytest.importorskip("tiktoken")
+    exported = to_tiktoken(tok)
+    assert exported.n_vocab == len(tok)
+    for text in TRICKY:
+        assert exported.encode_ordinary(text) == enc(tok, text)
+        assert exported.decode(enc(tok, text)) == text
+    chat = "<|bos|><|user_start|>What is 2+2?<|user_end|><|assistant_start|>"
+    assert exported.encode(chat, allowed_special="all") == tok(chat, add_special_tokens=False)["input_ids"]
 
 
 # ----------------------------------------------------------------------------- loading without nanochat_hf
