@@ -138,3 +138,18 @@ def test_engine_and_fallback_decode_the_same_greedy_tokens(tiny_tokenizer):
     prompt = render_for_completion(tiny_tokenizer, conv["messages"])
     seqs, _ = engine.Engine(model, tiny_tokenizer).generate_batch(prompt, num_samples=1, max_tokens=12, temperature=0.0)
     assert seqs[0][len(prompt):] == chat_tasks.greedy_with_tool(model, tiny_tokenizer, prompt, 12)
+
+
+def test_prompts_longer_than_the_context_score_as_wrong_in_place(tiny_tokenizer, capsys):
+    """A 256-token tiny model still gets a score on tasks with long prompts (HumanEval, long MMLU rows)."""
+    model = tiny_model(tiny_tokenizer)
+    convs = chat_tasks.load_conversations("ARC-Easy", str(CHAT))
+    lengths = [len(render_for_completion(tiny_tokenizer, c["messages"])) for c in convs]
+    full = chat_tasks.run_categorical(model, tiny_tokenizer, convs, batch_size=3, progress=False)
+    cut = sorted(lengths)[len(lengths) // 2]  # about half the prompts no longer fit
+    model.config.max_position_embeddings = cut
+    short = chat_tasks.run_categorical(model, tiny_tokenizer, convs, batch_size=3, progress=False)
+    assert short == [ok and n <= cut for ok, n in zip(full, lengths)]
+    assert f"do not fit the model's {cut}-token context" in capsys.readouterr().err
+    completions = chat_tasks.generate_completions(model, tiny_tokenizer, convs, max_new_tokens=2, progress=False)
+    assert [c == "" for c in completions] == [n >= cut for n in lengths]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import json
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -169,10 +170,16 @@ def run_categorical(model, tokenizer, conversations: list[dict], batch_size: int
     """Argmax over the allowed letters' logits at the last prompt position, batched (right-padded with BOS)."""
     device, bos = model_device(model), tokenizer.bos_token_id
     letter_ids: dict[str, int] = {}
+    context = _context_length(model)
+    rendered = [render_for_completion(tokenizer, c["messages"]) for c in conversations]
+    fits = [context is None or len(p) <= context for p in rendered]
+    _warn_too_long(desc, fits.count(False), len(conversations), context)
+    conversations = [c for c, ok in zip(conversations, fits) if ok]
+    rendered = [p for p, ok in zip(rendered, fits) if ok]
     outcomes = []
     for i in tqdm(range(0, len(conversations), batch_size), desc=desc, disable=not progress, leave=False):
         batch = conversations[i:i + batch_size]
-        prompts = [render_for_completion(tokenizer, c["messages"]) for c in batch]
+        prompts = rendered[i:i + batch_size]
         width = max(len(p) for p in prompts)
         ids = torch.tensor([p + [bos] * (width - len(p)) for p in prompts], dtype=torch.long, device=device)
         logits = model(input_ids=ids).logits
@@ -186,7 +193,8 @@ def run_categorical(model, tokenizer, conversations: list[dict], batch_size: int
             focus = logits[j, len(prompt) - 1, [letter_ids[l] for l in conv["letters"]]]
             predicted = conv["letters"][int(focus.argmax())]
             outcomes.append(predicted == conv["messages"][-1]["content"])
-    return outcomes
+    scored = iter(outcomes)  # prompts longer than the context count as wrong answers, in place
+    return [next(scored) if ok else False for ok in fits]
 
 
 # ----------------------------------------------------------------------------- generative: greedy with the tool
@@ -238,16 +246,34 @@ def greedy_with_tool(model, tokenizer, prompt: list[int], max_tokens: int) -> li
 def generate_completions(model, tokenizer, conversations: list[dict], max_new_tokens: int = MAX_NEW_TOKENS,
                          progress: bool = True, desc: str = "") -> list[str]:
     engine = _engine(model, tokenizer)
-    completions = []
+    context = _context_length(model)
+    completions, too_long = [], 0
     for conv in tqdm(conversations, desc=desc, disable=not progress, leave=False):
         prompt = render_for_completion(tokenizer, conv["messages"])
+        if context is not None and len(prompt) >= context:
+            # A prompt the model cannot even read (HumanEval on a 256-token tiny model): an empty, failed answer.
+            completions.append("")
+            too_long += 1
+            continue
         if engine is not None:
             seqs, _ = engine.generate_batch(prompt, num_samples=1, max_tokens=max_new_tokens, temperature=0.0)
             tokens = seqs[0][len(prompt):]
         else:
             tokens = greedy_with_tool(model, tokenizer, prompt, max_new_tokens)
         completions.append(tokenizer.decode(tokens, skip_special_tokens=False))
+    _warn_too_long(desc, too_long, len(conversations), context)
     return completions
+
+
+def _context_length(model) -> int | None:
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    return getattr(cfg, "max_position_embeddings", None)
+
+
+def _warn_too_long(desc: str, too_long: int, total: int, context: int | None) -> None:
+    if too_long:
+        print(f"{desc or 'eval'}: {too_long} of {total} prompts do not fit the model's {context}-token context; scored as wrong",
+              file=sys.stderr)
 
 
 def run_generative(task: str, model, tokenizer, conversations: list[dict], max_new_tokens: int = MAX_NEW_TOKENS,
