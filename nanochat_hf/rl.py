@@ -360,10 +360,11 @@ def build_nanochat_optimizer(model, args: RLArguments, max_steps: int):
     """nanochat's chat_rl optimizer: Muon + AdamW groups at init_lr_frac of their lrs, linear decay to 0."""
     from nanochat_hf.optim import build_optimizer
 
-    optimizer = build_optimizer(model, embedding_lr=args.embedding_lr * args.init_lr_frac,
-                                unembedding_lr=args.unembedding_lr * args.init_lr_frac,
-                                matrix_lr=args.matrix_lr * args.init_lr_frac,
-                                scalar_lr=args.scalar_lr * args.init_lr_frac, weight_decay=0.0)
+    # init_lr_frac scales EVERY group, as nanochat's chat_rl does (the smear/backout scalars have a fixed
+    # lr of their own: left at full lr, Adam's 0.2 steps on them wreck the model within a few steps).
+    optimizer = build_optimizer(model, embedding_lr=args.embedding_lr, unembedding_lr=args.unembedding_lr,
+                                matrix_lr=args.matrix_lr, scalar_lr=args.scalar_lr, weight_decay=0.0,
+                                batch_lr_scale=args.init_lr_frac)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max_steps))
     return optimizer, scheduler
 

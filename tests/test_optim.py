@@ -66,6 +66,21 @@ def test_groups_follow_nanochat_recipe():
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
 
 
+def test_rl_init_lr_frac_scales_every_group_smear_included():
+    """nanochat's chat_rl multiplies every group's lr by init_lr_frac; the smear/backout scalars, whose
+    lr is fixed (0.2) rather than derived from scalar_lr, wrecked a tiny RL run in 3 steps when left out."""
+    from nanochat_hf.rl import RLArguments, build_nanochat_optimizer
+
+    model = TinyLM()
+    full = groups_by_name(build_param_groups(model, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5))
+    args = RLArguments(init_lr_frac=0.05)
+    optimizer, scheduler = build_nanochat_optimizer(model, args, max_steps=10)
+    scaled = groups_by_name(optimizer.param_groups)
+    assert set(scaled) == set(full) and "smear_scalars" in scaled
+    for name, group in scaled.items():
+        assert group["lr"] == pytest.approx(full[name]["lr"] * 0.05), name
+
+
 def test_groups_fallback_without_param_groups_and_errors():
     from transformers import NanoChatConfig, NanoChatForCausalLM
 
