@@ -297,9 +297,9 @@ def build_report(run: Path, gpu_hour_cost: float = DEFAULT_GPU_HOUR_COST) -> str
     timings = stages.get("stages", {})
     total_seconds = sum(s.get("seconds", 0.0) for s in timings.values() if isinstance(s, dict))
     if timings:
-        lines += ["## Stages", "", "| stage | status | wall time |", "|---|---|---|"]
+        lines += ["## Stages", "", "| stage | status | wall time | CPU time |", "|---|---|---|---|"]
         for name, info in timings.items():
-            lines.append(f"| {name} | {info.get('status', '?')} | {_duration(info.get('seconds'))} |")
+            lines.append(f"| {name} | {info.get('status', '?')} | {_duration(info.get('seconds'))} | {_duration(info.get('cpu_seconds'))} |")
         lines += ["", f"Total wall time: **{_duration(total_seconds)}**"]
         num_gpus = int(stages.get("num_gpus", 0) or 0)
         if num_gpus:

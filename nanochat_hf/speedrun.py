@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -75,6 +76,11 @@ PRESETS: dict[str, Preset] = {
     "d26": Preset(recipe_dir="d26", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000, eval_max_per_task=-1, data_shards=240),
     "d32": Preset(recipe_dir="d32", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000, eval_max_per_task=-1, data_shards=500),
 }
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 class Speedrun:
@@ -137,7 +143,7 @@ class Speedrun:
                 self.state["stages"][stage] = {"status": "done", "seconds": info.get("seconds", 0.0)}
                 self._save_state()
             return
-        t0 = time.time()
+        t0, cpu0 = time.time(), _children_cpu_seconds()
         for cmd in commands:
             print(f"[speedrun] {stage}: $ {shlex.join(cmd)}", flush=True)
             if self.dry_run:
@@ -150,7 +156,9 @@ class Speedrun:
                 raise SystemExit(f"[speedrun] stage {stage} failed (exit {result.returncode}); fix it and re-run the same command to continue")
         # time spent before a kill is kept: a resumed stage adds to it
         previous = info.get("seconds", 0.0) if info.get("status", "").startswith("failed") else 0.0
-        self.state["stages"][stage] = {"status": "done", "seconds": previous + time.time() - t0}
+        # CPU seconds next to wall seconds: on a shared machine wall time lies, CPU time much less.
+        self.state["stages"][stage] = {"status": "done", "seconds": previous + time.time() - t0,
+                                       "cpu_seconds": round(_children_cpu_seconds() - cpu0, 1)}
         self._save_state()
 
     # ------------------------------------------------------------------ the stages
