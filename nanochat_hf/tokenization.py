@@ -324,9 +324,17 @@ def get_token_bytes(tokenizer):
 
     out = torch.zeros(len(tokenizer), dtype=torch.long)
     special = {tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS} | set(tokenizer.all_special_ids)
-    for token, i in tokenizer.get_vocab().items():
-        if i not in special and i < len(out):
-            out[i] = sum(1 for ch in token if ch in CHAR_TO_BYTE)
+    vocab = {token: i for token, i in tokenizer.get_vocab().items() if i not in special and i < len(out)}
+    # Byte-level BPE (ours, GPT-2, Llama 3, Qwen): one character per byte. Otherwise (SentencePiece-style,
+    # any Hub model): "▁" is a space, <0xAB> byte-fallback pieces are one byte, the rest is UTF-8 text.
+    byte_level = all(ch in CHAR_TO_BYTE for token in vocab for ch in token)
+    for token, i in vocab.items():
+        if byte_level:
+            out[i] = len(token)
+        elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+            out[i] = 1
+        else:
+            out[i] = len(token.replace("\u2581", " ").encode("utf-8"))
     return out
 
 
