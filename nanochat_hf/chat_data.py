@@ -377,7 +377,7 @@ HUB_SOURCES: dict[str, tuple[str, str | None, Callable[[dict], list[dict]], str,
 }
 
 
-def _load_rows(path: str, subset: str | None, split: str):
+def load_rows(path: str, subset: str | None, split: str):
     """A Hub id, a local file (.jsonl/.json/.parquet) or a folder of them, as a `datasets.Dataset`."""
     from datasets import load_dataset
 
@@ -450,7 +450,7 @@ def load_source(spec: SourceSpec, validation: bool = False):
     default_path, default_subset, convert, train_split, val_split = HUB_SOURCES[spec.source]
     path = spec.path or default_path
     split = spec.split or (val_split if validation else train_split)
-    raw = _load_rows(path, spec.subset or default_subset, split)
+    raw = load_rows(path, spec.subset or default_subset, split)
     if spec.size is not None:
         raw = raw.select(range(min(spec.size, len(raw))))
     name = spec.name

@@ -143,14 +143,14 @@ def load_prompts(args: RLArguments):
         test = synthetic_rows(args.synthetic_test_size, seed=VAL_SEED_OFFSET, max_operand=args.synthetic_max_operand)
     else:
         # Hub id (openai/gsm8k + config main) or local files in the same schema; chat_data knows both.
-        from nanochat_hf.chat_data import _load_rows
+        from nanochat_hf.chat_data import load_rows
 
         path = Path(args.dataset_name).expanduser()
         if path.is_dir() and args.dataset_config and (path / args.dataset_config).is_dir():
             path = path / args.dataset_config  # a local copy of the Hub layout: gsm8k/main/train-*.parquet
         source = str(path) if path.exists() else args.dataset_name
-        train = _load_rows(source, args.dataset_config, args.dataset_train_split)
-        test = _load_rows(source, args.dataset_config, args.dataset_test_split)
+        train = load_rows(source, args.dataset_config, args.dataset_train_split)
+        test = load_rows(source, args.dataset_config, args.dataset_test_split)
         if source == str(path) and path.is_file():
             raise ValueError(f"{path} is one file; RL needs train and held-out questions: give a folder with "
                              f"{args.dataset_train_split}.jsonl and {args.dataset_test_split}.jsonl (or parquet)")
