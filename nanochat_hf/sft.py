@@ -73,6 +73,14 @@ class ChatArguments:
                                                             "conversation (SDPA, any device); flat: TRL's padding-free "
                                                             "single row (flash-attention varlen kernels)"})
     resume: str | None = field(default=None, metadata={"help": "latest, or a checkpoint folder, to resume from"})
+    # A quick ChatCORE subset while training (nanochat's chat_sft evaluates MMLU/ARC every eval_every steps).
+    chatcore_every: int = field(default=-1, metadata={"help": "ChatCORE subset every N steps and at the end (-1 = off)"})
+    chatcore_tasks: str = field(default="ARC-Easy,SpellingBee", metadata={"help": "comma list of chat tasks for the subset"})
+    chatcore_examples: int = field(default=32, metadata={"help": "examples per task in the subset"})
+    chatcore_max_new_tokens: int = field(default=128, metadata={"help": "generation budget of generative subset tasks"})
+    chatcore_data: str | None = field(default=None, metadata={"help": "folder of chat-task JSONL (arc_easy.jsonl, ...); "
+                                                                      "default: the small offline set shipped in the package, "
+                                                                      "'hub' for the Hub datasets"})
 
     def __post_init__(self):
         if self.stage not in STAGE_DEFAULTS:
@@ -84,6 +92,14 @@ class ChatArguments:
             raise ValueError(f"--packed_layout must be rows or flat, got {self.packed_layout!r}")
         if self.optimizer not in ("nanochat", "trainer"):
             raise ValueError(f"--optimizer must be nanochat or trainer, got {self.optimizer!r}")
+        if self.chatcore_every > 0:
+            from nanochat_hf.evaluation.chat_tasks import CHATCORE_TASKS
+
+            unknown = [t for t in self.chatcore_tasks.split(",") if t not in CHATCORE_TASKS]
+            if unknown or not self.chatcore_tasks:
+                raise ValueError(f"--chatcore_tasks: unknown {unknown}; choose from {', '.join(CHATCORE_TASKS)}")
+            if self.chatcore_examples < 1:
+                raise ValueError(f"--chatcore_examples must be >= 1, got {self.chatcore_examples}")
 
 
 @dataclass
@@ -248,6 +264,12 @@ class ChatSFTTrainer(SFTTrainer):
             self.optimizer = MuonAdamW(groups)
         return self.optimizer
 
+    def log(self, logs: dict, *args, **kwargs):
+        chatcore = getattr(self, "chatcore", None)
+        if chatcore is not None and chatcore.pending:  # the ChatCORE subset of this step (see ChatCoreCallback)
+            logs, chatcore.pending = {**logs, **chatcore.pending}, None
+        return super().log(logs, *args, **kwargs)
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.chat_args.optimizer != "nanochat":
             return super().create_scheduler(num_training_steps, optimizer)
@@ -291,6 +313,54 @@ class JsonlLogCallback(TrainerCallback):
     def _write(self, row: dict) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(row, default=str) + "\n")
+
+
+class ChatCoreCallback(TrainerCallback):
+    """Every `chatcore_every` steps and at the end: a small ChatCORE subset on the model being trained.
+
+    Every rank evaluates the same rows greedily (identical forward calls), so sharded models (FSDP)
+    work too; only the main process logs. Results go through `trainer.log`, hence to the JSONL log,
+    the progress bar and any tracker, as `chatcore` and `chatcore/<task>`.
+    """
+
+    def __init__(self, chat_args: ChatArguments, tokenizer):
+        self.args, self.tokenizer, self.trainer = chat_args, tokenizer, None
+        self.tasks = chat_args.chatcore_tasks.split(",")
+        data = chat_args.chatcore_data
+        packaged = Path(__file__).resolve().parent / "evaluation" / "data" / "chat"
+        self.data_dir = None if data == "hub" else (data or (str(packaged) if packaged.is_dir() else None))
+        self.last_step = -1
+        self.pending: dict | None = None
+
+    def evaluate(self, model, step: int) -> dict:
+        from nanochat_hf.evaluation.chat_tasks import evaluate_chat_task
+
+        model = self.trainer.accelerator.unwrap_model(model) if self.trainer else model
+        results = {}
+        with torch.no_grad():
+            for task in self.tasks:
+                results[task] = evaluate_chat_task(task, model, self.tokenizer, self.data_dir, self.args.chatcore_examples,
+                                                   max_new_tokens=self.args.chatcore_max_new_tokens, progress=False)
+        model.train()
+        self.last_step = step
+        row = {f"chatcore/{task}": r["accuracy"] for task, r in results.items()}
+        row["chatcore"] = sum(r["centered"] for r in results.values()) / len(results)
+        return row
+
+    def _due(self, state, model, force: bool = False) -> bool:
+        every, step = self.args.chatcore_every, state.global_step
+        return every > 0 and model is not None and step != self.last_step and (force or step % every == 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        # Not trainer.log() from inside a step (it would swallow that step's loss row): the row rides
+        # on the Trainer's next log call (ChatSFTTrainer.log), with that step's loss.
+        if self._due(state, model):
+            self.pending = self.evaluate(model, state.global_step)
+            control.should_log = True
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self._due(state, model, force=True) and self.trainer is not None:
+            self.trainer.log(self.evaluate(model, state.global_step))
 
 
 # ----------------------------------------------------------------------------- the run
@@ -346,13 +416,16 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
     else:
         cfg.eval_strategy = "no"
     header = {"stage": chat_args.stage, "model": chat_args.model_name_or_path, "sources": splits.source_counts,
-              "train": train_stats, "validation": eval_stats, "max_length": cfg.max_length}
+              "train": train_stats, "validation": eval_stats, "max_length": cfg.max_length,
+              "world_size": cfg.world_size}
     print(f"[{chat_args.stage}] train: {train_stats} | validation: {eval_stats}", file=sys.stderr)
 
     resume_step = int(Path(resume).name.split("-")[-1]) if resume and Path(resume).name.startswith("checkpoint-") else 0
     log = JsonlLogCallback(output_dir / "logs" / f"{chat_args.stage}.jsonl", header, resume_step)
+    chatcore = ChatCoreCallback(chat_args, tokenizer)
     trainer = ChatSFTTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=tokenizer, callbacks=[log], chat_args=chat_args)
+                             processing_class=tokenizer, callbacks=[log, chatcore], chat_args=chat_args)
+    chatcore.trainer, trainer.chatcore = trainer, chatcore
     if cfg.packing and chat_args.packed_layout == "rows":
         # Swapped in after construction: TRL refuses any collator but its own when packing is padding-free.
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)

@@ -3,6 +3,7 @@
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,9 @@ MIXTURE = json.dumps({"train": [{"source": "arithmetic", "size": 400}, {"source"
 COMMON = ["--mixture", MIXTURE, "--max_length", str(MAX_LENGTH), "--per_device_train_batch_size", "8",
           "--per_device_eval_batch_size", "8", "--batch_lr_scale", "1.0", "--disable_tqdm", "true"]
 MID_STEPS, SFT_STEPS = 20, 10
+# The quick ChatCORE subset during SFT (on the package's offline ARC rows and generated SpellingBee).
+CHATCORE = ["--chatcore_every", "5", "--chatcore_examples", "4", "--chatcore_tasks", "ARC-Easy,SpellingBee",
+            "--chatcore_max_new_tokens", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,8 @@ def runs(base_dir, tmp_path_factory):
                        "--max_steps", str(MID_STEPS), "--eval_steps", "10", "--save_steps", "1000"])
     assert rc == 0
     rc = sft.main(["--model_name_or_path", str(root / "mid"), "--output_dir", str(root / "sft"), *COMMON,
-                   "--max_steps", str(SFT_STEPS), "--eval_steps", "5", "--save_steps", "5", "--save_total_limit", "3"])
+                   "--max_steps", str(SFT_STEPS), "--eval_steps", "5", "--save_steps", "5", "--save_total_limit", "3",
+                   *CHATCORE])
     assert rc == 0
     return {"base": base_dir, "mid": root / "mid", "sft": root / "sft"}
 
@@ -123,6 +128,96 @@ def test_resume_from_checkpoint_matches_the_uninterrupted_run(runs, tmp_path):
     log = read_log(killed / "logs" / "sft.jsonl")
     train_steps = [r["step"] for r in log if "loss" in r]
     assert train_steps == list(range(1, SFT_STEPS + 1))  # the killed run's steps kept once, the rest continued
+
+
+def test_chatcore_subset_is_logged_during_sft_with_the_steps_loss(runs, tiny_tokenizer):
+    from nanochat_hf.evaluation.chat_tasks import evaluate_chat_task
+    from nanochat_hf.evaluation.run import load_model
+
+    log = read_log(runs["sft"] / "logs" / "sft.jsonl")
+    rows = [r for r in log if "chatcore" in r]
+    assert [r["step"] for r in rows] == [5, 10]
+    assert all("loss" in r for r in rows)  # riding on the step's own log row, which keeps its loss
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, SFT_STEPS + 1))
+    # The last row is the final model's score: the same numbers as evaluating the saved model.
+    model, tokenizer = load_model(str(runs["sft"]))
+    data = str(Path(sft.__file__).parent / "evaluation" / "data" / "chat")
+    arc = evaluate_chat_task("ARC-Easy", model, tokenizer, data, 4, max_new_tokens=16, progress=False)
+    bee = evaluate_chat_task("SpellingBee", model, tokenizer, data, 4, max_new_tokens=16, progress=False)
+    assert rows[-1]["chatcore/ARC-Easy"] == arc["accuracy"] and rows[-1]["chatcore/SpellingBee"] == bee["accuracy"]
+    assert rows[-1]["chatcore"] == pytest.approx((arc["centered"] + bee["centered"]) / 2)
+
+
+def test_unknown_chatcore_task_is_refused(base_dir, tmp_path, capsys):
+    rc = sft.main(["--model_name_or_path", str(base_dir), "--output_dir", str(tmp_path / "x"), *COMMON,
+                   "--chatcore_every", "5", "--chatcore_tasks", "ARC-Easy,Trivia"])
+    assert rc == 2 and "--chatcore_tasks: unknown ['Trivia']" in capsys.readouterr().err
+
+
+@pytest.mark.multiprocess
+def test_two_process_sft_on_cpu(base_dir, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` (gloo on CPU): both ranks train, one model is saved."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "sft2"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--main_process_port", "29541", "-m", "nanochat_hf.sft", "--model_name_or_path", str(base_dir),
+           "--output_dir", str(out), *COMMON, "--per_device_train_batch_size", "4", "--max_steps", "6",
+           "--eval_steps", "3", "--save_steps", "1000", "--chatcore_every", "3", "--chatcore_examples", "4",
+           "--chatcore_max_new_tokens", "16"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = read_log(out / "logs" / "sft.jsonl")
+    assert log[0]["world_size"] == 2
+    assert [r["step"] for r in log if "loss" in r] == list(range(1, 7))
+    assert [r["step"] for r in log if "chatcore" in r] == [3, 6]  # logged once, by the main process
+    evals = [r["eval_loss"] for r in log if "eval_loss" in r]
+    assert evals[-1] < evals[0]
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+
+
+def test_trl_sft_cli_trains_a_classic_checkpoint(tiny_tokenizer_dir, tmp_path):
+    """`trl sft --config x.yaml` (TRL's own CLI, no nanochat_hf code in the loop) on a classic checkpoint:
+    transformers' native nanochat model + our tokenizer and chat template, assistant-only loss."""
+    import os
+    import subprocess
+
+    from nanochat_hf.modeling import NanoChatConfig, NanoChatForCausalLM
+    from nanochat_hf.tokenization import load_tokenizer, save_tokenizer
+
+    tok = load_tokenizer(tiny_tokenizer_dir)
+    cfg = NanoChatConfig.from_depth(2, arch="classic", vocab_size=len(tok), max_position_embeddings=MAX_LENGTH,
+                                    head_dim=32, aspect_ratio=32)
+    torch.manual_seed(0)
+    NanoChatForCausalLM(cfg).save_pretrained(tmp_path / "base")
+    save_tokenizer(tok, tmp_path / "base")
+    (tmp_path / "data").mkdir()
+    with open(tmp_path / "data" / "train.jsonl", "w") as f:  # TRL's conversational schema, plain-text turns
+        for user, assistant in chat_data.arithmetic(64, seed=0):
+            text = "".join(part["text"] for part in assistant["content"])
+            f.write(json.dumps({"messages": [user, {"role": "assistant", "content": text}]}) + "\n")
+    (tmp_path / "sft.yaml").write_text(
+        f"model_name_or_path: {tmp_path / 'base'}\ndataset_name: {tmp_path / 'data'}\noutput_dir: {tmp_path / 'out'}\n"
+        "max_steps: 4\nper_device_train_batch_size: 8\nmax_length: 128\nassistant_only_loss: true\npacking: false\n"
+        "learning_rate: 3.0e-3\nlogging_steps: 1\nreport_to: none\nuse_cpu: true\nbf16: false\nsave_strategy: 'no'\n")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    import sys
+
+    trl = Path(sys.executable).with_name("trl")  # the console script of this interpreter's TRL
+    res = subprocess.run([str(trl) if trl.exists() else shutil.which("trl"), "sft", "--config", str(tmp_path / "sft.yaml")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    losses = [float(x) for x in re.findall(r"'loss': '([0-9.]+)'", res.stdout + res.stderr)]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.config.model_type == "nanochat"  # transformers' own class: no trust_remote_code
 
 
 def test_schedule_is_nanochats():
