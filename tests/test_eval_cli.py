@@ -105,3 +105,33 @@ def test_lighteval_cli_gives_the_same_numbers(tiny_model_dir, tmp_path):
     ours = core.evaluate_core(model, tok, BUNDLE, labels=labels, progress=False)["tasks"]
     for label in labels:
         assert results[f"core_{label}|0"]["acc"] == pytest.approx(ours[label]["accuracy"]), label
+
+
+@pytest.mark.slow
+def test_lighteval_cli_gives_the_same_chat_letter_scores(tiny_model_dir, tmp_path):
+    """ChatCORE's ARC / MMLU through lighteval's CLI: the same accuracies as `nanochat-hf eval`'s letter argmax."""
+    pytest.importorskip("lighteval")
+    import lighteval
+
+    from nanochat_hf.evaluation import chat_tasks
+
+    pkl = Path(lighteval.__file__).parent / "tasks" / "tasks" / "tinyBenchmarks.pkl"
+    if not pkl.exists():
+        pytest.skip(f"offline lighteval needs an (empty) {pkl} (it downloads one on import)")
+    packaged = Path(run.__file__).parent / "data" / "chat"  # ARC-Easy / ARC-Challenge rows shipped offline
+    env = dict(os.environ, NANOCHAT_HF_EVAL_BUNDLE=str(BUNDLE), NANOCHAT_HF_CHAT_DATA=str(packaged),
+               NANOCHAT_HF_EVAL_MAX_PER_TASK="40", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    lighteval_bin = shutil.which("lighteval") or f"{sys.executable} -m lighteval"
+    cmd = [*lighteval_bin.split(), "accelerate",
+           f"model_name={tiny_model_dir},trust_remote_code=True,override_chat_template=False,batch_size=4,device=cpu,"
+           f"cache_dir={tmp_path / 'cache'}",
+           "chat_arc_easy|0,chat_arc_challenge|0", "--custom-tasks", str(TASKS_MODULE), "--output-dir", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "was not scored as its single token" not in proc.stdout + proc.stderr
+    results = json.loads(next((tmp_path / "out" / "results").rglob("results_*.json")).read_text())["results"]
+    model, tok = run.load_model(str(tiny_model_dir), "cpu")
+    for name, task in (("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge")):
+        ours = chat_tasks.evaluate_chat_task(task, model, tok, str(packaged), max_problems=40, progress=False)
+        assert ours["n"] == 40 and 0 < ours["accuracy"] < 1
+        assert results[f"chat_{name}|0"]["acc"] == pytest.approx(ours["accuracy"]), name

@@ -17,7 +17,14 @@ token to match. So each request is built from nanochat's own token sequences:
   length comes from the returned tokens, so the metric takes nanochat's argmin of mean loss;
 - language modelling: greedy generation of exactly the span's length from the prompt without the
   continuation, correct iff the generated tokens equal the continuation's tokens.
+ChatCORE's letter-choice tasks are here too, as `chat_arc_easy`, `chat_arc_challenge`, `chat_mmlu`:
+the question rendered with the chat template up to `<|assistant_start|>` is the context and the
+allowed letters are the choices; each letter is one token, so its log-prob is its logit minus a
+normaliser shared by all letters, and the argmax equals nanochat's argmax over the letters' logits.
+GSM8K, HumanEval and SpellingBee need the calculator tool / sandbox inside generation, which
+lighteval's backends do not run: they stay in `nanochat-hf eval` (and ChatCORE with them).
 Environment: NANOCHAT_HF_EVAL_BUNDLE (bundle folder; default: the cached/downloaded one),
+NANOCHAT_HF_CHAT_DATA (folder of arc_easy/arc_challenge/mmlu .jsonl; default: the Hub datasets),
 NANOCHAT_HF_EVAL_TOKENIZER (default: the `model_name=` of the lighteval command line),
 NANOCHAT_HF_EVAL_MAX_PER_TASK (nanochat's --max-per-task).
 """
@@ -38,7 +45,7 @@ from lighteval.metrics.utils.metric_utils import SampleLevelMetric
 from lighteval.tasks.lighteval_task import LightevalTaskConfig
 from lighteval.tasks.requests import Doc, SamplingMethod
 
-from nanochat_hf.evaluation import core
+from nanochat_hf.evaluation import chat_tasks, core
 
 logger = logging.getLogger(__name__)
 TASK_PREFIX = "core_"
@@ -161,6 +168,68 @@ def _index_dataset(label: str, n: int) -> str:
     return str(folder)
 
 
+# ----------------------------------------------------------------------------- ChatCORE letter-choice tasks
+
+CHAT_PREFIX = "chat_"
+CHAT_TASKS = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "mmlu": "MMLU"}
+
+
+@lru_cache(maxsize=None)
+def _chat_rows(task: str) -> list[dict]:
+    return chat_tasks.load_conversations(task, os.environ.get("NANOCHAT_HF_CHAT_DATA") or None,
+                                         None if _max_per_task() < 0 else _max_per_task())
+
+
+def chat_prompt_fn(line: dict, task_name: str) -> Doc:
+    """One ChatCORE multiple-choice conversation -> context up to <|assistant_start|>, the letters as choices."""
+    from nanochat_hf.tokenization import render_for_completion
+
+    task = CHAT_TASKS[task_name.split("|")[0].removeprefix(CHAT_PREFIX)]
+    conv = _chat_rows(task)[int(line["idx"])]
+    tok = _tokenizer()
+    prompt = render_for_completion(tok, conv["messages"])  # starts with BOS, ends with <|assistant_start|>
+    query, _ = _context_prefix(tok)
+    query += tok.decode(prompt[1:], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    letters = list(conv["letters"])
+    return Doc(task_name=task_name, query=query, choices=letters, gold_index=letters.index(conv["messages"][-1]["content"]),
+               specific={"letter_ids": [tok.convert_tokens_to_ids(letter) for letter in letters]})
+
+
+class NanochatLetterChoice(SampleLevelComputation):
+    """nanochat's rule: the allowed letter with the highest logit at the answer position."""
+
+    def compute(self, doc: Doc, model_response, **kwargs) -> float:
+        for got, want in zip(model_response.output_tokens or [], doc.specific["letter_ids"]):
+            if [t for t in got if t >= 0] != [want]:
+                logger.warning("%s: a letter was not scored as its single token; the score may differ from nanochat's",
+                               doc.task_name)
+                break
+        lps = list(model_response.logprobs)
+        return float(lps.index(max(lps)) == doc.gold_index)
+
+
+chat_letter_metric = SampleLevelMetric(metric_name="acc", higher_is_better=True, category=SamplingMethod.LOGPROBS,
+                                       sample_level_fn=NanochatLetterChoice(), corpus_level_fn=np.mean)
+
+
+def build_chat_tasks() -> list[LightevalTaskConfig]:
+    configs = []
+    for name, task in CHAT_TASKS.items():
+        try:
+            n = len(_chat_rows(task))
+        except (FileNotFoundError, ValueError, OSError) as err:  # no local file and no Hub: offer the others
+            logger.warning("chat task %s unavailable: %s", task, err)
+            continue
+        configs.append(LightevalTaskConfig(
+            name=CHAT_PREFIX + name, prompt_function=chat_prompt_fn, hf_repo=_index_dataset(CHAT_PREFIX + name, n),
+            hf_subset="default", hf_avail_splits=["test"], evaluation_splits=["test"], few_shots_split=None,
+            few_shots_select=None, metrics=[chat_letter_metric], generation_size=None, stop_sequence=[], version=0))
+    return configs
+
+
+# ----------------------------------------------------------------------------- the table
+
+
 def build_tasks() -> list[LightevalTaskConfig]:
     bundle = _bundle()
     configs = []
@@ -177,4 +246,4 @@ def build_tasks() -> list[LightevalTaskConfig]:
     return configs
 
 
-TASKS_TABLE = build_tasks()
+TASKS_TABLE = build_tasks() + build_chat_tasks()
