@@ -82,25 +82,32 @@ def test_cli_missing_model_folder(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_lighteval_cli_gives_the_same_numbers(tiny_model_dir, tmp_path):
-    """lighteval's own CLI with our --custom-tasks module reproduces nanochat-hf eval's accuracies."""
+def run_lighteval(model_dir, tmp_path, tasks: str, **env_vars) -> tuple[dict, str]:
+    """lighteval's own CLI with our --custom-tasks module, offline: (results by task, its output)."""
     pytest.importorskip("lighteval")
     import lighteval
 
     pkl = Path(lighteval.__file__).parent / "tasks" / "tasks" / "tinyBenchmarks.pkl"
     if not pkl.exists():
         pytest.skip(f"offline lighteval needs an (empty) {pkl} (it downloads one on import)")
-    labels = ["copa", "winograd", "arc_easy"]
-    env = dict(os.environ, NANOCHAT_HF_EVAL_BUNDLE=str(BUNDLE), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, NANOCHAT_HF_EVAL_BUNDLE=str(BUNDLE), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               **env_vars)
     lighteval_bin = shutil.which("lighteval") or f"{sys.executable} -m lighteval"
     cmd = [*lighteval_bin.split(), "accelerate",
-           f"model_name={tiny_model_dir},trust_remote_code=True,override_chat_template=False,batch_size=4,device=cpu,"
+           f"model_name={model_dir},trust_remote_code=True,override_chat_template=False,batch_size=4,device=cpu,"
            f"cache_dir={tmp_path / 'cache'}",
-           ",".join(f"core_{l}|0" for l in labels), "--custom-tasks", str(TASKS_MODULE), "--output-dir", str(tmp_path / "out")]
+           tasks, "--custom-tasks", str(TASKS_MODULE), "--output-dir", str(tmp_path / "out")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(next((tmp_path / "out" / "results").rglob("results_*.json")).read_text())["results"]
+    return results, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_lighteval_cli_gives_the_same_numbers(tiny_model_dir, tmp_path):
+    """lighteval's own CLI with our --custom-tasks module reproduces nanochat-hf eval's accuracies."""
+    labels = ["copa", "winograd", "arc_easy"]
+    results, _ = run_lighteval(tiny_model_dir, tmp_path, ",".join(f"core_{l}|0" for l in labels))
     model, tok = run.load_model(str(tiny_model_dir), "cpu")
     ours = core.evaluate_core(model, tok, BUNDLE, labels=labels, progress=False)["tasks"]
     for label in labels:
@@ -110,26 +117,12 @@ def test_lighteval_cli_gives_the_same_numbers(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_lighteval_cli_gives_the_same_chat_letter_scores(tiny_model_dir, tmp_path):
     """ChatCORE's ARC / MMLU through lighteval's CLI: the same accuracies as `nanochat-hf eval`'s letter argmax."""
-    pytest.importorskip("lighteval")
-    import lighteval
-
     from nanochat_hf.evaluation import chat_tasks
 
-    pkl = Path(lighteval.__file__).parent / "tasks" / "tasks" / "tinyBenchmarks.pkl"
-    if not pkl.exists():
-        pytest.skip(f"offline lighteval needs an (empty) {pkl} (it downloads one on import)")
     packaged = Path(run.__file__).parent / "data" / "chat"  # ARC-Easy / ARC-Challenge rows shipped offline
-    env = dict(os.environ, NANOCHAT_HF_EVAL_BUNDLE=str(BUNDLE), NANOCHAT_HF_CHAT_DATA=str(packaged),
-               NANOCHAT_HF_EVAL_MAX_PER_TASK="40", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    lighteval_bin = shutil.which("lighteval") or f"{sys.executable} -m lighteval"
-    cmd = [*lighteval_bin.split(), "accelerate",
-           f"model_name={tiny_model_dir},trust_remote_code=True,override_chat_template=False,batch_size=4,device=cpu,"
-           f"cache_dir={tmp_path / 'cache'}",
-           "chat_arc_easy|0,chat_arc_challenge|0", "--custom-tasks", str(TASKS_MODULE), "--output-dir", str(tmp_path / "out")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "was not scored as its single token" not in proc.stdout + proc.stderr
-    results = json.loads(next((tmp_path / "out" / "results").rglob("results_*.json")).read_text())["results"]
+    results, output = run_lighteval(tiny_model_dir, tmp_path, "chat_arc_easy|0,chat_arc_challenge|0",
+                                    NANOCHAT_HF_CHAT_DATA=str(packaged), NANOCHAT_HF_EVAL_MAX_PER_TASK="40")
+    assert "was not scored as its single token" not in output
     model, tok = run.load_model(str(tiny_model_dir), "cpu")
     for name, task in (("arc_easy", "ARC-Easy"), ("arc_challenge", "ARC-Challenge")):
         ours = chat_tasks.evaluate_chat_task(task, model, tok, str(packaged), max_problems=40, progress=False)
