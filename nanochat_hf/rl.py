@@ -20,6 +20,8 @@ Rollouts use the calculator tool as the model was taught in SFT: when it writes
 calculator and forces `<|output_start|>result<|output_end|>` into the sequence. We plug that
 engine into TRL through its `rollout_func` hook and return the forced tokens as `env_mask = 0`,
 which TRL multiplies into the loss mask: the model is never trained to "predict" tool output.
+With `use_vllm: true` the same hook generates with TRL's vLLM backend turn by turn (cut at each
+call, calculator output forced in, prompt + completion so far sent back).
 TRL's own `tools=` support expects JSON function-calling templates, which nanochat's format is not.
 
 Data: `dataset_name: synthetic` (default, offline) generates arithmetic word problems with exact
@@ -221,12 +223,70 @@ def make_rollout_func(args: RLArguments):
                 completion_ids += ids
                 env_mask += masks
             model.train(was_training)
-        python_start = tokenizer.convert_tokens_to_ids("<|python_start|>")
-        tool_calls = sum(ids.count(python_start) for ids in completion_ids)
-        metrics = getattr(trainer, "_metrics", None)  # TRL averages and logs these with its own
-        if metrics is not None:
-            metrics["train"]["tools/calls_per_completion"].append(tool_calls / max(1, len(completion_ids)))
+        _log_tool_calls(trainer, completion_ids)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None, "env_mask": env_mask}
+
+    return rollout
+
+
+def _log_tool_calls(trainer, completion_ids: list[list[int]]) -> None:
+    python_start = trainer.processing_class.convert_tokens_to_ids("<|python_start|>")
+    tool_calls = sum(ids.count(python_start) for ids in completion_ids)
+    metrics = getattr(trainer, "_metrics", None)  # TRL averages and logs these with its own
+    if metrics is not None:
+        metrics["train"]["tools/calls_per_completion"].append(tool_calls / max(1, len(completion_ids)))
+
+
+def make_vllm_rollout_func(args: RLArguments):
+    """`rollout_func` for `use_vllm: true`: TRL's vLLM generation in turns, the calculator between them.
+
+    TRL syncs the weights into vLLM before calling it. Each turn generates with
+    `trainer.vllm_generation` (colocate or server), keeps a sample's tokens up to its first
+    complete `<|python_end|>` call, forces the calculator's `<|output_start|>result<|output_end|>`
+    (env_mask 0, no sampling logprob) and sends prompt + completion so far back for the next turn.
+    Tokens vLLM generated after the call are dropped, as the Engine would never have sampled them.
+    """
+    from nanochat_hf.engine import ToolState
+    from nanochat_hf.tokenization import render_for_completion
+
+    def rollout(prompts: list, trainer) -> dict:
+        tokenizer, acc, budget = trainer.processing_class, trainer.accelerator, trainer.args.max_completion_length
+        ids = {n: tokenizer.convert_tokens_to_ids(n)
+               for n in ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")}
+        prompt_ids = [render_for_completion(tokenizer, p) for p in prompts]
+        states = [ToolState(ids, tokenizer) for _ in prompts]
+        completion, env_mask, logprobs = [[] for _ in prompts], [[] for _ in prompts], [[] for _ in prompts]
+        pending = list(range(len(prompts)))
+        while True:
+            # Server mode gathers all ranks' prompts in one collective call and slices the answer by
+            # equal shares: every rank makes the same calls with as many prompts (fillers' outputs dropped).
+            most = int(acc.gather(torch.tensor([len(pending)], device=acc.device)).max())
+            if most == 0:
+                break
+            rows = pending + [pending[0] if pending else 0] * (most - len(pending))
+            _, new_ids, new_logprobs, _ = trainer.vllm_generation.generate(
+                prompts=[prompt_ids[i] + completion[i] for i in rows], images=None, num_generations=1)
+            still = []
+            for i, tokens, lps in zip(pending, new_ids, new_logprobs):
+                state = states[i]
+                for token, lp in zip(tokens, lps):
+                    if len(completion[i]) >= budget or state.forced:
+                        break  # out of budget, or a call just ended: the calculator answers, not vLLM
+                    state.next_token(token)
+                    completion[i].append(token)
+                    env_mask[i].append(1)
+                    logprobs[i].append(lp[0] if isinstance(lp, (list, tuple)) else lp)
+                if state.forced:
+                    forced = list(state.forced)[: budget - len(completion[i])]
+                    state.forced.clear()
+                    completion[i] += forced
+                    env_mask[i] += [0] * len(forced)
+                    logprobs[i] += [None] * len(forced)  # TRL reads None as "no sampling logprob"
+                    if len(completion[i]) < budget:
+                        still.append(i)
+            pending = still
+        _log_tool_calls(trainer, completion)
+        return {"prompt_ids": prompt_ids, "completion_ids": completion, "logprobs": logprobs, "env_mask": env_mask}
 
     return rollout
 
@@ -429,13 +489,11 @@ def train(args: RLArguments, config):
             config.max_steps = max(1, int(len(train_ds) // questions_per_step * config.num_train_epochs))
         optimizers = build_nanochat_optimizer(model, args, config.max_steps)
 
-    # Rollouts: our Engine with the calculator (default), or TRL's generation (also its vLLM path).
+    # Rollouts with the calculator: our Engine, or TRL's vLLM generation in turns; else plain TRL generation.
     rollout_func = None
-    if args.use_calculator and not config.use_vllm:
+    if args.use_calculator:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.x
-        rollout_func = make_rollout_func(args)
-    elif args.use_calculator:
-        print("[rl] use_vllm: rollouts go through TRL's vLLM generation, without the calculator tool", file=sys.stderr)
+        rollout_func = make_vllm_rollout_func(args) if config.use_vllm else make_rollout_func(args)
 
     log_path = Path(config.output_dir) / "logs" / "rl.jsonl"
     if resume is None and log_path.exists():

@@ -14,6 +14,7 @@ from nanochat_hf.rl import (
     load_prompts,
     main,
     make_rollout_func,
+    make_vllm_rollout_func,
     parse_args,
     synthetic_rows,
     to_prompt_dataset,
@@ -170,6 +171,76 @@ def test_rollout_forces_calculator_output_and_masks_it(sft_model_dir):
     stopped = [c for c in out["completion_ids"] if len(c) < 64]
     assert stopped and all(c[-1] == ids["<|assistant_end|>"] for c in stopped)
     assert trainer._metrics["train"]["tools/calls_per_completion"][0] > 0
+
+
+class FakeVLLM:
+    """TRL's VLLMGeneration.generate contract: scripted continuations, recorded calls.
+
+    Every sample first writes a call `6*7` and then (as vLLM would, not knowing the tool) invents an
+    output `1`; given the real output back, it answers and stops.
+    """
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.calls = tokenizer, []
+        t = tokenizer.convert_tokens_to_ids
+        self.call = [t("<|python_start|>"), *tokenizer.encode("6*7", add_special_tokens=False), t("<|python_end|>")]
+        self.invented = [t("<|output_start|>"), *tokenizer.encode("1", add_special_tokens=False), t("<|output_end|>")]
+        self.answer = [*tokenizer.encode("#### 42", add_special_tokens=False), t("<|assistant_end|>")]
+
+    def generate(self, prompts, images, num_generations, profiler=None):
+        self.calls.append([list(p) for p in prompts])
+        out = [self.answer if p[-1] == self.tokenizer.convert_tokens_to_ids("<|output_end|>") else
+               self.call + self.invented + self.answer for p in prompts]
+        logprobs = [[[-0.5 - j] for j in range(len(o))] for o in out]  # top-1 logprob per token, as vLLM returns
+        return prompts, out, logprobs, None
+
+
+@pytest.mark.parametrize("other_rank,call_sizes", [([0, 0, 0], [2, 2]), ([3, 3, 1, 0], [3, 3, 1])])
+def test_vllm_rollout_runs_the_calculator_between_turns(tiny_tokenizer_dir, other_rank, call_sizes):
+    """use_vllm: turns through TRL's vLLM backend (mocked: no GPU here), the calculator's answer forced in."""
+    from nanochat_hf.tokenization import load_tokenizer, render_for_completion
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    vllm = FakeVLLM(tokenizer)
+    # A second rank with `other_rank` samples pending at each turn: this rank pads its calls to the same
+    # size, and keeps calling while that rank still generates (server mode's collective call).
+    others = iter(other_rank)
+    gather = lambda t: torch.cat([t, torch.tensor([next(others)])])  # noqa: E731
+    trainer = SimpleNamespace(args=SimpleNamespace(max_completion_length=64), processing_class=tokenizer,
+                              vllm_generation=vllm, accelerator=SimpleNamespace(gather=gather, device="cpu"),
+                              _metrics={"train": __import__("collections").defaultdict(list)})
+    prompts = [[{"role": "user", "content": "What is 6 times 7?"}]] * 2
+    out = make_vllm_rollout_func(RLArguments())(prompts, trainer)
+
+    prompt = render_for_completion(tokenizer, prompts[0])
+    real = [tokenizer.convert_tokens_to_ids("<|output_start|>"), *tokenizer.encode("42", add_special_tokens=False),
+            tokenizer.convert_tokens_to_ids("<|output_end|>")]
+    expected = vllm.call + real + vllm.answer  # the invented output is gone, the calculator's is in
+    assert out["prompt_ids"] == [prompt, prompt]
+    assert out["completion_ids"] == [expected, expected]
+    assert out["env_mask"] == [[1] * len(vllm.call) + [0] * len(real) + [1] * len(vllm.answer)] * 2
+    lps = out["logprobs"][0]
+    assert lps[: len(vllm.call)] == [-0.5 - j for j in range(len(vllm.call))]
+    assert lps[len(vllm.call):len(vllm.call) + len(real)] == [None] * len(real)  # forced: no sampling logprob
+    assert lps[-len(vllm.answer):] == [-0.5 - j for j in range(len(vllm.answer))]
+    # Turn 2 continues from prompt + completion so far; fillers keep both ranks' calls the same size.
+    assert vllm.calls[1][0] == prompt + vllm.call + real
+    assert [len(c) for c in vllm.calls] == call_sizes
+    assert trainer._metrics["train"]["tools/calls_per_completion"] == [1.0]
+
+
+def test_vllm_rollout_stops_at_the_completion_budget(tiny_tokenizer_dir):
+    from nanochat_hf.tokenization import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_tokenizer_dir)
+    vllm = FakeVLLM(tokenizer)
+    budget = len(vllm.call) + 1  # room for the call and the first forced token only
+    trainer = SimpleNamespace(args=SimpleNamespace(max_completion_length=budget), processing_class=tokenizer,
+                              vllm_generation=vllm, accelerator=SimpleNamespace(gather=lambda t: t, device="cpu"))
+    out = make_vllm_rollout_func(RLArguments())([[{"role": "user", "content": "6*7?"}]], trainer)
+    assert out["completion_ids"] == [vllm.call + [tokenizer.convert_tokens_to_ids("<|output_start|>")]]
+    assert out["env_mask"] == [[1] * len(vllm.call) + [0]]
+    assert len(vllm.calls) == 1  # nothing left to generate
 
 
 # ----------------------------------------------------------------------------- GRPO
