@@ -52,6 +52,7 @@ from nanochat_hf.tools import run_calculator
 DEFAULT_MAX_BATCH = 32  # rows decoded together by the scheduler
 MIN_CACHE_CAPACITY = 64  # first KV buffer length; it doubles when full
 STOP_TOKENS = ("<|assistant_end|>", "<|bos|>")
+TOOL_TOKENS = ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")  # what ToolState reads
 
 
 # ----------------------------------------------------------------------------- the KV cache
@@ -326,7 +327,7 @@ class Engine:
         self.num_layers = cfg.num_hidden_layers
         self.max_context = getattr(cfg, "max_position_embeddings", None) or 2048
         vocab = tokenizer.get_vocab()
-        names = ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>") + STOP_TOKENS
+        names = TOOL_TOKENS + STOP_TOKENS
         missing = [n for n in names if n not in vocab]
         if missing:
             raise ValueError(f"the tokenizer lacks {', '.join(missing)}; use a nanochat tokenizer (nanochat_hf.tokenization)")

@@ -246,13 +246,12 @@ def make_vllm_rollout_func(args: RLArguments):
     (env_mask 0, no sampling logprob) and sends prompt + completion so far back for the next turn.
     Tokens vLLM generated after the call are dropped, as the Engine would never have sampled them.
     """
-    from nanochat_hf.engine import ToolState
+    from nanochat_hf.engine import TOOL_TOKENS, ToolState
     from nanochat_hf.tokenization import render_for_completion
 
     def rollout(prompts: list, trainer) -> dict:
         tokenizer, acc, budget = trainer.processing_class, trainer.accelerator, trainer.args.max_completion_length
-        ids = {n: tokenizer.convert_tokens_to_ids(n)
-               for n in ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")}
+        ids = {n: tokenizer.convert_tokens_to_ids(n) for n in TOOL_TOKENS}
         prompt_ids = [render_for_completion(tokenizer, p) for p in prompts]
         states = [ToolState(ids, tokenizer) for _ in prompts]
         completion, env_mask, logprobs = [[] for _ in prompts], [[] for _ in prompts], [[] for _ in prompts]

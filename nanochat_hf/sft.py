@@ -326,9 +326,10 @@ class ChatCoreCallback(TrainerCallback):
     def __init__(self, chat_args: ChatArguments, tokenizer):
         self.args, self.tokenizer, self.trainer = chat_args, tokenizer, None
         self.tasks = chat_args.chatcore_tasks.split(",")
+        from nanochat_hf.evaluation.chat_tasks import OFFLINE_CHAT_DATA
+
         data = chat_args.chatcore_data
-        packaged = Path(__file__).resolve().parent / "evaluation" / "data" / "chat"
-        self.data_dir = None if data == "hub" else (data or (str(packaged) if packaged.is_dir() else None))
+        self.data_dir = None if data == "hub" else (data or (str(OFFLINE_CHAT_DATA) if OFFLINE_CHAT_DATA.is_dir() else None))
         self.last_step = -1
         self.pending: dict | None = None
 
@@ -341,8 +342,7 @@ class ChatCoreCallback(TrainerCallback):
             for task in self.tasks:
                 results[task] = evaluate_chat_task(task, model, self.tokenizer, self.data_dir, self.args.chatcore_examples,
                                                    max_new_tokens=self.args.chatcore_max_new_tokens, progress=False)
-        model.train()
-        self.last_step = step
+        self.last_step = step  # (evaluate_chat_task puts the model back in train mode)
         row = {f"chatcore/{task}": r["accuracy"] for task, r in results.items()}
         row["chatcore"] = sum(r["centered"] for r in results.values()) / len(results)
         return row

@@ -119,7 +119,7 @@ def test_lighteval_cli_gives_the_same_chat_letter_scores(tiny_model_dir, tmp_pat
     """ChatCORE's ARC / MMLU through lighteval's CLI: the same accuracies as `nanochat-hf eval`'s letter argmax."""
     from nanochat_hf.evaluation import chat_tasks
 
-    packaged = Path(run.__file__).parent / "data" / "chat"  # ARC-Easy / ARC-Challenge rows shipped offline
+    packaged = chat_tasks.OFFLINE_CHAT_DATA  # ARC-Easy / ARC-Challenge rows shipped offline
     results, output = run_lighteval(tiny_model_dir, tmp_path, "chat_arc_easy|0,chat_arc_challenge|0",
                                     NANOCHAT_HF_CHAT_DATA=str(packaged), NANOCHAT_HF_EVAL_MAX_PER_TASK="40")
     assert "was not scored as its single token" not in output

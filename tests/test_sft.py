@@ -141,7 +141,9 @@ def test_chatcore_subset_is_logged_during_sft_with_the_steps_loss(runs, tiny_tok
     assert [r["step"] for r in log if "loss" in r] == list(range(1, SFT_STEPS + 1))
     # The last row is the final model's score: the same numbers as evaluating the saved model.
     model, tokenizer = load_model(str(runs["sft"]))
-    data = str(Path(sft.__file__).parent / "evaluation" / "data" / "chat")
+    from nanochat_hf.evaluation.chat_tasks import OFFLINE_CHAT_DATA
+
+    data = str(OFFLINE_CHAT_DATA)
     arc = evaluate_chat_task("ARC-Easy", model, tokenizer, data, 4, max_new_tokens=16, progress=False)
     bee = evaluate_chat_task("SpellingBee", model, tokenizer, data, 4, max_new_tokens=16, progress=False)
     assert rows[-1]["chatcore/ARC-Easy"] == arc["accuracy"] and rows[-1]["chatcore/SpellingBee"] == bee["accuracy"]

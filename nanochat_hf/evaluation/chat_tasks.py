@@ -39,6 +39,7 @@ SPELLING_TEST_SEED = 10_000_000  # SpellingBee's test rows use seeds far from th
 SPELLING_SIZE = 256  # nanochat evaluates SpellingBee on a fixed number of generated rows
 MAX_NEW_TOKENS = 512  # nanochat's chat_eval default
 CATEGORICAL_BATCH = 8  # nanochat's default batch for letter scoring
+OFFLINE_CHAT_DATA = Path(__file__).resolve().parent / "data" / "chat"  # ARC rows shipped with the package
 BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
 CHATCORE_TASKS = tuple(BASELINES)
 MMLU_LETTERS = ("A", "B", "C", "D")

@@ -22,7 +22,8 @@ the question rendered with the chat template up to `<|assistant_start|>` is the 
 allowed letters are the choices; each letter is one token, so its log-prob is its logit minus a
 normaliser shared by all letters, and the argmax equals nanochat's argmax over the letters' logits.
 GSM8K, HumanEval and SpellingBee need the calculator tool / sandbox inside generation, which
-lighteval's backends do not run: they stay in `nanochat-hf eval` (and ChatCORE with them).
+lighteval's stock backends do not run (a custom lighteval model wrapping our Engine could; not built
+yet): they stay in `nanochat-hf eval` (and ChatCORE with them).
 Environment: NANOCHAT_HF_EVAL_BUNDLE (bundle folder; default: the cached/downloaded one),
 NANOCHAT_HF_CHAT_DATA (folder of arc_easy/arc_challenge/mmlu .jsonl; default: the Hub datasets),
 NANOCHAT_HF_EVAL_TOKENIZER (default: the `model_name=` of the lighteval command line),
