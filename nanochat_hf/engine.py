@@ -17,9 +17,11 @@ What it does (nanochat's engine semantics, on transformers' Cache API):
     calculator and `<|output_start|>result<|output_end|>` is forced into that row (mask 0 = forced).
 
 Why not `model.generate()`: it re-validates its arguments, rebuilds logits processors, stopping
-criteria and the model inputs at every step -- on a small model on CPU that Python overhead is most
-of the time per token. Here one decode step is one forward of the base model over the new column,
-the head on the last position only, and a sampler. The KV cache is our `SlotCache`: transformers'
+criteria and the model inputs at every step, and the model's forward itself goes through ~70 module
+calls and transformers' mask builders -- on a small model on CPU that Python overhead is most of the
+time per token. Here a decode step of a nanochat_hf model is `decoder.FastDecoder.step` (the same
+arithmetic as the forward for one new position, as straight-line tensor code; `compile=True` runs
+it through torch.compile), any other model gets one forward over the new column, then a sampler. The KV cache is our `SlotCache`: transformers'
 DynamicCache grows with `torch.cat` (a copy of the whole cache per token); ours writes into a
 preallocated buffer that doubles when full, and supports the row surgery continuous batching needs.
 
@@ -46,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from nanochat_hf.decoder import FastDecoder
 from nanochat_hf.tools import run_calculator
 
 # ----------------------------------------------------------------------------- hyperparameters
@@ -307,10 +310,13 @@ class DecodeBatch:
         ids = torch.tensor(column, dtype=torch.long, device=dev).unsqueeze(1)
         self.mask = F.pad(self.mask, (0, 1), value=1)
         padded = bool((self.mask == 0).any())
-        out = self.engine.model(input_ids=ids, attention_mask=self.mask if padded else None,
-                                position_ids=self.pos.unsqueeze(1), past_key_values=self.cache, use_cache=True)
+        if self.engine.fast is not None:  # same arithmetic as the forward below, without its Python layers
+            self.logits = self.engine.fast.step(ids, self.pos, self.cache, self.mask if padded else None)
+        else:
+            out = self.engine.model(input_ids=ids, attention_mask=self.mask if padded else None,
+                                    position_ids=self.pos.unsqueeze(1), past_key_values=self.cache, use_cache=True)
+            self.logits = out.logits[:, -1, :].float()
         self.pos = self.pos + 1
-        self.logits = out.logits[:, -1, :].float()
 
 
 # ----------------------------------------------------------------------------- the engine
@@ -319,10 +325,14 @@ class DecodeBatch:
 class Engine:
     """Token-level generation for one model + tokenizer (knows the special tokens, nothing about HTTP)."""
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, fast_decode: bool = True, compile: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
+        # Decode steps of our models skip model.forward's Python layers (decoder.py); None: model.forward.
+        self.fast = FastDecoder.for_model(model) if fast_decode else None
+        if compile and self.fast is not None:
+            self.fast.compile()
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
         self.num_layers = cfg.num_hidden_layers
         self.max_context = getattr(cfg, "max_position_embeddings", None) or 2048
@@ -645,7 +655,7 @@ def parse_assistant(tokenizer, tokens: list[int]) -> list[dict]:
     return parts
 
 
-def load_engine(model_path: str, device: str | None = None, dtype: str | None = None) -> Engine:
+def load_engine(model_path: str, device: str | None = None, dtype: str | None = None, compile: bool = False) -> Engine:
     """Model + tokenizer from a stage's output folder or a Hub id -> Engine (bf16 on GPU, fp32 on CPU)."""
     from pathlib import Path
 
@@ -668,4 +678,4 @@ def load_engine(model_path: str, device: str | None = None, dtype: str | None = 
     if model.config.vocab_size < len(tokenizer):
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}; "
                          "they do not belong together")
-    return Engine(model, tokenizer)
+    return Engine(model, tokenizer, compile=compile)

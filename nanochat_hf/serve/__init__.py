@@ -2,6 +2,7 @@
 
     nanochat-hf serve --model runs/tiny/sft --host 127.0.0.1 --port 8000
     nanochat-hf serve --model user/nanochat-d20 --max-concurrent 32 --max-new-tokens 512 --request-timeout 120
+    nanochat-hf serve --model runs/tiny/sft --compile     # torch.compile the decode step (warm-up compiles)
 
 Routes: GET / (chat page), GET /health, GET /info, POST / and /generate (TGI JSON), POST
 /generate_stream (TGI SSE), POST /v1/chat/completions (OpenAI, streaming or not), GET /v1/models,
@@ -40,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting for a row before 503s start")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, help="seconds per request (queue + generation)")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the decode step: faster per token once warm; each new batch shape compiles "
+                        "first (tens of seconds on a small CPU)")
     return p
 
 
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from nanochat_hf.engine import load_engine
 
     try:
-        engine = load_engine(args.model, device=args.device)
+        engine = load_engine(args.model, device=args.device, compile=args.compile)
     except (FileNotFoundError, ValueError, OSError) as err:
         print(f"nanochat-hf serve: {err}", file=sys.stderr)
         return 2
