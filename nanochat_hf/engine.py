@@ -26,12 +26,12 @@ DynamicCache grows with `torch.cat` (a copy of the whole cache per token); ours 
 preallocated buffer that doubles when full, and supports the row surgery continuous batching needs.
 
 Why not transformers' own continuous batching (`model.generate_batch` / `ContinuousBatchingManager`,
-tried in 5.23 on CPU): it serves the classic architecture, but the modern one fails (the manager
-hands the model a dict of per-layer-type masks, our modeling builds its masks itself), it has no
-hook to force tool-output tokens into a running sequence (so no calculator), and it does not know
-about per-row state a model keeps on its cache (nanochat's smear). Our scheduler (below) left-pads
-rows to a shared cache length, admits new requests between decode steps (batched prefill, then a
-merge), and drops finished rows.
+tried in 5.23 on CPU): it serves the classic architecture, but on the modern one it runs and gives
+other tokens than `generate()` (it packs requests into one row of a paged cache; nanochat's smear
+keeps the previous token's embedding per row, which the packed layout does not carry), it has no
+hook to force tool-output tokens into a running sequence (so no calculator). Our scheduler (below)
+left-pads rows to a shared cache length, admits new requests between decode steps (batched prefill,
+then a merge), and drops finished rows.
 """
 
 from __future__ import annotations

@@ -297,12 +297,16 @@ class NanoChatModel(NanoChatPreTrainedModel):
         # Masks: causal (+ padding, + packed documents from position_ids resets) and the sliding one.
         # An empty cache changes nothing in the mask but would hide packed documents from transformers'
         # detection (it only looks for position_ids resets when there is no cache).
-        mask_cache = past_key_values if past_key_values is not None and past_key_values.get_seq_length() > 0 else None
-        mask_args = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                         past_key_values=mask_cache, position_ids=position_ids)
-        masks = {"full_attention": create_causal_mask(**mask_args)}
-        if self.has_sliding_layers:
-            masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
+        # generate() with a static cache builds the masks itself and passes {layer type: mask}.
+        if isinstance(attention_mask, dict):
+            masks = attention_mask
+        else:
+            mask_cache = past_key_values if past_key_values is not None and past_key_values.get_seq_length() > 0 else None
+            mask_args = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                             past_key_values=mask_cache, position_ids=position_ids)
+            masks = {"full_attention": create_causal_mask(**mask_args)}
+            if self.has_sliding_layers:
+                masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
 
         eps = self.config.rms_norm_eps

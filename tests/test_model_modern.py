@@ -111,3 +111,19 @@ def test_flex_and_eager_agree_with_sdpa():
             except (ValueError, ImportError) as err:  # flex may be unavailable on some builds
                 pytest.skip(f"{impl}: {err}")
             assert (model(IDX).logits - ref).abs().max() < 1e-5, impl
+
+
+@pytest.mark.parametrize("arch", ["modern", "classic"])
+def test_generate_with_a_static_cache_gives_the_default_tokens(arch):
+    """generate(cache_implementation="static") hands the model prebuilt {layer type: mask}; left padding included."""
+    torch.manual_seed(0)
+    cfg = NanoChatConfig.from_depth(2, arch=arch, vocab_size=300, max_position_embeddings=256, head_dim=32)
+    model = NanoChatForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ids = torch.randint(0, 300, (2, 20))
+    mask = torch.ones_like(ids)
+    mask[1, :5] = 0
+    kwargs = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
+    assert torch.equal(model.generate(ids, cache_implementation="static", **kwargs), model.generate(ids, **kwargs))
