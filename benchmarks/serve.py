@@ -5,7 +5,8 @@
     python benchmarks/serve.py --model runs/tiny/sft # a trained model folder instead
 
 Prints:
-  1. batch-1 decode tokens/s: Engine.generate vs model.generate() (default cache), same model, prompt,
+  1. batch-1 decode tokens/s: model.generate() (default cache) vs Engine.generate (its FastDecoder step),
+     the Engine stepping through model.forward instead, and Engine(compile=True); same model, prompt,
      greedy, no early stop; best of --repeats runs each, interleaved;
   2. aggregate streamed tokens/s with 8 concurrent clients vs 1 client (`nanochat-hf serve` in a
      subprocess, clients on /generate_stream over loopback);
@@ -55,15 +56,18 @@ def build_model_dir(out: Path, depth: int) -> Path:
     return out
 
 
-def bench_decode(model_dir: Path, repeats: int) -> dict:
-    from nanochat_hf.engine import load_engine
+def bench_decode(model_dir: Path, repeats: int, compile: bool) -> dict:
+    """Best tokens/s of each way to decode, interleaved; plus the compile time if compiled."""
+    from nanochat_hf.engine import Engine, load_engine
 
     engine = load_engine(str(model_dir), device="cuda" if torch.cuda.is_available() else "cpu")
     model, tok = engine.model, engine.tokenizer
-    engine.stop_ids = set()  # decode exactly DECODE_TOKENS tokens in both
     prompt = tok(PROMPT)["input_ids"]
     ids = torch.tensor([prompt], device=engine.device)
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    engines = {"engine": engine, "engine_forward": Engine(model, tok, fast_decode=False)}
+    for e in engines.values():
+        e.stop_ids = set()  # decode exactly DECODE_TOKENS tokens everywhere
 
     def hf():
         with torch.inference_mode():
@@ -71,19 +75,29 @@ def bench_decode(model_dir: Path, repeats: int) -> dict:
                                  pad_token_id=tok.pad_token_id)
         return out.shape[1] - len(prompt)
 
-    def ours():
-        return sum(1 for _ in engine.generate(prompt, max_tokens=DECODE_TOKENS, temperature=0.0))
+    def ours(name):
+        return lambda: sum(1 for _ in engines[name].generate(prompt, max_tokens=DECODE_TOKENS, temperature=0.0))
 
-    best = {"generate": 0.0, "engine": 0.0}
-    hf(), ours()  # warm-up
+    runs = {"generate": hf, "engine": ours("engine"), "engine_forward": ours("engine_forward")}
+    extra = {}
+    if compile:
+        engines["engine_compiled"] = Engine(model, tok, compile=True)
+        engines["engine_compiled"].stop_ids = set()
+        runs["engine_compiled"] = ours("engine_compiled")
+        t = time.perf_counter()
+        runs["engine_compiled"]()  # the first call compiles
+        extra["compile_s"] = time.perf_counter() - t
+    best = {name: 0.0 for name in runs}
+    for fn in runs.values():
+        fn()  # warm-up
     for _ in range(repeats):
-        for name, fn in (("generate", hf), ("engine", ours)):
+        for name, fn in runs.items():
             sync()
             t = time.perf_counter()
             n = fn()
             sync()
             best[name] = max(best[name], n / (time.perf_counter() - t))
-    return best
+    return {**best, **extra}
 
 
 # ----------------------------------------------------------------------------- the server under load
@@ -181,6 +195,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads, here and in the server (fair on a busy box)")
     p.add_argument("--skip", choices=["decode", "serve"], default=None)
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile'd Engine (it compiles first)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -190,9 +205,14 @@ def main(argv=None) -> int:
         print(f"model: {model_dir if args.model else f'random-weight d{args.depth} (vocab {VOCAB_SIZE})'}, "
               f"device: {'cuda' if torch.cuda.is_available() else 'cpu'}, torch threads: {args.threads}")
         if args.skip != "decode":
-            best = bench_decode(model_dir, args.repeats)
-            print(f"[decode] batch-1, {DECODE_TOKENS} tokens, greedy: model.generate() {best['generate']:.1f} tok/s | "
-                  f"Engine {best['engine']:.1f} tok/s | ratio {best['engine'] / best['generate']:.2f}x")
+            best = bench_decode(model_dir, args.repeats, compile=not args.no_compile)
+            g = best["generate"]
+            print(f"[decode] batch-1, {DECODE_TOKENS} tokens, greedy: model.generate() {g:.1f} tok/s | "
+                  f"Engine {best['engine']:.1f} tok/s ({best['engine'] / g:.2f}x) | "
+                  f"Engine through model.forward {best['engine_forward']:.1f} tok/s ({best['engine_forward'] / g:.2f}x)")
+            if "engine_compiled" in best:
+                print(f"[decode] Engine(compile=True) {best['engine_compiled']:.1f} tok/s ({best['engine_compiled'] / g:.2f}x "
+                      f"model.generate(), {best['engine_compiled'] / best['engine']:.2f}x eager), compiled in {best['compile_s']:.0f} s")
         if args.skip == "serve":
             return 0
         port = free_port()
