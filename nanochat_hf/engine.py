@@ -576,26 +576,36 @@ class Scheduler:
 
 
 class StreamDecoder:
-    """Token ids -> text pieces, holding back bytes of a character split across tokens."""
+    """Token ids -> text pieces, holding back bytes of a character split across tokens.
+
+    Each push decodes only a short window (the tokens since the last emitted piece plus the few before
+    them, for context), not the whole sequence: O(1) per token, so long streams cost the same per token.
+    """
 
     def __init__(self, tokenizer, skip_special_tokens: bool = False):
         self.tokenizer, self.skip = tokenizer, skip_special_tokens
         self.ids: list[int] = []
-        self.emitted = 0
+        self.prefix = 0  # window start: tokens before it are emitted and no longer needed
+        self.read = 0  # tokens before it are emitted as text
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip)
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+        done = self._decode(self.ids[self.prefix:self.read])
+        text = self._decode(self.ids[self.prefix:])
+        if len(text) <= len(done) or text.endswith("\ufffd"):  # nothing new, or a character still incomplete
             return ""
-        piece, self.emitted = text[self.emitted:], len(text)
-        return piece
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(done):]
 
     def flush(self) -> str:
         """Whatever is held back (at the end of a stream an incomplete character is shown as is)."""
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=self.skip)
-        piece, self.emitted = text[self.emitted:], len(text)
-        return piece
+        done = self._decode(self.ids[self.prefix:self.read])
+        text = self._decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return text[len(done):]
 
 
 class ChatRenderer:

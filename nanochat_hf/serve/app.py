@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 import uuid
 from importlib import resources
@@ -41,6 +42,33 @@ def _error_response(request: Request, err: ApiError) -> JSONResponse:
     return JSONResponse(body, status_code=err.status)
 
 
+class Mailbox:
+    """Events from the scheduler thread to the event loop, one loop wake-up per batch of them.
+
+    A decode step emits one event per active request; handing each over with its own
+    `call_soon_threadsafe` would wake the loop (a pipe write + a GIL hand-off) once per row.
+    Here the first event of a step schedules one drain and the rest ride along with it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.pending: list[tuple[asyncio.Queue, Event]] = []
+
+    def post(self, q: asyncio.Queue, event: Event):  # scheduler thread
+        with self.lock:
+            self.pending.append((q, event))
+            if len(self.pending) > 1:
+                return  # a drain is already scheduled
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self):  # event loop
+        with self.lock:
+            items, self.pending = self.pending, []
+        for q, event in items:
+            q.put_nowait(event)
+
+
 class Server:
     """State shared by the routes: engine, scheduler, limits and the in-flight count."""
 
@@ -48,6 +76,7 @@ class Server:
         self.engine, self.limits, self.model_id = engine, limits, model_id
         self.tokenizer = engine.tokenizer
         self.scheduler = None
+        self.mailbox: Mailbox | None = None
         self.in_flight = 0
         self.created = int(time.time())
         vocab = self.tokenizer.get_vocab()
@@ -56,6 +85,7 @@ class Server:
         self.closers = {vocab[t] for t in CLOSERS}
 
     def start(self):
+        self.mailbox = Mailbox(asyncio.get_running_loop())
         self.scheduler = self.engine.scheduler(self.limits.max_concurrent)
 
     def stop(self):
@@ -85,39 +115,53 @@ class Server:
             params.seed = random.randrange(2**63)
         return params
 
-    async def events(self, http: Request, prompt: list[int], params: SamplingParams, prompt_logprobs: bool = False):
-        """Submit to the scheduler and yield its Events until the end; cancels the request if we stop early."""
+    async def event_batches(self, http: Request, prompt: list[int], params: SamplingParams,
+                            prompt_logprobs: bool = False):
+        """Submit to the scheduler and yield lists of its Events (all that arrived since the last look)
+        until the end; cancels the request if we stop early. A stream writes each list as one chunk."""
         capacity = self.limits.max_concurrent + self.limits.max_queue
         if self.in_flight >= capacity:
             raise ApiError(503, f"the server is busy ({self.in_flight} requests in flight, limit {capacity}); retry later",
                            "overloaded")
         self.in_flight += 1
-        loop, q = asyncio.get_running_loop(), asyncio.Queue()
+        q: asyncio.Queue = asyncio.Queue()
         deadline = time.monotonic() + self.limits.request_timeout_s
         req, finished = None, False
         try:
-            req = self.scheduler.submit(prompt, params, lambda ev: loop.call_soon_threadsafe(q.put_nowait, ev),
+            req = self.scheduler.submit(prompt, params, lambda ev: self.mailbox.post(q, ev),
                                         want_prompt_logprobs=prompt_logprobs)
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise ApiError(504, f"the request took longer than {self.limits.request_timeout_s:g} s", "timeout")
                 try:
-                    ev: Event = await asyncio.wait_for(q.get(), timeout=min(left, 1.0))
+                    batch = [await asyncio.wait_for(q.get(), timeout=min(left, 1.0))]
                 except asyncio.TimeoutError:
                     if await http.is_disconnected():  # a non-streaming client that went away
                         return
                     continue
-                if ev.finish_reason == "error":
-                    raise ApiError(500, f"generation failed: {ev.error}", "generation")
-                finished = ev.finish_reason is not None
-                yield ev
-                if finished:
-                    return
+                while not q.empty():
+                    batch.append(q.get_nowait())
+                for i, ev in enumerate(batch):
+                    if ev.finish_reason == "error":
+                        if i:
+                            yield batch[:i]
+                        raise ApiError(500, f"generation failed: {ev.error}", "generation")
+                    if ev.finish_reason is not None:
+                        finished = True
+                        yield batch[: i + 1]
+                        return
+                yield batch
         finally:
             self.in_flight -= 1
             if req is not None and not finished:
                 req.cancel()  # client gone, stop sequence or timeout: free the row
+
+    async def events(self, http: Request, prompt: list[int], params: SamplingParams, prompt_logprobs: bool = False):
+        """The same Events one at a time (for routes that answer once, at the end)."""
+        async for batch in self.event_batches(http, prompt, params, prompt_logprobs):
+            for ev in batch:
+                yield ev
 
     def token_text(self, token: int) -> str:
         return self.tokenizer.decode([token])
@@ -229,25 +273,30 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
     async def tgi_stream(request: Request, r, prompt, params):
         assembler, tokens = TextAssembler(server), []
         try:
-            async for ev in server.events(request, prompt, params):
-                if ev.token is None:
-                    continue
-                tokens.append(ev.token)
-                piece, special = assembler.push(ev.token, final=ev.finish_reason is not None)
-                finish = {"stop": "eos_token", "length": "length"}.get(ev.finish_reason, ev.finish_reason)
-                text = assembler.text
-                stop_text = _stop_hit(text, r.stop) if r.stop else None
-                if stop_text is not None:
-                    text, finish = text[: text.index(stop_text) + len(stop_text)], "stop_sequence"
-                event = {"index": len(tokens), "token": {"id": ev.token, "text": piece, "logprob": ev.logprob, "special": special},
-                         "top_tokens": None, "generated_text": None, "details": None}
-                if finish is not None:
-                    event["generated_text"] = (r.inputs + text) if r.return_full_text else text
-                    event["details"] = {"finish_reason": finish, "generated_tokens": len(tokens),
-                                        "seed": params.seed if params.temperature > 0 else None, "input_length": len(prompt)}
-                yield f"data:{json.dumps(event)}\n\n"
-                if finish is not None:
-                    return
+            async for batch in server.event_batches(request, prompt, params):
+                out = []  # every token that is ready goes out in one write
+                for ev in batch:
+                    if ev.token is None:
+                        continue
+                    tokens.append(ev.token)
+                    piece, special = assembler.push(ev.token, final=ev.finish_reason is not None)
+                    finish = {"stop": "eos_token", "length": "length"}.get(ev.finish_reason, ev.finish_reason)
+                    text = assembler.text
+                    stop_text = _stop_hit(text, r.stop) if r.stop else None
+                    if stop_text is not None:
+                        text, finish = text[: text.index(stop_text) + len(stop_text)], "stop_sequence"
+                    event = {"index": len(tokens), "token": {"id": ev.token, "text": piece, "logprob": ev.logprob, "special": special},
+                             "top_tokens": None, "generated_text": None, "details": None}
+                    if finish is not None:
+                        event["generated_text"] = (r.inputs + text) if r.return_full_text else text
+                        event["details"] = {"finish_reason": finish, "generated_tokens": len(tokens),
+                                            "seed": params.seed if params.temperature > 0 else None, "input_length": len(prompt)}
+                    out.append(f"data:{json.dumps(event)}\n\n")
+                    if finish is not None:
+                        yield "".join(out)
+                        return
+                if out:
+                    yield "".join(out)
         except ApiError as err:  # headers are already sent: report in the stream, as TGI does
             yield f"data:{json.dumps({'error': err.message, 'error_type': err.kind})}\n\n"
 
@@ -314,24 +363,29 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
         parts = Parts(server)
         yield chunk({"role": "assistant", "content": ""})
         try:
-            async for ev in server.events(request, prompt, params):
-                if ev.token is None:
-                    continue
-                content, kind, raw = parts.push(ev.token)
-                finish = ev.finish_reason
-                if r.stop and _stop_hit(parts.content, r.stop):
-                    finish = "stop"
-                if content or raw or kind != "text":
-                    yield chunk({"content": content, "nanochat": {"type": kind, "text": raw}})
-                if finish is not None:
-                    yield chunk({}, finish)
-                    if r.include_usage:
-                        usage = {"prompt_tokens": len(prompt), "completion_tokens": parts.count,
-                                 "total_tokens": len(prompt) + parts.count}
-                        yield "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                                     "model": model, "choices": [], "usage": usage}) + "\n\n"
-                    yield "data: [DONE]\n\n"
-                    return
+            async for batch in server.event_batches(request, prompt, params):
+                out = []  # every token that is ready goes out in one write
+                for ev in batch:
+                    if ev.token is None:
+                        continue
+                    content, kind, raw = parts.push(ev.token)
+                    finish = ev.finish_reason
+                    if r.stop and _stop_hit(parts.content, r.stop):
+                        finish = "stop"
+                    if content or raw or kind != "text":
+                        out.append(chunk({"content": content, "nanochat": {"type": kind, "text": raw}}))
+                    if finish is not None:
+                        out.append(chunk({}, finish))
+                        if r.include_usage:
+                            usage = {"prompt_tokens": len(prompt), "completion_tokens": parts.count,
+                                     "total_tokens": len(prompt) + parts.count}
+                            out.append("data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                                              "model": model, "choices": [], "usage": usage}) + "\n\n")
+                        out.append("data: [DONE]\n\n")
+                        yield "".join(out)
+                        return
+                if out:
+                    yield "".join(out)
         except ApiError as err:
             yield "data: " + json.dumps({"error": {"message": err.message, "type": err.kind, "code": err.status}}) + "\n\n"
 
