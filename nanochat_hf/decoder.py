@@ -4,15 +4,17 @@
     logits = decoder.step(ids, positions, cache, attention_mask)   # (B, 1) new tokens -> (B, V) logits
 
 Why: at decode time a small model is overhead-bound. `model.forward` for one new token per row goes
-through ~70 nn.Module calls, transformers' config attribute hooks and its mask builders (which
-materialise a padding mask through vmapped mask functions every step); on CPU that is ~3/4 of the
-time per token. This is the same arithmetic as `NanoChatForCausalLM.forward` for one new position
-(same weights, same op order, fp32 norms), written as straight-line tensor code over the model's own
-Parameters (no copies, so a model being trained -- RL rollouts -- is always current). A test holds
-its logits equal to the model's forward for both architectures, with padding, windows and smear.
+through ~70 nn.Module calls, transformers' config attribute hooks and its mask builders (which build a
+padding mask through vmapped mask functions every step); for a d4 model on CPU that is about a third
+of the time per token (benchmarks/serve.py). Here is the same arithmetic for one new position, written
+as straight-line tensor code over the model's own Parameters: RoPE from a table, q and k rotated and
+normalised together, norms in fp32. Nothing is copied but modern's per-layer scalars, which are re-read
+whenever an optimizer updates them, so a model being trained (RL rollouts) is always current. Tests
+hold its logits to the model's forward for both architectures, with padding, windows, GQA and smear.
 
-Only for plain (unsharded) NanoChatForCausalLM weights with SDPA/eager attention; anything else --
-another architecture, FSDP-sharded weights, flex attention -- keeps going through `model.forward`.
+Attention here is always SDPA, whatever the model's own backend (FlashAttention-3, flex): with one
+query per row the kernels differ only in rounding. Only for plain (unsharded) NanoChatForCausalLM
+weights; another architecture or FSDP-sharded weights keep going through `model.forward`.
 """
 
 from __future__ import annotations
@@ -77,8 +79,6 @@ class FastDecoder:
         """A decoder when this model's decode step is one we reproduce exactly, else None."""
         if not isinstance(model, NanoChatForCausalLM):
             return None
-        if model.config._attn_implementation not in (None, "eager", "sdpa"):
-            return None  # FA3 / flex: the model's own path
         if any(type(p.data) is not torch.Tensor for p in model.parameters()):
             return None  # sharded (DTensor) weights are gathered by hooks on model.forward
         return cls(model)
