@@ -13,10 +13,12 @@ from nanochat_hf.engine import Engine, SlotCache
 VOCAB = 300
 
 
-def random_model(arch: str, kv_heads: int | None = None, seed: int = 0) -> NanoChatForCausalLM:
+def random_model(arch: str, kv_heads: int | None = None, seed: int = 0, depth: int = 4, vocab: int = VOCAB,
+                 context: int = 256, head_dim: int = 32) -> NanoChatForCausalLM:
     torch.manual_seed(seed)
     extra = {"num_key_value_heads": kv_heads} if kv_heads else {}
-    cfg = NanoChatConfig.from_depth(4, arch=arch, vocab_size=VOCAB, max_position_embeddings=256, head_dim=32, **extra)
+    cfg = NanoChatConfig.from_depth(depth, arch=arch, vocab_size=vocab, max_position_embeddings=context,
+                                    head_dim=head_dim, **extra)
     model = NanoChatForCausalLM(cfg).eval()
     with torch.no_grad():  # nanochat's init zeroes some projections and the smear gate; make every path count
         for p in model.parameters():
@@ -92,12 +94,7 @@ def test_in_place_weight_updates_are_followed():
 def test_engine_tokens_are_the_same_with_and_without_the_fast_step(tiny_tokenizer):
     from nanochat_hf.tokenization import render_for_completion
 
-    cfg = NanoChatConfig.from_depth(2, arch="modern", vocab_size=len(tiny_tokenizer), max_position_embeddings=256, head_dim=64)
-    torch.manual_seed(3)
-    model = NanoChatForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = random_model("modern", seed=3, depth=2, vocab=len(tiny_tokenizer), head_dim=64)
     prompt = render_for_completion(tiny_tokenizer, [{"role": "user", "content": "Count the letters in strawberry."}])
     fast, slow = Engine(model, tiny_tokenizer), Engine(model, tiny_tokenizer, fast_decode=False)
     assert fast.fast is not None and slow.fast is None
@@ -118,12 +115,7 @@ def test_compiled_step_gives_the_eager_tokens(tiny_tokenizer):
     """`Engine(compile=True)` (serve --compile): torch.compile of the same step, same greedy tokens."""
     from nanochat_hf.tokenization import render_for_completion
 
-    cfg = NanoChatConfig.from_depth(1, arch="modern", vocab_size=len(tiny_tokenizer), max_position_embeddings=64, head_dim=64)
-    torch.manual_seed(4)
-    model = NanoChatForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = random_model("modern", seed=4, depth=1, vocab=len(tiny_tokenizer), context=64, head_dim=64)
     prompt = render_for_completion(tiny_tokenizer, [{"role": "user", "content": "Hi"}])
     eager, compiled = Engine(model, tiny_tokenizer), Engine(model, tiny_tokenizer, compile=True)
     for e in (eager, compiled):
