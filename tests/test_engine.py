@@ -249,3 +249,14 @@ def test_stream_decoder_holds_split_characters(tiny_tokenizer):
     dec = StreamDecoder(tiny_tokenizer)
     pieces = [dec.push(t) for t in ids]
     assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
+
+
+def test_stream_decoder_pieces_equal_the_whole_decode_on_a_long_text(tiny_tokenizer):
+    """The decoder looks at a short window per token; over many tokens the pieces still add up exactly."""
+    text = ("Ünïcödé ☃ and emoji 🎉🎉 mixed with plain words, numbers 12345 and 中文字符 " * 20).strip()
+    ids = tiny_tokenizer.encode(text, add_special_tokens=False)
+    dec = StreamDecoder(tiny_tokenizer)
+    pieces = [dec.push(t) for t in ids] + [dec.flush()]
+    assert "".join(pieces) == tiny_tokenizer.decode(ids) == text
+    assert all("\ufffd" not in p for p in pieces)
+    assert dec.prefix > len(ids) - 10  # the window moved along instead of growing with the text

@@ -286,3 +286,32 @@ def test_tool_calls_through_the_chat_api(tiny_tokenizer):
         # the parts go back in as history and render to the same tokens
         follow = msgs + [{"role": "assistant", "content": msg["parts"]}, {"role": "user", "content": "thanks"}]
         assert httpx.post(f"{base}/v1/chat/completions", json={"messages": follow, "max_tokens": 2}, timeout=60).status_code == 200
+
+
+def test_mailbox_wakes_the_loop_once_per_burst_and_keeps_order():
+    """A decode step's events (one per row) reach their queues in order with a single loop wake-up."""
+    import asyncio
+
+    from nanochat_hf.serve.app import Mailbox
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        box = Mailbox(loop)
+        wakeups = []
+        drain = box._drain
+        box._drain = lambda: (wakeups.append(1), drain())
+        queues = [asyncio.Queue() for _ in range(3)]
+
+        def step():  # what the scheduler thread does in one step
+            for i in range(12):
+                box.post(queues[i % 3], i)
+
+        worker = threading.Thread(target=step)
+        worker.start()
+        worker.join()  # the loop is busy meanwhile, as it is while it writes other streams
+        await asyncio.sleep(0.05)
+        return wakeups, [[q.get_nowait() for _ in range(q.qsize())] for q in queues]
+
+    wakeups, got = asyncio.run(main())
+    assert got == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
+    assert len(wakeups) == 1

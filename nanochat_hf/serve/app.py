@@ -60,7 +60,12 @@ class Mailbox:
             self.pending.append((q, event))
             if len(self.pending) > 1:
                 return  # a drain is already scheduled
-        self.loop.call_soon_threadsafe(self._drain)
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # the loop is closed (shutting down): drop, and let the scheduler cancel
+            with self.lock:
+                self.pending.clear()
+            raise
 
     def _drain(self):  # event loop
         with self.lock:
