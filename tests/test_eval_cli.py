@@ -82,8 +82,10 @@ def test_cli_missing_model_folder(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
 
 
-def run_lighteval(model_dir, tmp_path, tasks: str, **env_vars) -> tuple[dict, str]:
-    """lighteval's own CLI with our --custom-tasks module, offline: (results by task, its output)."""
+def run_lighteval(model_dir, tmp_path, tasks: str, backend: str = "accelerate", extra_args=(), **env_vars) -> tuple[dict, str]:
+    """lighteval's own CLI with our --custom-tasks module, offline: (results by task, its output).
+
+    backend "accelerate": lighteval's transformers backend; "custom": our Engine backend (lighteval_model.py)."""
     pytest.importorskip("lighteval")
     import lighteval
 
@@ -93,10 +95,13 @@ def run_lighteval(model_dir, tmp_path, tasks: str, **env_vars) -> tuple[dict, st
     env = dict(os.environ, NANOCHAT_HF_EVAL_BUNDLE=str(BUNDLE), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                **env_vars)
     lighteval_bin = shutil.which("lighteval") or f"{sys.executable} -m lighteval"
-    cmd = [*lighteval_bin.split(), "accelerate",
-           f"model_name={model_dir},trust_remote_code=True,override_chat_template=False,batch_size=4,device=cpu,"
-           f"cache_dir={tmp_path / 'cache'}",
-           tasks, "--custom-tasks", str(TASKS_MODULE), "--output-dir", str(tmp_path / "out")]
+    if backend == "custom":
+        model_args = [str(model_dir), str(TASKS_MODULE.parent / "lighteval_model.py")]
+    else:
+        model_args = [f"model_name={model_dir},trust_remote_code=True,override_chat_template=False,batch_size=4,device=cpu,"
+                      f"cache_dir={tmp_path / 'cache'}"]
+    cmd = [*lighteval_bin.split(), backend, *model_args, tasks, "--custom-tasks", str(TASKS_MODULE),
+           "--output-dir", str(tmp_path / "out"), *extra_args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(next((tmp_path / "out" / "results").rglob("results_*.json")).read_text())["results"]

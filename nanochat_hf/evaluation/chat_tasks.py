@@ -32,7 +32,7 @@ from nanochat_hf.chat_data import gsm8k_to_messages, render_mc, spelling_bee
 from nanochat_hf.tokenization import render_for_completion
 
 from .core import model_device
-from .execution import execute_many
+from .execution import execute_code, execute_many
 
 SHUFFLE_SEED = 42  # nanochat shuffles every chat eval dataset with this seed
 SPELLING_TEST_SEED = 10_000_000  # SpellingBee's test rows use seeds far from the training ones
@@ -277,14 +277,26 @@ def _warn_too_long(desc: str, too_long: int, total: int, context: int | None) ->
               file=sys.stderr)
 
 
+def answer_matches(conversation: dict, completion: str) -> bool:
+    """GSM8K / SpellingBee: the number after '####' in the reply equals the reference's."""
+    got = extract_answer(completion)
+    return got is not None and got == reference_answer(conversation)
+
+
+def score_completion(task: str, conversation: dict, completion: str) -> bool:
+    """One generative ChatCORE sample, scored as nanochat does (HumanEval: run in the sandbox)."""
+    if task == "HumanEval":
+        return execute_code(humaneval_program(conversation, completion)).success
+    return answer_matches(conversation, completion)
+
+
 def run_generative(task: str, model, tokenizer, conversations: list[dict], max_new_tokens: int = MAX_NEW_TOKENS,
                    progress: bool = True) -> list[bool]:
     completions = generate_completions(model, tokenizer, conversations, max_new_tokens, progress, desc=task)
-    if task == "HumanEval":
+    if task == "HumanEval":  # the programs run in parallel sandboxes
         results = execute_many([humaneval_program(c, comp) for c, comp in zip(conversations, completions)])
         return [r.success for r in results]
-    return [extract_answer(comp) == reference_answer(c) and extract_answer(comp) is not None
-            for c, comp in zip(conversations, completions)]
+    return [answer_matches(c, comp) for c, comp in zip(conversations, completions)]
 
 
 def evaluate_chat_task(task: str, model, tokenizer, data_dir: str | None = None, max_problems: int | None = None,

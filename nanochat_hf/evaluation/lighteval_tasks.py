@@ -21,13 +21,19 @@ ChatCORE's letter-choice tasks are here too, as `chat_arc_easy`, `chat_arc_chall
 the question rendered with the chat template up to `<|assistant_start|>` is the context and the
 allowed letters are the choices; each letter is one token, so its log-prob is its logit minus a
 normaliser shared by all letters, and the argmax equals nanochat's argmax over the letters' logits.
-GSM8K, HumanEval and SpellingBee need the calculator tool / sandbox inside generation, which
-lighteval's stock backends do not run (a custom lighteval model wrapping our Engine could; not built
-yet): they stay in `nanochat-hf eval` (and ChatCORE with them).
+The generative ones are `chat_gsm8k`, `chat_humaneval`, `chat_spellingbee`: the same prompt, a greedy
+reply, scored by `chat_tasks.score_completion` (the answer after '####'; HumanEval's tests in our
+sandbox). nanochat's replies call the calculator mid-generation, which lighteval's stock backends do not
+run, so evaluate them with our Engine backend:
+
+    lighteval custom out/sft nanochat_hf/evaluation/lighteval_model.py "chat_gsm8k|0,chat_spellingbee|0" \
+        --custom-tasks nanochat_hf/evaluation/lighteval_tasks.py
+
 Environment: NANOCHAT_HF_EVAL_BUNDLE (bundle folder; default: the cached/downloaded one),
-NANOCHAT_HF_CHAT_DATA (folder of arc_easy/arc_challenge/mmlu .jsonl; default: the Hub datasets),
-NANOCHAT_HF_EVAL_TOKENIZER (default: the `model_name=` of the lighteval command line),
-NANOCHAT_HF_EVAL_MAX_PER_TASK (nanochat's --max-per-task).
+NANOCHAT_HF_CHAT_DATA (folder of arc_easy/arc_challenge/mmlu/gsm8k .jsonl; default: the Hub datasets),
+NANOCHAT_HF_EVAL_TOKENIZER (default: the `model_name=` of the lighteval command line, or the model
+argument of `lighteval custom`), NANOCHAT_HF_EVAL_MAX_PER_TASK (nanochat's --max-per-task),
+NANOCHAT_HF_EVAL_MAX_NEW_TOKENS (reply length of the generative tasks; nanochat's 512).
 """
 
 from __future__ import annotations
@@ -68,6 +74,10 @@ def _tokenizer_source() -> str:
         m = re.search(r"(?:^|,)model_name=([^,]+)", arg)
         if m:
             return m.group(1)
+    if "custom" in sys.argv[1:3]:  # `lighteval custom MODEL lighteval_model.py TASKS`
+        i = sys.argv.index("custom")
+        if len(sys.argv) > i + 1:
+            return sys.argv[i + 1]
     raise ValueError("set NANOCHAT_HF_EVAL_TOKENIZER to the model's folder or Hub id (no model_name= on the command line)")
 
 
@@ -173,6 +183,7 @@ def _index_dataset(label: str, n: int) -> str:
 
 CHAT_PREFIX = "chat_"
 CHAT_TASKS = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "mmlu": "MMLU"}
+CHAT_GENERATIVE_TASKS = {"gsm8k": "GSM8K", "humaneval": "HumanEval", "spellingbee": "SpellingBee"}
 
 
 @lru_cache(maxsize=None)
@@ -181,19 +192,28 @@ def _chat_rows(task: str) -> list[dict]:
                                          None if _max_per_task() < 0 else _max_per_task())
 
 
-def chat_prompt_fn(line: dict, task_name: str) -> Doc:
-    """One ChatCORE multiple-choice conversation -> context up to <|assistant_start|>, the letters as choices."""
+def _chat_task(task_name: str) -> str:
+    short = task_name.split("|")[0].removeprefix(CHAT_PREFIX)
+    return CHAT_TASKS.get(short) or CHAT_GENERATIVE_TASKS[short]
+
+
+def _chat_query(tok, conv: dict) -> tuple[str, list[int]]:
+    """The conversation rendered up to <|assistant_start|>: (lighteval's query text, our exact token ids)."""
     from nanochat_hf.tokenization import render_for_completion
 
-    task = CHAT_TASKS[task_name.split("|")[0].removeprefix(CHAT_PREFIX)]
-    conv = _chat_rows(task)[int(line["idx"])]
-    tok = _tokenizer()
     prompt = render_for_completion(tok, conv["messages"])  # starts with BOS, ends with <|assistant_start|>
     query, _ = _context_prefix(tok)
-    query += tok.decode(prompt[1:], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    return query + tok.decode(prompt[1:], skip_special_tokens=False, clean_up_tokenization_spaces=False), prompt
+
+
+def chat_prompt_fn(line: dict, task_name: str) -> Doc:
+    """One ChatCORE multiple-choice conversation -> context up to <|assistant_start|>, the letters as choices."""
+    conv = _chat_rows(_chat_task(task_name))[int(line["idx"])]
+    tok = _tokenizer()
+    query, prompt = _chat_query(tok, conv)
     letters = list(conv["letters"])
     return Doc(task_name=task_name, query=query, choices=letters, gold_index=letters.index(conv["messages"][-1]["content"]),
-               specific={"letter_ids": [tok.convert_tokens_to_ids(letter) for letter in letters]})
+               specific={"letter_ids": [tok.convert_tokens_to_ids(letter) for letter in letters], "prompt_ids": prompt})
 
 
 class NanochatLetterChoice(SampleLevelComputation):
@@ -213,18 +233,54 @@ chat_letter_metric = SampleLevelMetric(metric_name="acc", higher_is_better=True,
                                        sample_level_fn=NanochatLetterChoice(), corpus_level_fn=np.mean)
 
 
+def _max_new_tokens() -> int:
+    return int(os.environ.get("NANOCHAT_HF_EVAL_MAX_NEW_TOKENS", str(chat_tasks.MAX_NEW_TOKENS)))
+
+
+def chat_generative_prompt_fn(line: dict, task_name: str) -> Doc:
+    """One GSM8K / HumanEval / SpellingBee conversation -> the prompt up to <|assistant_start|>, greedy reply.
+
+    `specific["prompt_ids"]` carries our exact tokens: the nanochat_hf lighteval model (lighteval_model.py)
+    generates from them with the calculator tool, as `nanochat-hf eval` does.
+    """
+    task = _chat_task(task_name)
+    conv = _chat_rows(task)[int(line["idx"])]
+    query, prompt = _chat_query(_tokenizer(), conv)
+    return Doc(task_name=task_name, query=query, choices=[chat_tasks.reference_answer(conv) or ""], gold_index=0,
+               generation_size=_max_new_tokens(), stop_sequences=[],
+               specific={"prompt_ids": prompt, "row": int(line["idx"]), "task": task})
+
+
+class NanochatGenerativeScore(SampleLevelComputation):
+    """nanochat's rule for the reply: the answer after '####' (GSM8K, SpellingBee), or the tests passing in
+    our sandbox (HumanEval) -- `chat_tasks.score_completion`, the function `nanochat-hf eval` uses."""
+
+    def compute(self, doc: Doc, model_response, **kwargs) -> float:
+        conv = _chat_rows(doc.specific["task"])[doc.specific["row"]]
+        completion = model_response.text[0] if model_response.text else ""
+        return float(chat_tasks.score_completion(doc.specific["task"], conv, completion))
+
+
+chat_generative_metric = SampleLevelMetric(metric_name="acc", higher_is_better=True, category=SamplingMethod.GENERATIVE,
+                                           sample_level_fn=NanochatGenerativeScore(), corpus_level_fn=np.mean)
+
+
 def build_chat_tasks() -> list[LightevalTaskConfig]:
     configs = []
-    for name, task in CHAT_TASKS.items():
-        try:
-            n = len(_chat_rows(task))
-        except (FileNotFoundError, ValueError, OSError) as err:  # no local file and no Hub: offer the others
-            logger.warning("chat task %s unavailable: %s", task, err)
-            continue
-        configs.append(LightevalTaskConfig(
-            name=CHAT_PREFIX + name, prompt_function=chat_prompt_fn, hf_repo=_index_dataset(CHAT_PREFIX + name, n),
-            hf_subset="default", hf_avail_splits=["test"], evaluation_splits=["test"], few_shots_split=None,
-            few_shots_select=None, metrics=[chat_letter_metric], generation_size=None, stop_sequence=[], version=0))
+    for tasks, prompt_fn_, metric in ((CHAT_TASKS, chat_prompt_fn, chat_letter_metric),
+                                      (CHAT_GENERATIVE_TASKS, chat_generative_prompt_fn, chat_generative_metric)):
+        for name, task in tasks.items():
+            try:
+                n = len(_chat_rows(task))
+            except (FileNotFoundError, ValueError, OSError) as err:  # no local file and no Hub: offer the others
+                logger.warning("chat task %s unavailable: %s", task, err)
+                continue
+            generative = metric is chat_generative_metric
+            configs.append(LightevalTaskConfig(
+                name=CHAT_PREFIX + name, prompt_function=prompt_fn_, hf_repo=_index_dataset(CHAT_PREFIX + name, n),
+                hf_subset="default", hf_avail_splits=["test"], evaluation_splits=["test"], few_shots_split=None,
+                few_shots_select=None, metrics=[metric], generation_size=_max_new_tokens() if generative else None,
+                stop_sequence=[], version=0))
     return configs
 
 

@@ -1,0 +1,104 @@
+"""GSM8K, HumanEval and SpellingBee through lighteval's own CLI with our Engine backend: nanochat-hf eval's numbers."""
+
+import json
+from pathlib import Path
+
+import pytest
+from test_eval_cli import BUNDLE, CHAT, run_lighteval, tiny_model_dir  # noqa: F401  (tiny_model_dir is a fixture)
+
+from nanochat_hf.evaluation import chat_tasks, run
+
+ROWS, NEW_TOKENS = 4, 24  # a few rows, short replies: the parity is what is tested, not the (random) model
+GENERATIVE = {"gsm8k": "GSM8K", "humaneval": "HumanEval", "spellingbee": "SpellingBee"}
+
+
+def details(out_dir: Path, task: str) -> list[dict]:
+    """lighteval's --save-details rows of one task, in sample order."""
+    import pandas as pd
+
+    path = next((out_dir / "details").rglob(f"details_chat_{task}|0_*.parquet"))
+    return [{"query": r["doc"]["query"], "text": r["model_response"]["text"][0]} for _, r in pd.read_parquet(path).iterrows()]
+
+
+@pytest.mark.slow
+def test_custom_backend_gives_the_same_replies_and_scores(tiny_model_dir, tmp_path):  # noqa: F811
+    tasks = ",".join(f"chat_{t}|0" for t in [*GENERATIVE, "arc_easy"])
+    results, output = run_lighteval(tiny_model_dir, tmp_path, tasks, backend="custom", extra_args=["--save-details"],
+                                    NANOCHAT_HF_CHAT_DATA=str(CHAT), NANOCHAT_HF_EVAL_MAX_PER_TASK=str(ROWS),
+                                    NANOCHAT_HF_EVAL_MAX_NEW_TOKENS=str(NEW_TOKENS))
+    assert "was not scored as its single token" not in output
+    model, tok = run.load_model(str(tiny_model_dir), "cpu")
+    for name, task in GENERATIVE.items():
+        convs = chat_tasks.load_conversations(task, str(CHAT), ROWS)
+        ours = chat_tasks.evaluate_chat_task(task, model, tok, str(CHAT), ROWS, max_new_tokens=NEW_TOKENS, progress=False)
+        assert results[f"chat_{name}|0"]["acc"] == pytest.approx(ours["accuracy"]), name
+        # The replies themselves, token for token: a backend that prompted or decoded differently shows here
+        # even when a random model scores 0 both ways.
+        want = chat_tasks.generate_completions(model, tok, convs, NEW_TOKENS, progress=False)
+        rows = details(tmp_path / "out", name)
+        assert len(rows) == len(convs) and any(r["text"] for r in rows)
+        assert sorted(r["text"] for r in rows) == sorted(want), name
+    arc = chat_tasks.evaluate_chat_task("ARC-Easy", model, tok, str(CHAT), ROWS, progress=False)
+    assert results["chat_arc_easy|0"]["acc"] == pytest.approx(arc["accuracy"])
+
+
+def _doc(task_name: str, idx: int):
+    from nanochat_hf.evaluation import lighteval_tasks
+
+    return lighteval_tasks.chat_generative_prompt_fn({"idx": idx}, f"{task_name}|0")
+
+
+@pytest.fixture
+def offline_rows(monkeypatch, tiny_tokenizer_dir):
+    monkeypatch.setenv("NANOCHAT_HF_EVAL_BUNDLE", str(BUNDLE))  # the module builds its task table on import
+    from nanochat_hf.evaluation import lighteval_tasks
+
+    monkeypatch.setenv("NANOCHAT_HF_CHAT_DATA", str(CHAT))
+    monkeypatch.setenv("NANOCHAT_HF_EVAL_MAX_PER_TASK", "3")
+    monkeypatch.setenv("NANOCHAT_HF_EVAL_MAX_NEW_TOKENS", "16")
+    monkeypatch.setenv("NANOCHAT_HF_EVAL_TOKENIZER", str(tiny_tokenizer_dir))
+    for cached in (lighteval_tasks._chat_rows, lighteval_tasks._tokenizer):
+        cached.cache_clear()
+    yield lighteval_tasks
+    for cached in (lighteval_tasks._chat_rows, lighteval_tasks._tokenizer):
+        cached.cache_clear()
+
+
+def test_generative_metric_scores_right_and_wrong_replies(offline_rows):
+    """The sample metric is chat_tasks' scoring: a correct reply scores 1, a wrong one 0 (HumanEval runs its tests)."""
+    from lighteval.models.model_output import ModelResponse
+
+    metric = offline_rows.NanochatGenerativeScore()
+    score = lambda doc, text: metric.compute(doc, ModelResponse(text=[text]))  # noqa: E731
+    gsm = _doc("chat_gsm8k", 0)
+    assert gsm.choices[0] and score(gsm, f"so the answer is\n#### {gsm.choices[0]}") == 1.0
+    assert score(gsm, "#### 123456789") == 0.0 and score(gsm, "no number") == 0.0
+    bee = _doc("chat_spellingbee", 1)
+    assert score(bee, f"#### {bee.choices[0]}") == 1.0 and score(bee, "#### -1") == 0.0
+    he = _doc("chat_humaneval", 2)
+    conv = offline_rows._chat_rows("HumanEval")[2]
+    solution = conv["messages"][1]["content"]  # the prompt + the canonical solution
+    assert score(he, f"```python\n{solution}\n```") == 1.0
+    assert score(he, f"```python\n{conv['messages'][0]['content']}\n    return None\n```") == 0.0
+    # the prompt tokens the backend generates from are nanochat's rendering
+    from nanochat_hf.tokenization import render_for_completion
+
+    assert gsm.specific["prompt_ids"] == render_for_completion(offline_rows._tokenizer(),
+                                                               offline_rows._chat_rows("GSM8K")[0]["messages"])
+
+
+def test_backend_gives_an_empty_reply_to_a_prompt_longer_than_the_context(tiny_model_dir, offline_rows):  # noqa: F811
+    from lighteval.models.custom.custom_model import CustomModelConfig
+    from lighteval.tasks.requests import Doc
+
+    from nanochat_hf.evaluation.lighteval_model import NanochatEngineModel
+
+    backend = NanochatEngineModel(CustomModelConfig(model_name=str(tiny_model_dir), model_definition_file_path="-"))
+    fits = _doc("chat_gsm8k", 0)
+    too_long = Doc(query="x", choices=[""], gold_index=0, generation_size=8,
+                   specific={"prompt_ids": fits.specific["prompt_ids"] * 40})
+    short, long = backend.greedy_until([fits, too_long])
+    assert long.text == [""] and short.output_tokens[0]
+    want, _ = backend.engine.generate_batch(fits.specific["prompt_ids"], max_tokens=fits.generation_size, temperature=0.0)
+    assert short.output_tokens[0] == want[0][len(fits.specific["prompt_ids"]):]
+    assert json.dumps(short.text)  # plain strings lighteval can save
