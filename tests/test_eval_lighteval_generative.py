@@ -3,26 +3,32 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from test_eval_cli import BUNDLE, CHAT, run_lighteval, tiny_model_dir  # noqa: F401  (tiny_model_dir is a fixture)
 
-from nanochat_hf.evaluation import chat_tasks, run
+from nanochat_hf.evaluation import chat_tasks, core, run
 
 ROWS, NEW_TOKENS = 4, 24  # a few rows, short replies: the parity is what is tested, not the (random) model
 GENERATIVE = {"gsm8k": "GSM8K", "humaneval": "HumanEval", "spellingbee": "SpellingBee"}
 
 
 def details(out_dir: Path, task: str) -> list[dict]:
-    """lighteval's --save-details rows of one task, in sample order."""
+    """lighteval's --save-details rows of one task (doc and model response as plain Python)."""
     import pandas as pd
 
-    path = next((out_dir / "details").rglob(f"details_chat_{task}|0_*.parquet"))
-    return [{"query": r["doc"]["query"], "text": r["model_response"]["text"][0]} for _, r in pd.read_parquet(path).iterrows()]
+    path = next((out_dir / "details").rglob(f"details_{task}|0_*.parquet"))
+    return [{"specific": r["doc"]["specific"], "text": list(r["model_response"]["text"]),
+             "logprobs": list(r["model_response"]["logprobs"])} for _, r in pd.read_parquet(path).iterrows()]
 
 
 @pytest.mark.slow
 def test_custom_backend_gives_the_same_replies_and_scores(tiny_model_dir, tmp_path):  # noqa: F811
-    tasks = ",".join(f"chat_{t}|0" for t in [*GENERATIVE, "arc_easy"])
+    """`lighteval custom` with our backend: every reply, token for token, and every accuracy equal
+    `nanochat-hf eval`'s (generative tasks, a ChatCORE letter task, CORE multiple choice and LM)."""
+    core_labels = ["copa", "lambada_openai"]
+    tasks = ",".join([*(f"chat_{t}|0" for t in [*GENERATIVE, "arc_easy"]), *(f"core_{l}|0" for l in core_labels)])
     results, output = run_lighteval(tiny_model_dir, tmp_path, tasks, backend="custom", extra_args=["--save-details"],
                                     NANOCHAT_HF_CHAT_DATA=str(CHAT), NANOCHAT_HF_EVAL_MAX_PER_TASK=str(ROWS),
                                     NANOCHAT_HF_EVAL_MAX_NEW_TOKENS=str(NEW_TOKENS))
@@ -32,14 +38,33 @@ def test_custom_backend_gives_the_same_replies_and_scores(tiny_model_dir, tmp_pa
         convs = chat_tasks.load_conversations(task, str(CHAT), ROWS)
         ours = chat_tasks.evaluate_chat_task(task, model, tok, str(CHAT), ROWS, max_new_tokens=NEW_TOKENS, progress=False)
         assert results[f"chat_{name}|0"]["acc"] == pytest.approx(ours["accuracy"]), name
-        # The replies themselves, token for token: a backend that prompted or decoded differently shows here
-        # even when a random model scores 0 both ways.
+        # The replies themselves, row by row: a backend that prompted or decoded differently shows here even
+        # when a random model scores 0 both ways (test_a_wrong_prompt_changes_the_replies: it would).
         want = chat_tasks.generate_completions(model, tok, convs, NEW_TOKENS, progress=False)
-        rows = details(tmp_path / "out", name)
-        assert len(rows) == len(convs) and any(r["text"] for r in rows)
-        assert sorted(r["text"] for r in rows) == sorted(want), name
+        rows = details(tmp_path / "out", f"chat_{name}")
+        got = {int(r["specific"]["row"]): r["text"] for r in rows}
+        assert sorted(got) == list(range(len(convs))) and any(want), name
+        assert [got[i] for i in range(len(convs))] == [[w] for w in want], name
+    # ARC through the backend's loglikelihood: the same letter as nanochat's argmax on every row, same accuracy
     arc = chat_tasks.evaluate_chat_task("ARC-Easy", model, tok, str(CHAT), ROWS, progress=False)
     assert results["chat_arc_easy|0"]["acc"] == pytest.approx(arc["accuracy"])
+    for r in details(tmp_path / "out", "chat_arc_easy"):
+        prompt, letter_ids = [int(t) for t in r["specific"]["prompt_ids"]], [int(t) for t in r["specific"]["letter_ids"]]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prompt])).logits[0, -1, letter_ids]
+        assert int(np.argmax(r["logprobs"])) == int(logits.argmax())
+    ours = core.evaluate_core(model, tok, BUNDLE, max_per_task=ROWS, labels=core_labels, progress=False)["tasks"]
+    for label in core_labels:
+        assert results[f"core_{label}|0"]["acc"] == pytest.approx(ours[label]["accuracy"]), label
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):  # noqa: F811
+    from lighteval.models.custom.custom_model import CustomModelConfig
+
+    from nanochat_hf.evaluation.lighteval_model import NanochatEngineModel
+
+    return NanochatEngineModel(CustomModelConfig(model_name=str(tiny_model_dir), model_definition_file_path="-"))
 
 
 def _doc(task_name: str, idx: int):
@@ -87,13 +112,9 @@ def test_generative_metric_scores_right_and_wrong_replies(offline_rows):
                                                                offline_rows._chat_rows("GSM8K")[0]["messages"])
 
 
-def test_backend_gives_an_empty_reply_to_a_prompt_longer_than_the_context(tiny_model_dir, offline_rows):  # noqa: F811
-    from lighteval.models.custom.custom_model import CustomModelConfig
+def test_backend_gives_an_empty_reply_to_a_prompt_longer_than_the_context(backend, offline_rows):
     from lighteval.tasks.requests import Doc
 
-    from nanochat_hf.evaluation.lighteval_model import NanochatEngineModel
-
-    backend = NanochatEngineModel(CustomModelConfig(model_name=str(tiny_model_dir), model_definition_file_path="-"))
     fits = _doc("chat_gsm8k", 0)
     too_long = Doc(query="x", choices=[""], gold_index=0, generation_size=8,
                    specific={"prompt_ids": fits.specific["prompt_ids"] * 40})
@@ -102,3 +123,18 @@ def test_backend_gives_an_empty_reply_to_a_prompt_longer_than_the_context(tiny_m
     want, _ = backend.engine.generate_batch(fits.specific["prompt_ids"], max_tokens=fits.generation_size, temperature=0.0)
     assert short.output_tokens[0] == want[0][len(fits.specific["prompt_ids"]):]
     assert json.dumps(short.text)  # plain strings lighteval can save
+
+
+def test_a_wrong_prompt_changes_the_replies(backend, offline_rows, tiny_model_dir):  # noqa: F811
+    """The reply comparison of the CLI test has teeth: the backend's replies equal nanochat-hf eval's, and a
+    backend that lost one prompt token (here: <|assistant_start|>) would give other replies, though both score 0."""
+    model, tok = run.load_model(str(tiny_model_dir), "cpu")
+    for name, task in GENERATIVE.items():
+        convs = offline_rows._chat_rows(task)
+        docs = [_doc(f"chat_{name}", i) for i in range(len(convs))]
+        want = chat_tasks.generate_completions(model, tok, convs, 16, progress=False)
+        assert [r.text for r in backend.greedy_until(docs)] == [[w] for w in want], name
+        for doc in docs:
+            doc.specific = {**doc.specific, "prompt_ids": doc.specific["prompt_ids"][:-1]}
+        broken = [r.text[0] for r in backend.greedy_until(docs)]
+        assert any(b != w for b, w in zip(broken, want) if w), name
