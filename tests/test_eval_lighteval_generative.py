@@ -138,3 +138,49 @@ def test_a_wrong_prompt_changes_the_replies(backend, offline_rows, tiny_model_di
             doc.specific = {**doc.specific, "prompt_ids": doc.specific["prompt_ids"][:-1]}
         broken = [r.text[0] for r in backend.greedy_until(docs)]
         assert any(b != w for b, w in zip(broken, want) if w), name
+
+
+class ReplyScript(torch.nn.Module):
+    """A one-row causal LM that, after the prompt, says `plan` token by token (whatever the forced tokens are).
+
+    It speaks the Cache API (one KV update per layer per call) like a real model, so the Engine runs it as is.
+    """
+
+    def __init__(self, prompt_len: int, plan: list[int], vocab: int):
+        super().__init__()
+        self.prompt_len, self.plan, self.vocab, self.seen = prompt_len, plan, vocab, 0
+        self.config = type("Cfg", (), {"num_hidden_layers": 1, "max_position_embeddings": 512})()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, past_key_values=None, logits_to_keep=0, **kwargs):
+        b, t = input_ids.shape
+        past_key_values.update(torch.zeros(b, 1, t, 4), torch.zeros(b, 1, t, 4), 0)
+        self.seen += t
+        logits = torch.full((b, t, self.vocab), -10.0)
+        logits[:, :, self.plan[min(self.seen - self.prompt_len, len(self.plan) - 1)]] = 10.0
+        return type("Out", (), {"logits": logits[:, -logits_to_keep:] if logits_to_keep else logits})()
+
+
+def test_backend_runs_the_calculator_and_a_right_reply_scores_one(offline_rows, tiny_model_dir, monkeypatch):  # noqa: F811
+    """Through the backend and the task's metric: the tool call's result is forced into the reply, and the
+    reply '#### 72' to Natalia's question scores 1 (the CLI test only sees a random model's wrong replies)."""
+    from lighteval.models.custom.custom_model import CustomModelConfig
+
+    from nanochat_hf.engine import Engine
+    from nanochat_hf.evaluation import lighteval_model
+
+    tok = offline_rows._tokenizer()
+    row = [chat_tasks.reference_answer(c) for c in offline_rows._chat_rows("GSM8K")].index("72")
+    doc = _doc("chat_gsm8k", row)
+    doc.generation_size = 64  # the fixture's 16 new tokens are too few for this reply
+    sp, text = tok.convert_tokens_to_ids, lambda s: tok.encode(s, add_special_tokens=False)
+    forced = [sp("<|output_start|>"), *text("72"), sp("<|output_end|>")]
+    plan = [sp("<|python_start|>"), *text("48+24"), sp("<|python_end|>"), *[0] * len(forced), *text("#### 72"),
+            sp("<|assistant_end|>")]
+    scripted = Engine(ReplyScript(len(doc.specific["prompt_ids"]), plan, len(tok)), tok)
+    monkeypatch.setattr(lighteval_model, "load_engine", lambda name: scripted)
+    backend = lighteval_model.NanochatEngineModel(CustomModelConfig(model_name=str(tiny_model_dir),
+                                                                    model_definition_file_path="-"))
+    (reply,) = backend.greedy_until([doc])
+    assert reply.text == ["<|python_start|>48+24<|python_end|><|output_start|>72<|output_end|>#### 72"]
+    assert offline_rows.NanochatGenerativeScore().compute(doc, reply) == 1.0
