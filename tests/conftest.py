@@ -1,6 +1,15 @@
 """Shared fixtures: one tiny tokenizer trained once per test session on the embedded corpus."""
 
+import os
+
 import pytest
+import torch
+
+# One CPU thread everywhere (this process and the subprocesses tests start): float sums then run in the
+# same order on every machine, so the tiny training runs the tests check are bit-reproducible whatever
+# the core count (2 threads vs 1 changes the rounding, and a 30-step tiny run can end elsewhere).
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 TINY_VOCAB_SIZE = 1024  # 256 bytes + 759 merges + 9 specials: enough merges for real words, trains in ~1 s
 TINY_TRAIN_CHARS = 300_000  # the first ~quarter of tinyshakespeare

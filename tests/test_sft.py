@@ -16,7 +16,7 @@ MIXTURE = json.dumps({"train": [{"source": "arithmetic", "size": 400}, {"source"
                       "validation": [{"source": "arithmetic", "size": 16}]})
 COMMON = ["--mixture", MIXTURE, "--max_length", str(MAX_LENGTH), "--per_device_train_batch_size", "8",
           "--per_device_eval_batch_size", "8", "--batch_lr_scale", "1.0", "--disable_tqdm", "true"]
-MID_STEPS, SFT_STEPS = 20, 10
+MID_STEPS, SFT_STEPS = 30, 10  # 20 mid steps learn the tool call for some seeds only
 # The quick ChatCORE subset during SFT (on the package's offline ARC rows and generated SpellingBee).
 CHATCORE = ["--chatcore_every", "5", "--chatcore_examples", "4", "--chatcore_tasks", "ARC-Easy,SpellingBee",
             "--chatcore_max_new_tokens", "16"]
