@@ -11,7 +11,7 @@
 
 What it does (nanochat's engine semantics, on transformers' Cache API):
   * one prefill of the prompt, then the cache is copied into `num_samples` rows;
-  * sampling with temperature / top-k / top-p from a seeded generator (temperature 0 = greedy);
+  * sampling with temperature / top-k / top-p from a seeded random stream (temperature 0 = greedy);
   * a row stops at `<|assistant_end|>` or `<|bos|>`;
   * tool use: when a row emits `<|python_end|>`, the text since `<|python_start|>` goes to the safe
     calculator and `<|output_start|>result<|output_end|>` is forced into that row (mask 0 = forced).
@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import queue
+import random
 import threading
 import time
 from collections import deque
@@ -189,21 +190,30 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
     return logits
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """(B, V) -> (B,) next tokens, all rows with the same parameters."""
+def draw(probs: torch.Tensor, uniforms: list[float]) -> torch.Tensor:
+    """(B, V) probabilities + one uniform number in [0, 1) per row -> (B,) tokens, by inverse CDF.
+
+    Why not torch.multinomial: the scheduler samples each row from its own seeded stream (a request's
+    tokens must not depend on its neighbours), and one multinomial call per row costs ~50 us on CPU
+    (8 rows: ~0.4 ms, a sixth of a d4 decode step); here every row is one cumsum + one searchsorted.
+    `right=True` picks the first token whose cumulative mass exceeds u * total, so a token with
+    probability 0 is never drawn (float64, so u just under 1 does not round up to the total)."""
+    cdf = probs.double().cumsum(-1)
+    u = torch.tensor(uniforms, dtype=cdf.dtype, device=cdf.device)[:, None] * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+def sample(logits: torch.Tensor, params: SamplingParams, rng: random.Random) -> torch.Tensor:
+    """(B, V) -> (B,) next tokens, all rows with the same parameters, uniforms from `rng`."""
     if params.temperature == 0:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits, params.temperature, params.top_k, params.top_p).softmax(dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return draw(probs, [rng.random() for _ in range(probs.shape[0])])
 
 
-def make_generator(seed: int | None, device) -> torch.Generator:
-    g = torch.Generator(device=device)
-    if seed is None:
-        g.seed()  # non-deterministic
-    else:
-        g.manual_seed(seed)
-    return g
+def make_rng(seed: int | None) -> random.Random:
+    """A request's own random stream (None: seeded from the OS)."""
+    return random.Random(seed)
 
 
 # ----------------------------------------------------------------------------- per-row state (tool use)
@@ -373,11 +383,11 @@ class Engine:
         batch.prefill([tokens])
         if num_samples > 1:
             batch.repeat(num_samples)
-        generator = make_generator(seed, self.device)
+        rng = make_rng(seed)
         rows = [ToolState(self.ids, self.tokenizer) for _ in range(num_samples)]
         done = [False] * num_samples
         for _ in range(self.budget(len(tokens), params.max_tokens)):
-            sampled = sample(batch.logits, params, generator).tolist()
+            sampled = sample(batch.logits, params, rng).tolist()
             column, masks = [], []
             for i, row in enumerate(rows):
                 token, mask = row.next_token(sampled[i])
@@ -444,7 +454,7 @@ class _Row:
     def __init__(self, request: Request, engine: Engine):
         self.request = request
         self.tool = ToolState(engine.ids, engine.tokenizer)
-        self.generator = make_generator(request.params.seed, engine.device)
+        self.rng = make_rng(request.params.seed)
         self.left = engine.budget(len(request.prompt), request.params.max_tokens)
 
 
@@ -453,7 +463,7 @@ class Scheduler:
 
     Requests arrive on a queue (`submit`, any thread); each step the thread admits waiting requests
     (up to `max_batch_size` rows; one batched prefill merged into the running cache), samples one
-    token per row with that row's own parameters and generator, calls each request's `on_event`,
+    token per row with that row's own parameters and random stream, calls each request's `on_event`,
     removes rows that stopped or were cancelled, and runs one forward over the remaining column.
     """
 
@@ -528,7 +538,7 @@ class Scheduler:
                 batch, rows[:] = DecodeBatch(self.engine), []
 
     def _sample_rows(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-        """One token per row with that row's parameters and generator; filtering is batched per setting."""
+        """One token per row with that row's parameters and random stream; batched per setting."""
         out = [0] * len(rows)
         groups: dict[tuple, list[int]] = {}
         for i, row in enumerate(rows):
@@ -541,8 +551,9 @@ class Scheduler:
                     out[i] = t
                 continue
             probs = filter_logits(sub, temperature, top_k, top_p).softmax(-1)
-            for j, i in enumerate(idx):  # per-row generator: a request's samples do not depend on its neighbours
-                out[i] = int(torch.multinomial(probs[j], 1, generator=rows[i].generator))
+            # each row's uniform comes from its own stream: a request's samples do not depend on its neighbours
+            for i, t in zip(idx, draw(probs, [rows[i].rng.random() for i in idx]).tolist()):
+                out[i] = t
         return out
 
     @torch.inference_mode()

@@ -1,5 +1,6 @@
 """Engine: KV-cache generation equals model.generate, sampling knobs, several samples, tool forcing, batching."""
 
+import random
 import threading
 
 import pytest
@@ -260,3 +261,44 @@ def test_stream_decoder_pieces_equal_the_whole_decode_on_a_long_text(tiny_tokeni
     assert "".join(pieces) == tiny_tokenizer.decode(ids) == text
     assert all("\ufffd" not in p for p in pieces)
     assert dec.prefix > len(ids) - 10  # the window moved along instead of growing with the text
+
+
+def test_draw_follows_the_distribution_and_never_picks_a_zero():
+    from nanochat_hf.engine import draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.2, 0.3, 0.0], [0.1, 0.0, 0.0, 0.0, 0.0, 0.9]])
+    rng = random.Random(0)
+    n = 20_000
+    counts = torch.zeros_like(probs)
+    for _ in range(n):
+        tokens = draw(probs, [rng.random(), rng.random()])
+        counts[0, tokens[0]] += 1
+        counts[1, tokens[1]] += 1
+    assert counts[probs == 0].sum() == 0
+    assert (counts / n - probs).abs().max() < 0.015
+    # the ends of [0, 1): the first and the last token with mass
+    assert draw(probs, [0.0, 0.0]).tolist() == [1, 0]
+    assert draw(probs, [1 - 1e-12, 1 - 1e-12]).tolist() == [4, 5]
+    # unnormalised rows (filtered probabilities) are scaled by their total
+    assert draw(probs * 7, [0.6, 0.05]).tolist() == [3, 0]
+
+
+def test_a_sampled_request_does_not_depend_on_its_neighbours(model, tiny_tokenizer, prompt):
+    engine = Engine(model, tiny_tokenizer)
+    engine.stop_ids = set()
+    alone = [c[0] for c, _ in engine.generate(prompt, max_tokens=10, temperature=1.0, seed=5)]
+    sched = engine.scheduler(max_batch_size=8)
+    results, done = {}, threading.Event()
+    try:
+        for i, seed in enumerate([11, 5, 12, 13]):  # the seed-5 request decodes in a batch of four
+            def on_event(ev, i=i):
+                if ev.token is not None:
+                    results.setdefault(i, []).append(ev.token)
+                if ev.finish_reason and len(results) == 4 and all(len(r) == 10 for r in results.values()):
+                    done.set()
+            sched.submit(prompt, SamplingParams(max_tokens=10, temperature=1.0, seed=seed), on_event)
+        assert done.wait(60)
+    finally:
+        sched.close()
+    assert results[1] == alone
+    assert len({tuple(r) for r in results.values()}) > 1
