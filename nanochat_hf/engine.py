@@ -203,12 +203,13 @@ def draw(probs: torch.Tensor, uniforms: list[float]) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, rng: random.Random) -> torch.Tensor:
-    """(B, V) -> (B,) next tokens, all rows with the same parameters, uniforms from `rng`."""
+def sample(logits: torch.Tensor, params: SamplingParams, rngs: list[random.Random]) -> torch.Tensor:
+    """(B, V) -> (B,) next tokens, all rows with the same parameters, row i's uniform from `rngs[i]`
+    (the same stream repeated for the samples of one request; one stream per request in the scheduler)."""
     if params.temperature == 0:
         return logits.argmax(dim=-1)
     probs = filter_logits(logits, params.temperature, params.top_k, params.top_p).softmax(dim=-1)
-    return draw(probs, [rng.random() for _ in range(probs.shape[0])])
+    return draw(probs, [rng.random() for rng in rngs])
 
 
 def make_rng(seed: int | None) -> random.Random:
@@ -387,7 +388,7 @@ class Engine:
         rows = [ToolState(self.ids, self.tokenizer) for _ in range(num_samples)]
         done = [False] * num_samples
         for _ in range(self.budget(len(tokens), params.max_tokens)):
-            sampled = sample(batch.logits, params, rng).tolist()
+            sampled = sample(batch.logits, params, [rng] * num_samples).tolist()
             column, masks = [], []
             for i, row in enumerate(rows):
                 token, mask = row.next_token(sampled[i])
@@ -544,15 +545,10 @@ class Scheduler:
         for i, row in enumerate(rows):
             p = row.request.params
             groups.setdefault((p.temperature, p.top_k, p.top_p), []).append(i)
-        for (temperature, top_k, top_p), idx in groups.items():
-            sub = logits[idx]
-            if temperature == 0:
-                for i, t in zip(idx, sub.argmax(-1).tolist()):
-                    out[i] = t
-                continue
-            probs = filter_logits(sub, temperature, top_k, top_p).softmax(-1)
+        for idx in groups.values():
             # each row's uniform comes from its own stream: a request's samples do not depend on its neighbours
-            for i, t in zip(idx, draw(probs, [rows[i].rng.random() for i in idx]).tolist()):
+            tokens = sample(logits[idx], rows[idx[0]].request.params, [rows[i].rng for i in idx])
+            for i, t in zip(idx, tokens.tolist()):
                 out[i] = t
         return out
 
