@@ -37,7 +37,7 @@ class NanoChatConfig(PretrainedConfig):
     """One config class for both architectures (`arch`); see the module docstring."""
 
     model_type = "nanochat_modern"
-    keys_to_ignore_at_inference = ["past_key_values"]
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the name moved in transformers 5.24
 
     def __init__(
         self,

@@ -1,7 +1,7 @@
 """KV-cache inference for nanochat_hf models, with the calculator tool and batched decoding.
 
     from nanochat_hf.engine import Engine
-    engine = Engine(model, tokenizer)                         # any HF causal LM with past_key_values
+    engine = Engine(model, tokenizer)                         # any HF causal LM with a KV cache
     for column, masks in engine.generate(prompt_ids, num_samples=4, max_tokens=64, temperature=0.8):
         ...                                                    # one token per sample per step
     sequences, masks = engine.generate_batch(prompt_ids, num_samples=4, max_tokens=64)
@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
 from nanochat_hf.decoder import FastDecoder
+from nanochat_hf.modeling import CACHE_ARG
 from nanochat_hf.tools import run_calculator
 
 # ----------------------------------------------------------------------------- hyperparameters
@@ -277,7 +278,7 @@ class DecodeBatch:
         cache = SlotCache(self.engine.num_layers)
         padded = bool((mask == 0).any())
         out = self.engine.model(input_ids=ids, attention_mask=mask if padded else None, position_ids=pos_ids,
-                                past_key_values=cache, use_cache=True, logits_to_keep=0 if want_prompt_logits else 1)
+                                use_cache=True, logits_to_keep=0 if want_prompt_logits else 1, **{CACHE_ARG: cache})
         logits = out.logits[:, -1, :].float()
         self._append(cache, mask, mask.sum(-1), logits)
         return out.logits.float() if want_prompt_logits else None
@@ -325,7 +326,7 @@ class DecodeBatch:
             self.logits = self.engine.fast.step(ids, self.pos, self.cache, self.mask if padded else None)
         else:
             out = self.engine.model(input_ids=ids, attention_mask=self.mask if padded else None,
-                                    position_ids=self.pos.unsqueeze(1), past_key_values=self.cache, use_cache=True)
+                                    position_ids=self.pos.unsqueeze(1), use_cache=True, **{CACHE_ARG: self.cache})
             self.logits = out.logits[:, -1, :].float()
         self.pos = self.pos + 1
 

@@ -19,6 +19,7 @@ this package (`.configuration`), and optional dependencies imported inside try b
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -36,6 +37,18 @@ from .configuration import NanoChatClassicConfig, NanoChatConfig, has_value_embe
 
 FA3_KERNEL = "kernels-community/flash-attn3"  # Hub kernel used for FlashAttention-3 on Hopper/Ampere
 SMEAR_CACHE_ATTR = "nanochat_prev_embedding"  # where decode keeps the previous token's embedding (for smear)
+# transformers 5.24 renamed the cache argument of a model's forward and of the mask builders from
+# `past_key_values` to `cache`, and generate() passes the cache under the installed version's name. This is
+# that name: our forwards accept both, and every call into transformers or another model spells it so.
+CACHE_ARG = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def pop_cache(cache, kwargs: dict):
+    """The cache a caller passed under either name (`past_key_values` from transformers < 5.24 or older code)."""
+    legacy = kwargs.pop("past_key_values", None)
+    if cache is not None and legacy is not None:
+        raise ValueError("pass the cache once: as `cache` or as `past_key_values`, not both")
+    return cache if cache is not None else legacy
 
 
 def rms_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -108,8 +121,7 @@ class NanoChatAttention(nn.Module):
         if modern and has_value_embed(layer_idx, config.num_hidden_layers):
             self.ve_gate = _tag(nn.Linear(config.value_embed_gate_channels, self.num_kv_heads, bias=False), "ve_gate")
 
-    def forward(self, hidden_states, position_embeddings, attention_mask=None, past_key_values=None,
-                value_embed=None, **kwargs):
+    def forward(self, hidden_states, position_embeddings, attention_mask=None, cache=None, value_embed=None, **kwargs):
         B, T, _ = hidden_states.shape
         q = self.q_proj(hidden_states).view(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim)
@@ -123,8 +135,8 @@ class NanoChatAttention(nn.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         eps = self.config.rms_norm_eps
         q, k = rms_norm(q, eps), rms_norm(k, eps)  # QK-norm after RoPE (nanochat's order)
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         impl = self.config._attn_implementation
         attention = sdpa_fallback_attention if impl in (None, "eager") else ALL_ATTENTION_FUNCTIONS[impl]
         out, weights = attention(self, q, k, v, attention_mask, scaling=self.scaling, dropout=0.0,
@@ -151,10 +163,10 @@ class NanoChatDecoderLayer(GradientCheckpointingLayer):
         self.self_attn = NanoChatAttention(config, layer_idx)
         self.mlp = NanoChatMLP(config)
 
-    def forward(self, hidden_states, value_embed=None, attention_mask=None, position_embeddings=None,
-                past_key_values=None, **kwargs):
-        attn, _ = self.self_attn(rms_norm(hidden_states, self.eps), position_embeddings, attention_mask,
-                                 past_key_values, value_embed=value_embed, **kwargs)
+    def forward(self, hidden_states, value_embed=None, attention_mask=None, position_embeddings=None, cache=None,
+                **kwargs):
+        attn, _ = self.self_attn(rms_norm(hidden_states, self.eps), position_embeddings, attention_mask, cache,
+                                 value_embed=value_embed, **kwargs)
         hidden_states = hidden_states + attn
         return hidden_states + self.mlp(rms_norm(hidden_states, self.eps))
 
@@ -165,7 +177,7 @@ class NanoChatPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["NanoChatDecoderLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache", "past_key_values"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -257,18 +269,18 @@ class NanoChatModel(NanoChatPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embed_tokens = value
 
-    def _smear(self, x, position_ids, past_key_values):
+    def _smear(self, x, position_ids, cache):
         """Add gate * previous token's embedding (a cheap bigram feature); the gate starts at 0.
 
         At decode the previous token lives in an earlier call, so the cache object carries it. A position
         id of 0 (a document start in a packed row, or a left-pad boundary) gets nothing from before it.
         """
         prev = None
-        if past_key_values is not None:
-            prev = getattr(past_key_values, SMEAR_CACHE_ATTR, None)
-            if prev is not None and (prev.shape[0] != x.shape[0] or past_key_values.get_seq_length() == 0):
+        if cache is not None:
+            prev = getattr(cache, SMEAR_CACHE_ATTR, None)
+            if prev is not None and (prev.shape[0] != x.shape[0] or cache.get_seq_length() == 0):
                 prev = None
-            setattr(past_key_values, SMEAR_CACHE_ATTR, x[:, -1:].detach())
+            setattr(cache, SMEAR_CACHE_ATTR, x[:, -1:].detach())
         first = torch.zeros_like(x[:, :1]) if prev is None else prev.to(x.dtype)
         shifted = torch.cat([first, x[:, :-1]], dim=1)
         c = self.config.smear_gate_channels
@@ -276,8 +288,9 @@ class NanoChatModel(NanoChatPreTrainedModel):
         gate = gate * (position_ids != 0).unsqueeze(-1).to(x.dtype)
         return x + gate * shifted
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, use_cache=None, **kwargs) -> BaseModelOutputWithPast:
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                use_cache=None, **kwargs) -> BaseModelOutputWithPast:
+        cache = pop_cache(cache, kwargs)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if self.modern and input_ids is None:
@@ -288,10 +301,10 @@ class NanoChatModel(NanoChatPreTrainedModel):
             use_cache = False  # recomputation and a growing cache do not mix
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
 
         # Masks: causal (+ padding, + packed documents from position_ids resets) and the sliding one.
@@ -301,9 +314,9 @@ class NanoChatModel(NanoChatPreTrainedModel):
         if isinstance(attention_mask, dict):
             masks = attention_mask
         else:
-            mask_cache = past_key_values if past_key_values is not None and past_key_values.get_seq_length() > 0 else None
-            mask_args = dict(config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                             past_key_values=mask_cache, position_ids=position_ids)
+            mask_cache = cache if cache is not None and cache.get_seq_length() > 0 else None
+            mask_args = {"config": self.config, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
+                         CACHE_ARG: mask_cache, "position_ids": position_ids}
             masks = {"full_attention": create_causal_mask(**mask_args)}
             if self.has_sliding_layers:
                 masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
@@ -312,7 +325,7 @@ class NanoChatModel(NanoChatPreTrainedModel):
         eps = self.config.rms_norm_eps
         x = rms_norm(inputs_embeds, eps)  # nanochat normalises the embedding too
         if self.modern:
-            x = self._smear(x, position_ids.expand(x.shape[0], -1), past_key_values)
+            x = self._smear(x, position_ids.expand(x.shape[0], -1), cache)
         x0, x_backout = x, None
         for i, layer in enumerate(self.layers):
             value_embed = None
@@ -321,13 +334,13 @@ class NanoChatModel(NanoChatPreTrainedModel):
                 if str(i) in self.value_embeds:
                     value_embed = self.value_embeds[str(i)](input_ids).to(x.dtype)
             x = layer(x, value_embed, attention_mask=masks[self.config.layer_types[i]],
-                      position_embeddings=position_embeddings, past_key_values=past_key_values, **kwargs)
+                      position_embeddings=position_embeddings, cache=cache, **kwargs)
             if self.modern and i == self.backout_layer:
                 x_backout = x
         if x_backout is not None:
             x = x - self.backout_lambda.to(x.dtype) * x_backout  # remove low-level features before the head
         x = rms_norm(x, eps)
-        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=past_key_values if use_cache else None)
+        return BaseModelOutputWithPast(x, cache if use_cache else None)  # positional: the field's name moved too
 
 
 class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
@@ -352,13 +365,13 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, use_cache=None, logits_to_keep=0, return_dict=None,
-                **kwargs) -> CausalLMOutputWithPast:
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                labels=None, use_cache=None, logits_to_keep=0, return_dict=None, **kwargs) -> CausalLMOutputWithPast:
+        cache = pop_cache(cache, kwargs)
         kwargs.pop("output_attentions", None)
         kwargs.pop("output_hidden_states", None)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+                         inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs)
         hidden = out.last_hidden_state
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
@@ -373,7 +386,7 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits, labels, self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss, logits, out.get(CACHE_ARG))  # positional: the field's name moved too
 
     # ------------------------------------------------------------------ nanochat's accounting
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from nanochat_hf.engine import Engine, Event, SamplingParams, SlotCache, StreamDecoder
+from nanochat_hf.modeling import pop_cache
 from nanochat_hf.tools import run_calculator
 
 
@@ -102,11 +103,12 @@ class ScriptedLM(nn.Module):
         self.config = type("Cfg", (), {"num_hidden_layers": 2, "max_position_embeddings": 256})()
         self.dummy = nn.Parameter(torch.zeros(1))
 
-    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=True,
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, use_cache=True,
                 logits_to_keep=0, **kwargs):
+        cache = pop_cache(cache, kwargs)  # the Engine passes it under the installed transformers' name
         b, t = input_ids.shape
         for layer in range(2):
-            past_key_values.update(torch.zeros(b, 1, t, 4), torch.zeros(b, 1, t, 4), layer)
+            cache.update(torch.zeros(b, 1, t, 4), torch.zeros(b, 1, t, 4), layer)
         logits = torch.full((b, t, self.vocab), -10.0)
         for i in range(b):
             for j in range(t):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nanochat_hf.evaluation import chat_tasks
+from nanochat_hf.modeling import CACHE_ARG, pop_cache
 from nanochat_hf.tokenization import render_for_completion
 
 CHAT = Path(__file__).parent / "fixtures" / "eval" / "chat"
@@ -32,12 +33,13 @@ class ScriptedLM(torch.nn.Module):
         self.vocab_size, self.script, self.calls = vocab_size, list(script), []
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, input_ids, past_key_values=None, use_cache=None, **kw):
-        step = 0 if past_key_values is None else past_key_values + 1
+    def forward(self, input_ids, cache=None, use_cache=None, **kw):
+        past = pop_cache(cache, kw)
+        step = 0 if past is None else past + 1
         self.calls.append(input_ids[0].tolist())
         logits = torch.zeros(1, input_ids.shape[1], self.vocab_size)
         logits[0, -1, self.script[min(step, len(self.script) - 1)]] = 1.0
-        return type("Out", (), {"logits": logits, "past_key_values": step})()
+        return type("Out", (), {"logits": logits, CACHE_ARG: step})()
 
 
 def test_mc_prompts_and_shuffle_follow_nanochat():

@@ -9,6 +9,7 @@ import torch
 from test_eval_cli import BUNDLE, CHAT, run_lighteval, tiny_model_dir  # noqa: F401  (tiny_model_dir is a fixture)
 
 from nanochat_hf.evaluation import chat_tasks, core, run
+from nanochat_hf.modeling import pop_cache
 
 ROWS, NEW_TOKENS = 4, 24  # a few rows, short replies: the parity is what is tested, not the (random) model
 GENERATIVE = {"gsm8k": "GSM8K", "humaneval": "HumanEval", "spellingbee": "SpellingBee"}
@@ -152,9 +153,10 @@ class ReplyScript(torch.nn.Module):
         self.config = type("Cfg", (), {"num_hidden_layers": 1, "max_position_embeddings": 512})()
         self.dummy = torch.nn.Parameter(torch.zeros(1))
 
-    def forward(self, input_ids, past_key_values=None, logits_to_keep=0, **kwargs):
+    def forward(self, input_ids, cache=None, logits_to_keep=0, **kwargs):
+        cache = pop_cache(cache, kwargs)
         b, t = input_ids.shape
-        past_key_values.update(torch.zeros(b, 1, t, 4), torch.zeros(b, 1, t, 4), 0)
+        cache.update(torch.zeros(b, 1, t, 4), torch.zeros(b, 1, t, 4), 0)
         self.seen += t
         logits = torch.full((b, t, self.vocab), -10.0)
         logits[:, :, self.plan[min(self.seen - self.prompt_len, len(self.plan) - 1)]] = 10.0

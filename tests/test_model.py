@@ -8,6 +8,7 @@ import torch
 from test_model_reference import randomize
 
 from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
+from nanochat_hf.modeling import CACHE_ARG
 
 
 def tiny(arch, **kw):
@@ -160,7 +161,7 @@ def test_cached_decode_equals_full_forward(arch):
         out = model(idx[:, :5], use_cache=True)
         steps = [out.logits]
         for t in range(5, 12):  # past the short window (4): the sliding cache layers drop old keys
-            out = model(idx[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = model(idx[:, t:t + 1], cache=out[CACHE_ARG], use_cache=True)
             steps.append(out.logits)
         assert (torch.cat(steps, 1) - full).abs().max() < 1e-10
         # generate() with the cache vs a cache-free greedy loop

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from nanochat_hf.engine import Engine
+from nanochat_hf.modeling import pop_cache
 
 playwright = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -36,11 +37,12 @@ def story_engine(tokenizer) -> Engine:
               sp("<|output_start|>"), *enc("42"), sp("<|output_end|>"), *enc(" The answer is 42!"), sp("<|assistant_end|>")]
 
     class StoryLM(ScriptedLM):
-        def forward(self, input_ids, position_ids=None, past_key_values=None, **kw):
+        def forward(self, input_ids, position_ids=None, cache=None, **kw):
+            cache = pop_cache(cache, kw)
             time.sleep(0.02)  # a little delay per step so the stream is visibly a stream
             b, t = input_ids.shape
             for layer in range(2):
-                past_key_values.update(torch.zeros(b, 1, t, 4), torch.zeros(b, 1, t, 4), layer)
+                cache.update(torch.zeros(b, 1, t, 4), torch.zeros(b, 1, t, 4), layer)
             last = int(position_ids[0, -1])
             if t > 1:
                 self.start = last  # the prompt's last position

@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nanochat_hf.chat_data import gsm8k_to_messages, render_mc, spelling_bee
+from nanochat_hf.modeling import CACHE_ARG
 from nanochat_hf.tokenization import render_for_completion
 
 from .core import model_device
@@ -226,8 +227,8 @@ def greedy_with_tool(model, tokenizer, prompt: list[int], max_tokens: int) -> li
     out, forced, expr, in_tool = [], [], [], False
     past, feed = None, prompt
     while len(out) < max_tokens:
-        res = model(input_ids=torch.tensor([feed], device=device), past_key_values=past, use_cache=True)
-        past = res.past_key_values
+        res = model(input_ids=torch.tensor([feed], device=device), use_cache=True, **{CACHE_ARG: past})
+        past = getattr(res, CACHE_ARG)
         tok = forced.pop(0) if forced else int(res.logits[0, -1].argmax())
         if tok in stops:
             break
