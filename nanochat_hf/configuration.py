@@ -193,6 +193,10 @@ class NanoChatConfig(PretrainedConfig):
         out = super().to_dict()
         # The saved model type follows the architecture: classic checkpoints are transformers' native `nanochat`.
         out["model_type"] = "nanochat" if self.arch == "classic" else "nanochat_modern"
+        if self.arch == "classic":
+            # All layers are full attention; a saved `layer_types` would make transformers' generate() hand the
+            # native class {layer type: mask}, which its forward does not take (static cache).
+            out.pop("layer_types", None)
         return out
 
 
