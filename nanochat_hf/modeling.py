@@ -439,7 +439,8 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
                 self.set_attn_implementation(FA3_KERNEL)
                 impl = FA3_KERNEL
             except Exception as err:  # no `kernels`, no Hub access, unsupported GPU: stay correct, be slower
-                print(f"FlashAttention-3 unavailable ({type(err).__name__}: {err}); using SDPA")
+                print(f"FlashAttention-3 unavailable ({type(err).__name__}: {err}; the `kernels` package comes with "
+                      "pip install 'nanochat_hf[gpu]'); using SDPA")
                 self.set_attn_implementation("sdpa")
         else:
             self.set_attn_implementation("sdpa")

@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nanochat_hf.extras import available, install_hint, require
+
 LOG_NAME = "pretrain.jsonl"
 STATE_NAME = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
 SAMPLE_PROMPTS = (  # nanochat's fixed prompts, sampled greedily at the end of pretraining
@@ -364,19 +366,16 @@ def train(cfg: PretrainConfig) -> dict:
         try:
             model.set_attn_implementation(FA3_KERNEL)
         except Exception as err:
-            say(f"FlashAttention-3 unavailable ({type(err).__name__}); using SDPA (slower with sliding windows)")
+            hint = "" if available("kernels") else f"; {install_hint('kernels')}"
+            say(f"FlashAttention-3 unavailable ({type(err).__name__}{hint}); using SDPA (slower with sliding windows)")
             model.set_attn_implementation("sdpa")
     say(f"attention: {model.config._attn_implementation}")
     plan = training_plan(cfg, model, len(tokenizer), accelerator.num_processes)
     if cfg.fp8:
+        float8 = require("torchao.float8", "--fp8 (or drop it to train in bf16)")
         if not on_gpu:
             raise ValueError("--fp8 needs an H100-class GPU; drop it on CPU")
-        try:
-            from torchao.float8 import convert_to_float8_training  # optional dependency, GPU only
-        except ImportError:
-            raise ValueError("--fp8 needs torchao: `pip install torchao` (or drop --fp8 to train in bf16)") from None
-
-        convert_to_float8_training(model, module_filter_fn=lambda m, n: "lm_head" not in n and min(m.in_features, m.out_features) >= 128)
+        float8.convert_to_float8_training(model, module_filter_fn=lambda m, n: "lm_head" not in n and min(m.in_features, m.out_features) >= 128)
     optimizer = build_optimizer(model, embedding_lr=cfg.embedding_lr, unembedding_lr=cfg.unembedding_lr,
                                 matrix_lr=cfg.matrix_lr, scalar_lr=cfg.scalar_lr, weight_decay=plan["weight_decay_scaled"],
                                 batch_lr_scale=plan["batch_lr_scale"])

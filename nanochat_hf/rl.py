@@ -43,6 +43,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from nanochat_hf.extras import require
+
 # ----------------------------------------------------------------------------- arguments
 
 
@@ -475,6 +477,8 @@ def train(args: RLArguments, config):
     from nanochat_hf.rewards import REWARD_FUNCS
     from nanochat_hf.tokenization import save_tokenizer
 
+    if config.use_vllm:
+        require("vllm", "use_vllm: true")
     check_args(args, config)
     resume = resolve_resume(config)
     train_ds, test_ds = load_prompts(args)
