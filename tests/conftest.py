@@ -73,17 +73,18 @@ def kill_mid_run(tmp_path):
         env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
         cmd = [sys.executable, "-c", _HOLD_AFTER_CHECKPOINT, str(output_dir / f"checkpoint-{checkpoint_step}"),
                str(marker), module, *map(str, args)]
+        tail = lambda: log.read_text()[-3000:]  # noqa: E731
         with open(log, "w") as out:  # a file, not a pipe: a chatty child must never block on a full pipe
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + timeout
             while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert marker.exists(), f"never reached the step after checkpoint-{checkpoint_step}:\n{log.read_text()[-3000:]}"
+            assert marker.exists(), f"never reached the step after checkpoint-{checkpoint_step}:\n{tail()}"
             assert not (output_dir / "model.safetensors").exists(), "the final model exists before the kill"
             proc.send_signal(signal.SIGKILL)
             proc.wait(60)
-            assert proc.returncode == -signal.SIGKILL, f"ended by {proc.returncode}, not SIGKILL:\n{log.read_text()[-3000:]}"
+            assert proc.returncode == -signal.SIGKILL, f"ended by {proc.returncode}, not SIGKILL:\n{tail()}"
             assert not (output_dir / "model.safetensors").exists()
             assert (output_dir / f"checkpoint-{checkpoint_step}").is_dir()
         finally:

@@ -155,7 +155,8 @@ class PeakRSS:
         self.growth_mb = (self.peak - self.start) / 2**20
 
 
-@pytest.mark.parametrize("program,stream", [(STDOUT_FLOOD, "stdout"), (STDERR_FLOOD, "stderr")], ids=["stdout", "stderr"])
+@pytest.mark.parametrize("program,stream", [(STDOUT_FLOOD, "stdout"), (STDERR_FLOOD, "stderr")],
+                         ids=["stdout", "stderr"])
 def test_output_flood_stops_at_the_time_limit_with_bounded_output(program, stream):
     from nanochat_hf.evaluation.execution import MAX_OUTPUT_CHARS
 

@@ -115,8 +115,9 @@ def test_kill_and_resume_matches_the_uninterrupted_run(runs, tmp_path, kill_mid_
 
     # The fixture's SFT run again, SIGKILLed during step 6 (after checkpoint-5 landed), then resumed.
     killed = tmp_path / "sft"
-    argv = ["--model_name_or_path", str(runs["mid"]), "--output_dir", str(killed), *COMMON, "--max_steps", str(SFT_STEPS),
-            "--eval_steps", "5", "--save_steps", "5", "--save_total_limit", "3", *CHATCORE]
+    argv = ["--model_name_or_path", str(runs["mid"]), "--output_dir", str(killed), *COMMON,
+            "--max_steps", str(SFT_STEPS), "--eval_steps", "5", "--save_steps", "5", "--save_total_limit", "3",
+            *CHATCORE]
     kill_mid_run("nanochat_hf.sft", argv, killed, 5)
     assert not (killed / "checkpoint-10").exists()
     assert sft.main([*argv, "--resume", "latest"]) == 0

@@ -11,6 +11,9 @@ throw-away scratch directory. Before the program runs, the child:
 - replaces what a program could use to escape or do harm with functions that raise
   `SandboxViolation`: process creation (fork, exec, spawn, system, popen, subprocess), signals to
   other processes, sockets, writes/deletes/renames outside the scratch directory, chdir.
+The evaluating process reads the child's stdout/stderr as they come and holds only the last
+MAX_STREAM_BYTES of each, and at the wall-clock limit kills the child's whole session: a program
+printing in a loop costs neither memory nor time beyond its limit.
 Whatever happens, the evaluating process gets a failed result with the reason; nothing it owns is
 touched. This is nanochat's `execution.py` idea (a reliability guard, not a security boundary
 against a determined attacker: for that, run the evaluation in a container).
