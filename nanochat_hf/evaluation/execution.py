@@ -11,6 +11,9 @@ throw-away scratch directory. Before the program runs, the child:
 - replaces what a program could use to escape or do harm with functions that raise
   `SandboxViolation`: process creation (fork, exec, spawn, system, popen, subprocess), signals to
   other processes, sockets, writes/deletes/renames outside the scratch directory, chdir.
+The evaluating process reads the child's stdout/stderr as they come and holds only the last
+MAX_STREAM_BYTES of each, and at the wall-clock limit kills the child's whole session: a program
+printing in a loop costs neither memory nor time beyond its limit.
 Whatever happens, the evaluating process gets a failed result with the reason; nothing it owns is
 touched. This is nanochat's `execution.py` idea (a reliability guard, not a security boundary
 against a determined attacker: for that, run the evaluation in a container).
@@ -20,10 +23,12 @@ from __future__ import annotations
 
 import json
 import os
+import selectors
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -33,6 +38,8 @@ TIMEOUT_S = 5.0  # wall-clock seconds per program (HumanEval tests run in millis
 MAX_MEMORY_BYTES = 512 * 1024 * 1024  # address space of the child
 MAX_FILE_BYTES = 16 * 1024 * 1024  # largest file the child may write
 MAX_OUTPUT_CHARS = 4000  # stdout/stderr kept in the result
+MAX_STREAM_BYTES = 64 * 1024  # of each stream, at most this much is held while reading (the rest is drained)
+READ_CHUNK_BYTES = 64 * 1024
 RESULT_TAG = "__NANOCHAT_HF_SANDBOX__"  # the child's last stderr line: tag + JSON status
 
 
@@ -154,16 +161,23 @@ def execute_code(program: str, timeout: float = TIMEOUT_S, max_memory_bytes: int
         env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8",
                "PYTHONHASHSEED": "0", "no_proxy": "*", "http_proxy": "http://0.0.0.0:9", "https_proxy": "http://0.0.0.0:9"}
         cmd = [sys.executable, "-I", "-S", "-B", "-c", _CHILD, RESULT_TAG, _limits(timeout, max_memory_bytes)]
-        proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True, text=True, errors="replace")
+        # The program goes in through an unnamed file, not a pipe: nothing to feed while we read the
+        # child's output, and a program that never reads stdin cannot block us.
+        with tempfile.TemporaryFile(dir=scratch) as source:
+            source.write(program.encode("utf-8", errors="replace"))
+            source.seek(0)
+            proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdin=source, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, start_new_session=True)
         try:
-            out, err = proc.communicate(program, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            out, err = proc.communicate()
-            return ExecutionResult(False, "timeout", out[-MAX_OUTPUT_CHARS:], err[-MAX_OUTPUT_CHARS:])
+            out, err, timed_out = _read_bounded(proc, time.monotonic() + timeout)
         finally:
-            _kill_group(proc)  # anything the program left running in its session
+            _kill_group(proc)  # at the deadline, and anything the program left running in its session
+            proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+    out, err = out.decode("utf-8", errors="replace"), err.decode("utf-8", errors="replace")
+    if timed_out:
+        return ExecutionResult(False, "timeout", out[-MAX_OUTPUT_CHARS:], err[-MAX_OUTPUT_CHARS:])
     status = None
     head, sep, tail = err.rpartition(RESULT_TAG)
     if sep:
@@ -184,6 +198,42 @@ def execute_code(program: str, timeout: float = TIMEOUT_S, max_memory_bytes: int
         last = err.strip().splitlines()[-1] if err.strip() else f"exit code {rc}"
         return ExecutionResult(False, last[:300], out, err)
     return ExecutionResult(bool(status["ok"]), status["reason"], out, err)
+
+
+def _read_bounded(proc: subprocess.Popen, deadline: float) -> tuple[bytes, bytes, bool]:
+    """Read the child's stdout and stderr as they come, keeping only the last MAX_STREAM_BYTES of each.
+
+    A program printing in a loop writes gigabytes within its time limit; `communicate()` would hold
+    all of it in this process (and check the deadline only between its growing reads). Here memory
+    is bounded by the cap, and the loop stops at the deadline whatever the child does.
+    Returns (stdout tail, stderr tail, timed_out).
+    """
+    kept = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+    with selectors.DefaultSelector() as sel:
+        for fd in kept:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for key, _ in sel.select(left):
+                chunk = os.read(key.fd, READ_CHUNK_BYTES)
+                if not chunk:  # EOF: the child (and all it spawned) closed this stream
+                    sel.unregister(key.fd)
+                    continue
+                buf = kept[key.fd]
+                buf += chunk
+                if len(buf) > 2 * MAX_STREAM_BYTES:  # trim rarely: amortised O(1) per byte read
+                    del buf[:-MAX_STREAM_BYTES]
+        timed_out = bool(sel.get_map())
+    if not timed_out:
+        # Both streams closed: the child is exiting; give it until the deadline to do so.
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            timed_out = True
+    out, err = (bytes(b[-MAX_STREAM_BYTES:]) for b in kept.values())
+    return out, err, timed_out
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
