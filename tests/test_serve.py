@@ -342,7 +342,8 @@ def test_openai_client_with_and_without_the_key(keyed_url):
 
     msgs = [{"role": "user", "content": "Hi"}]
     good = openai.OpenAI(base_url=f"{keyed_url}/v1", api_key=KEY, timeout=60, max_retries=0)
-    assert good.chat.completions.create(model="tiny", messages=msgs, max_tokens=4).choices[0].message.role == "assistant"
+    res = good.chat.completions.create(model="tiny", messages=msgs, max_tokens=4)
+    assert res.choices[0].message.role == "assistant"
     assert [m.id for m in good.models.list()] == ["tiny"]
     wrong = openai.OpenAI(base_url=f"{keyed_url}/v1", api_key=KEY + "x", timeout=60, max_retries=0)
     with pytest.raises(openai.AuthenticationError) as err:
@@ -406,7 +407,8 @@ def test_health_and_page_stay_open_with_a_key(keyed_url):
 @pytest.mark.parametrize("host, status", [
     ("evil.example", 421), ("evil.example:{port}", 421), ("localhost.evil.example", 421), ("127.0.0.1.nip.io", 421),
     ("[::1]evil", 421), ("", 421), ("chat.lan", 200),
-    ("localhost", 200), ("LocalHost:{port}", 200), ("127.0.0.1", 200), ("127.0.0.1:{port}", 200), ("[::1]:{port}", 200),
+    ("localhost", 200), ("LocalHost:{port}", 200), ("127.0.0.1", 200), ("127.0.0.1:{port}", 200),
+    ("[::1]:{port}", 200),
 ])
 def test_host_header_must_name_this_server(engine, host, status):
     access = Access.for_bind("127.0.0.1", allowed_hosts=("Chat.lan",))

@@ -67,7 +67,10 @@ def is_loopback(host: str) -> bool:
 
 
 def host_name(header: str) -> str:
-    """A Host header's name, lower-cased, without its port: 'Example.com:8000' -> 'example.com', '[::1]:80' -> '::1'."""
+    """A Host header's name, lower-cased, without its port.
+
+    'Example.com:8000' -> 'example.com', '[::1]:80' -> '::1'; a malformed one -> something no list holds.
+    """
     header = header.strip().lower()
     if header.startswith("["):  # an IPv6 literal: its colons are not the port's
         name, _, rest = header[1:].partition("]")
