@@ -11,6 +11,7 @@ import pytest
 
 from nanochat_hf.engine import Engine
 from nanochat_hf.serve import Limits, create_app
+from nanochat_hf.serve.app import Access
 
 
 def free_port() -> int:
@@ -20,13 +21,19 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def live_server(engine, limits=None):
+def live_server(engine, limits=None, access=None):
     """uvicorn in a thread on a free loopback port; yields the base URL."""
+    with live_app(create_app(engine, limits or Limits(), model_id="tiny", access=access)) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def live_app(app):
+    """`app` served by uvicorn in a thread on a free loopback port; yields the base URL."""
     import uvicorn
 
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(engine, limits or Limits(), model_id="tiny"), host="127.0.0.1",
-                                           port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(300):
@@ -315,3 +322,197 @@ def test_mailbox_wakes_the_loop_once_per_burst_and_keeps_order():
     wakeups, got = asyncio.run(main())
     assert got == [[0, 3, 6, 9], [1, 4, 7, 10], [2, 5, 8, 11]]
     assert len(wakeups) == 1
+
+
+
+# ----------------------------------------------------------------------------- access control
+
+KEY = "test-key-4f2a9c"
+LIMITS = Limits(max_prompt_tokens=200, max_new_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def keyed_url(engine):
+    with live_server(engine, LIMITS, Access.for_bind("127.0.0.1", api_key=KEY)) as base:
+        yield base
+
+
+def test_openai_client_with_and_without_the_key(keyed_url):
+    import openai
+
+    msgs = [{"role": "user", "content": "Hi"}]
+    good = openai.OpenAI(base_url=f"{keyed_url}/v1", api_key=KEY, timeout=60, max_retries=0)
+    res = good.chat.completions.create(model="tiny", messages=msgs, max_tokens=4)
+    assert res.choices[0].message.role == "assistant"
+    assert [m.id for m in good.models.list()] == ["tiny"]
+    wrong = openai.OpenAI(base_url=f"{keyed_url}/v1", api_key=KEY + "x", timeout=60, max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as err:
+        wrong.chat.completions.create(model="tiny", messages=msgs, max_tokens=4)
+    assert "API key" in str(err.value)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+
+
+def test_inference_client_with_and_without_the_key(keyed_url, monkeypatch):
+    from huggingface_hub import InferenceClient, constants
+    from huggingface_hub.errors import HfHubHTTPError, UnknownError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # CI's offline switch blocks even localhost
+    good = InferenceClient(base_url=keyed_url, token=KEY, timeout=60)
+    assert isinstance(good.text_generation("To be", max_new_tokens=4), str)
+    assert good.chat_completion([{"role": "user", "content": "Hi"}], max_tokens=4).usage.completion_tokens > 0
+    for token in ("wrong", KEY[:-1]):  # (the client insists on some token; no header at all is tested below)
+        bad = InferenceClient(base_url=keyed_url, token=token, timeout=60)
+        with pytest.raises(UnknownError, match="API key"):  # TGI's error shape, parsed by the client
+            bad.text_generation("To be", max_new_tokens=4)
+        with pytest.raises(HfHubHTTPError) as err:
+            bad.chat_completion([{"role": "user", "content": "Hi"}], max_tokens=4)
+        assert err.value.response.status_code == 401
+
+
+def test_text_generation_client_with_and_without_the_key(keyed_url):
+    text_generation = pytest.importorskip("text_generation", reason="pip install --no-deps text-generation")
+
+    good = text_generation.Client(keyed_url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    assert good.generate("The king said", max_new_tokens=4).details.generated_tokens > 0
+    assert list(good.generate_stream("The king said", max_new_tokens=4))[-1].details is not None
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        with pytest.raises(text_generation.errors.UnknownError, match="API key"):
+            text_generation.Client(keyed_url, headers=headers, timeout=60).generate("The king said", max_new_tokens=4)
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/info"), ("GET", "/v1/models"), ("POST", "/"), ("POST", "/generate"), ("POST", "/generate_stream"),
+    ("POST", "/tokenize"), ("POST", "/v1/chat/completions"), ("GET", "/docs"), ("GET", "/openapi.json"),
+])
+def test_every_route_but_page_and_health_asks_for_the_key(keyed_url, method, path):
+    body = {"inputs": "a", "messages": [{"role": "user", "content": "a"}], "parameters": {"max_new_tokens": 2},
+            "max_tokens": 2}
+    for auth in (None, "Bearer wrong", f"Basic {KEY}", KEY, f"Bearer {KEY}x", f"Bearer {KEY[:-1]}", "Bearer"):
+        headers = {"Authorization": auth} if auth else {}
+        r = httpx.request(method, f"{keyed_url}{path}", json=body, headers=headers, timeout=30)
+        assert r.status_code == 401, (auth, r.text)
+        assert r.headers["www-authenticate"] == "Bearer" and "\n" not in r.text
+        err = r.json()["error"]
+        assert "API key" in (err["message"] if path.startswith("/v1/") else err)
+    ok = httpx.request(method, f"{keyed_url}{path}", json=body, headers={"Authorization": f"bearer {KEY}"}, timeout=30)
+    assert ok.status_code == 200, ok.text
+
+
+def test_health_and_page_stay_open_with_a_key(keyed_url):
+    assert httpx.get(f"{keyed_url}/health").json()["status"] == "ok"
+    assert "<html" in httpx.get(f"{keyed_url}/").text
+
+
+@pytest.mark.parametrize("host, status", [
+    ("evil.example", 421), ("evil.example:{port}", 421), ("localhost.evil.example", 421), ("127.0.0.1.nip.io", 421),
+    ("[::1]evil", 421), ("", 421), ("chat.lan", 200),
+    ("localhost", 200), ("LocalHost:{port}", 200), ("127.0.0.1", 200), ("127.0.0.1:{port}", 200),
+    ("[::1]:{port}", 200),
+])
+def test_host_header_must_name_this_server(engine, host, status):
+    access = Access.for_bind("127.0.0.1", allowed_hosts=("Chat.lan",))
+    with live_server(engine, LIMITS, access) as base:
+        host = host.format(port=base.rsplit(":", 1)[1])
+        for path in ("/health", "/info", "/v1/models"):
+            r = httpx.get(f"{base}{path}", headers={"Host": host}, timeout=30)
+            assert r.status_code == status, (path, r.text)
+            if status == 421:
+                err = r.json()["error"]
+                assert "--allowed-hosts" in (err["message"] if path.startswith("/v1/") else err)
+
+
+def test_forged_host_is_refused_before_the_key_is_looked_at(keyed_url):
+    r = httpx.get(f"{keyed_url}/info", headers={"Host": "rebind.example", "Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 421
+
+
+def test_allowed_names_follow_the_bind_address():
+    every = Access.for_bind("0.0.0.0", allowed_hosts=("box.lan",))
+    assert all(every.host_allowed(h) for h in ("10.0.0.7:8000", "[fe80::1]:8000", "localhost:8000", "box.lan"))
+    assert not every.host_allowed("attacker.example:8000")
+    one = Access.for_bind("192.168.1.5")
+    assert one.host_allowed("192.168.1.5:8000") and not one.host_allowed("10.0.0.7") \
+        and not one.host_allowed("evil.example")
+    assert Access.for_bind("::1").host_allowed("[::1]:8000") and Access.for_bind("localhost").host_allowed("127.0.0.1")
+
+
+def test_no_cors_headers_unless_an_origin_is_given(url, engine):
+    preflight = {"Origin": "http://ui.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    plain = httpx.get(f"{url}/v1/models", headers={"Origin": "http://ui.example"})
+    assert plain.status_code == 200 and not any(h.startswith("access-control-") for h in plain.headers)
+    assert "access-control-allow-origin" not in httpx.options(f"{url}/v1/chat/completions", headers=preflight).headers
+
+    access = Access.for_bind("127.0.0.1", api_key=KEY, allow_origin="http://ui.example")
+    with live_server(engine, LIMITS, access) as base:
+        pre = httpx.options(f"{base}/v1/chat/completions", headers=preflight)  # a preflight carries no key
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://ui.example"
+        assert "authorization" in pre.headers["access-control-allow-headers"].lower()
+        auth = {"Authorization": f"Bearer {KEY}"}
+        mine = httpx.get(f"{base}/v1/models", headers={**auth, "Origin": "http://ui.example"})
+        assert mine.headers["access-control-allow-origin"] == "http://ui.example"
+        other = httpx.get(f"{base}/v1/models", headers={**auth, "Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+        assert httpx.options(f"{base}/v1/chat/completions", headers={**preflight, "Origin": "http://evil.example"}) \
+            .headers.get("access-control-allow-origin") is None
+
+
+# ----------------------------------------------------------------------------- `nanochat-hf serve` flags
+
+
+@pytest.fixture
+def fake_run(monkeypatch, engine):
+    """main() with the engine loader and uvicorn.run stubbed: records the app it would serve, and where."""
+    import uvicorn
+
+    from nanochat_hf import engine as engine_module
+
+    ran = {}
+    monkeypatch.setattr(engine_module, "load_engine", lambda *a, **k: engine)
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: ran.update(app=app, host=host, port=port))
+    monkeypatch.delenv("NANOCHAT_HF_API_KEY", raising=False)
+    return ran
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "chat.example.com"])
+def test_serve_refuses_a_network_host_without_a_key(fake_run, capsys, host):
+    from nanochat_hf.serve import main
+
+    assert main(["--model", "tiny", "--host", host]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--api-key" in err and "--no-auth" in err and "NANOCHAT_HF_API_KEY" in err
+    assert fake_run == {}  # refused before loading anything
+    assert main(["--model", "tiny", "--host", host, "--no-auth"]) == 0 and fake_run["host"] == host
+
+
+def test_serve_flag_contradictions(fake_run, capsys, monkeypatch):
+    from nanochat_hf.serve import main
+
+    assert main(["--model", "tiny", "--api-key", KEY, "--no-auth"]) == 2
+    monkeypatch.setenv("NANOCHAT_HF_API_KEY", KEY)
+    assert main(["--model", "tiny", "--no-auth"]) == 2
+    assert main(["--model", "tiny", "--api-key", KEY, "--allow-origin", "*"]) == 2
+    assert all("nanochat-hf serve:" in line for line in capsys.readouterr().err.strip().splitlines())
+    assert fake_run == {}
+
+
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_serve_key_from_flag_or_environment(fake_run, monkeypatch, capsys, source):
+    from nanochat_hf.serve import main
+
+    argv = ["--model", "tiny", "--host", "0.0.0.0", "--allowed-hosts", "box.lan, chat.lan",
+            "--allow-origin", "http://ui.example/"]
+    if source == "env":
+        monkeypatch.setenv("NANOCHAT_HF_API_KEY", KEY)
+    else:
+        argv += ["--api-key", KEY]
+    assert main(argv) == 0
+    assert KEY not in capsys.readouterr().out  # the banner does not print the key
+    with live_app(fake_run["app"]) as base:
+        assert httpx.get(f"{base}/info").status_code == 401
+        assert httpx.get(f"{base}/info", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+        for host, status in (("chat.lan:8000", 200), ("box.lan", 200), ("10.1.2.3:8000", 200), ("evil.example", 421)):
+            assert httpx.get(f"{base}/health", headers={"Host": host}).status_code == status, host
+        cors = httpx.get(f"{base}/health", headers={"Origin": "http://ui.example"})
+        assert cors.headers["access-control-allow-origin"] == "http://ui.example"

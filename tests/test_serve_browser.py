@@ -113,3 +113,49 @@ def test_stop_button_and_phone_width(page_url, browser):
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
     page.close()
+
+
+KEY = "page-key-8e1d"
+
+
+@pytest.fixture(scope="module")
+def keyed_page_url(tiny_tokenizer):
+    from test_serve import live_server
+
+    from nanochat_hf.serve.app import Access
+
+    with live_server(story_engine(tiny_tokenizer), access=Access.for_bind("127.0.0.1", api_key=KEY)) as base:
+        yield base
+
+
+def test_chat_page_asks_for_the_key_once_and_keeps_it_for_the_tab(keyed_page_url, browser):
+    page = browser.new_page()
+    asked = []
+    page.on("dialog", lambda d: (asked.append(d.message), d.accept(KEY)))
+    page.goto(keyed_page_url + "/")
+    page.wait_for_function("document.getElementById('model').textContent === 'tiny'")  # /info answered with the key
+    page.fill("#input", "What is 7 times 6?")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("text=The answer is 42!", timeout=30_000)
+    assert page.evaluate("sessionStorage.getItem('nanochat_hf_api_key')") == KEY
+    page.reload()  # same tab: the key is kept
+    page.wait_for_function("document.getElementById('model').textContent === 'tiny'")
+    assert len(asked) == 1 and "API key" in asked[0]
+    page.close()
+
+
+def test_chat_page_asks_again_after_a_wrong_key(keyed_page_url, browser):
+    page = browser.new_page()  # a new tab: nothing stored
+    answers, asked = iter(["wrong", "", KEY]), []
+    page.on("dialog", lambda d: (asked.append(d.message), d.accept(next(answers))))
+    page.goto(keyed_page_url + "/")
+    page.wait_for_function("sessionStorage.getItem('nanochat_hf_api_key') === 'wrong'")
+    page.fill("#input", "Hi")
+    page.keyboard.press("Enter")  # the stored key is wrong: asked again, cancelled, so the error shows
+    page.wait_for_selector(".error:has-text('API key')", timeout=30_000)
+    assert page.inner_text("#model") == ""
+    page.fill("#input", "Hi")  # the question is still unanswered: asked again, the right key this time
+    page.keyboard.press("Enter")
+    page.wait_for_selector("text=The answer is 42!", timeout=30_000)
+    assert len(asked) == 3 and "Wrong API key" in asked[1] and "Wrong API key" in asked[2]
+    page.close()

@@ -9,16 +9,23 @@ Routes: GET / (chat page), GET /health, GET /info, POST / and /generate (TGI JSO
 POST /tokenize. Clients: `text_generation.Client("http://127.0.0.1:8000")`,
 `huggingface_hub.InferenceClient(base_url="http://127.0.0.1:8000")`,
 `openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-")`, or a browser.
+
+Access: `--api-key KEY` (or $NANOCHAT_HF_API_KEY) makes every route but GET / and GET /health ask for
+`Authorization: Bearer KEY` (the clients' api_key= / token=); a non-loopback --host refuses to start
+without one unless --no-auth. A Host header that is not the server's name gets 421 (DNS rebinding);
+--allowed-hosts adds names. No CORS headers unless --allow-origin names the one origin that gets them.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from nanochat_hf.serve.protocol import Limits
 
 __all__ = ["create_app", "Limits", "main"]
+KEY_ENV = "NANOCHAT_HF_API_KEY"
 
 
 def create_app(*args, **kwargs):
@@ -31,8 +38,19 @@ def _parser() -> argparse.ArgumentParser:
     d = Limits()
     p = argparse.ArgumentParser(prog="nanochat-hf serve", description="Serve a nanochat_hf model over HTTP (chat page, TGI, OpenAI).")
     p.add_argument("--model", required=True, help="model folder (a stage's output) or Hub id")
-    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all; mind that there is no auth)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to listen on (0.0.0.0 for all: needs --api-key, or --no-auth)")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None,
+                   help=f"require `Authorization: Bearer KEY` on every route but / and /health "
+                        f"(default: ${KEY_ENV}, which keeps the key out of shell history and ps)")
+    p.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host without a key, knowingly")
+    p.add_argument("--allowed-hosts", default="",
+                   help="extra Host names to answer to, comma-separated (a DNS name, a proxy's name); "
+                        "others get 421")
+    p.add_argument("--allow-origin", default=None,
+                   help="one browser origin (https://app.example.com) allowed to call the API cross-origin "
+                        "(default: no CORS headers)")
     p.add_argument("--model-id", default=None, help="name reported by /info and /v1/models (default: the --model value)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if available)")
     p.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
@@ -47,8 +65,36 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _access_problem(host: str, api_key: str | None, no_auth: bool, allow_origin: str | None) -> str | None:
+    """One line saying why these access settings are refused, or None."""
+    from nanochat_hf.serve.app import is_loopback
+
+    if api_key and no_auth:
+        return "--no-auth and an API key (--api-key or $NANOCHAT_HF_API_KEY) contradict each other; drop one"
+    if not api_key and not no_auth and not is_loopback(host):
+        return (f"--host {host} is reachable from other machines: set --api-key (or ${KEY_ENV}), "
+                "or pass --no-auth to serve without a key anyway")
+    if allow_origin is not None and "://" not in allow_origin:
+        return f"--allow-origin takes one origin such as https://app.example.com, not {allow_origin!r}"
+    return None
+
+
+def _access(args):
+    """The `Access` for these arguments; the key comes from --api-key, else from the environment."""
+    from nanochat_hf.serve.app import Access
+
+    hosts = tuple(h for h in args.allowed_hosts.split(",") if h.strip())
+    origin = args.allow_origin.rstrip("/") if args.allow_origin else None  # browsers send it without the slash
+    return Access.for_bind(args.host, args.api_key, hosts, origin)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    args.api_key = args.api_key or os.environ.get(KEY_ENV) or None
+    problem = _access_problem(args.host, args.api_key, args.no_auth, args.allow_origin)
+    if problem:
+        print(f"nanochat-hf serve: {problem}", file=sys.stderr)
+        return 2
     limits = Limits(args.max_prompt_tokens, args.max_new_tokens, args.max_concurrent, args.max_queue,
                     args.request_timeout, args.max_body_bytes)
     if min(limits.max_prompt_tokens, limits.max_new_tokens, limits.max_concurrent) < 1 or limits.max_queue < 0 \
@@ -64,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    app = create_app(engine, limits, model_id=args.model_id or args.model)
-    print(f"nanochat_hf serving {args.model} on http://{args.host}:{args.port}/  (chat page at /, API docs at /docs)")
+    app = create_app(engine, limits, model_id=args.model_id or args.model, access=_access(args))
+    guard = "API key required" if args.api_key else "no API key"
+    print(f"nanochat_hf serving {args.model} on http://{args.host}:{args.port}/  (chat page at /, API docs at /docs; "
+          f"{guard})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_keep_alive=30)
     return 0
 

@@ -12,15 +12,20 @@ its row leaves the batch at the next step.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import json
 import random
+import socket
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from importlib import resources
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.datastructures import Headers
 
 from nanochat_hf.engine import Engine, Event, SamplingParams, StreamDecoder
 from nanochat_hf.serve.protocol import ApiError, Limits, bad, parse_chat, parse_json_body, parse_tgi
@@ -32,7 +37,8 @@ CLOSERS = ("<|python_end|>", "<|output_end|>")
 
 def _error_response(request: Request, err: ApiError) -> JSONResponse:
     if request.url.path.startswith("/v1/"):  # OpenAI's shape, which the openai client parses
-        kind = {400: "invalid_request_error", 413: "invalid_request_error", 422: "invalid_request_error",
+        kind = {400: "invalid_request_error", 401: "authentication_error", 413: "invalid_request_error",
+                421: "invalid_request_error", 422: "invalid_request_error",
                 503: "server_overloaded", 504: "timeout"}.get(err.status, "server_error")
         status = 400 if err.status == 422 else err.status  # OpenAI answers invalid requests with 400
         body = {"error": {"message": err.message, "type": kind, "param": None, "code": status}}
@@ -40,6 +46,120 @@ def _error_response(request: Request, err: ApiError) -> JSONResponse:
     else:  # TGI's shape, which text_generation / InferenceClient parse
         body = {"error": err.message, "error_type": err.kind}
     return JSONResponse(body, status_code=err.status)
+
+
+# ----------------------------------------------------------------------------- access control
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def _ip(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(name.strip("[]"))
+    except ValueError:
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    """True for a bind address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    ip = _ip(host)
+    return host.lower() == "localhost" if ip is None else ip.is_loopback
+
+
+def host_name(header: str) -> str:
+    """A Host header's name, lower-cased, without its port.
+
+    'Example.com:8000' -> 'example.com', '[::1]:80' -> '::1'; a malformed one -> something no list holds.
+    """
+    header = header.strip().lower()
+    if header.startswith("["):  # an IPv6 literal: its colons are not the port's
+        name, _, rest = header[1:].partition("]")
+        return name if rest == "" or (rest[:1] == ":" and rest[1:].isdigit()) else ""
+    name, colon, port = header.rpartition(":")
+    return name if colon and port.isdigit() else header
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may talk to the server: the API key (None: anyone who reaches it), the Host names it
+    answers to, and the one browser origin that gets CORS headers (None: no CORS at all)."""
+
+    api_key: str | None = None
+    hosts: frozenset[str] = LOOPBACK_NAMES
+    any_ip_host: bool = False  # bound to every interface: any IP literal names this machine
+    allow_origin: str | None = None
+
+    @classmethod
+    def for_bind(cls, host: str, api_key: str | None = None, allowed_hosts: tuple[str, ...] = (),
+                 allow_origin: str | None = None) -> Access:
+        """The Host names a server bound to `host` answers to, plus `allowed_hosts` (proxies, DNS names)."""
+        names = {host.strip("[]").lower()} | {h.strip().strip("[]").lower() for h in allowed_hosts if h.strip()}
+        ip = _ip(host)
+        wildcard = ip is not None and ip.is_unspecified  # 0.0.0.0 / ::, every interface, loopback included
+        if wildcard:
+            names.add(socket.gethostname().lower())
+        if wildcard or is_loopback(host):
+            names |= LOOPBACK_NAMES
+        return cls(api_key or None, frozenset(names), wildcard, allow_origin)
+
+    def host_allowed(self, header: str | None) -> bool:
+        # DNS rebinding points a name the attacker owns at this machine, so a page on that name can
+        # read our answers; its requests carry that name in Host. An IP literal cannot be rebound.
+        name = host_name(header or "")
+        return name in self.hosts or (self.any_ip_host and _ip(name) is not None)
+
+    def key_matches(self, authorization: str | None) -> bool:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        # constant time: a byte-by-byte compare that stops early tells a timing attacker how much matched
+        return hmac.compare_digest(token.strip().encode(), self.api_key.encode())
+
+
+class HostCheck:
+    """ASGI middleware: a Host header that is not one of the server's names gets 421."""
+
+    def __init__(self, app, access: Access):
+        self.app, self.access = app, access
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not self.access.host_allowed(Headers(scope=scope).get("host")):
+            host = Headers(scope=scope).get("host", "")
+            err = ApiError(421, f"this server does not answer to the host {host!r}; start it with --allowed-hosts "
+                                "to add a name", "misdirected")
+            return await _error_response(Request(scope), err)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class KeyCheck:
+    """ASGI middleware: without `Authorization: Bearer <key>`, 401 on every route but the page and /health."""
+
+    OPEN = {("GET", "/"), ("HEAD", "/"), ("GET", "/health"), ("HEAD", "/health")}  # the HTML holds no data
+
+    def __init__(self, app, access: Access):
+        self.app, self.access = app, access
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and (scope["method"], scope["path"]) not in self.OPEN \
+                and not self.access.key_matches(Headers(scope=scope).get("authorization")):
+            err = ApiError(401, "missing or wrong API key: send the header `Authorization: Bearer <key>`",
+                           "unauthorized")
+            response = _error_response(Request(scope), err)
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+def add_access_control(app: FastAPI, access: Access):
+    """Host check outermost, then CORS (a preflight carries no key), then the key check."""
+    if access.api_key:
+        app.add_middleware(KeyCheck, access=access)
+    if access.allow_origin:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=[access.allow_origin], allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(HostCheck, access=access)  # added last = runs first
 
 
 class Mailbox:
@@ -176,7 +296,9 @@ def _stop_hit(text: str, stops: list[str]) -> str | None:
     return next((s for s in stops if s in text), None)
 
 
-def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "nanochat") -> FastAPI:
+def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "nanochat",
+               access: Access | None = None) -> FastAPI:
+    """`access` defaults to a loopback server without a key (Host must be localhost, 127.0.0.1 or [::1])."""
     limits = limits or Limits()
     server = Server(engine, limits, model_id)
 
@@ -190,6 +312,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
 
     app = FastAPI(title="nanochat_hf", version=VERSION, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server = server
+    add_access_control(app, access or Access())
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
