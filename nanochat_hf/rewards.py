@@ -8,18 +8,19 @@ dataset column as keyword arguments, and returns one float per completion. Our d
 carry GSM8K's `answer` column (a worked solution ending in `#### 72`), so the reference is
 extracted from it exactly as from the model's completion.
 
-nanochat's reward is exact match of the number after `####` (the official GSM8K grading:
-commas removed). We compare the numbers numerically (so "72.0" == "72") and, when asked,
-fall back to the last number of the completion for models that were never taught `####`.
+Correctness is nanochat's GSM8K rule, decided in one place (`is_correct`) for the RL reward, pass@k,
+`nanochat-hf eval` and the lighteval task: the text after `#### ` made of digits, dots and commas (an
+optional leading minus), commas removed, equal as a string to the reference's. So "18.0" does not
+count for 18, as in GSM8K's official grading. The opt-in `correctness_last_number` reward also takes
+the last number of a reply that has no `####` (for models never taught the marker).
 """
 
 from __future__ import annotations
 
-import math
 import re
 
-# GSM8K's answer marker; the number may carry a sign, commas and a decimal point.
-ANSWER_RE = re.compile(r"####\s*\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?|-?\.[0-9]+)")
+# nanochat's GSM8K marker (tasks/gsm8k.py): the first "#### " followed by digits, dots and commas.
+ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 # Any number in free text (for the "last number" fallback).
 NUMBER_RE = re.compile(r"-?[0-9][0-9,]*(?:\.[0-9]+)?|-?\.[0-9]+")
 
@@ -39,10 +40,6 @@ def completion_text(completion) -> str:
     return "".join(texts)
 
 
-def _clean(number: str) -> str:
-    return number.replace(",", "").rstrip(".")
-
-
 def extract_answer(text: str, fallback_last_number: bool = False) -> str | None:
     """The final answer of a solution: the number after `####`, else (optionally) the last number.
 
@@ -53,42 +50,24 @@ def extract_answer(text: str, fallback_last_number: bool = False) -> str | None:
     """
     match = ANSWER_RE.search(text)
     if match:
-        return _clean(match.group(1))
+        return match.group(1).strip().replace(",", "")
     if fallback_last_number:
         numbers = NUMBER_RE.findall(text)
         if numbers:
-            return _clean(numbers[-1])
+            return numbers[-1].replace(",", "")
     return None
 
 
-def parse_number(text: str | None) -> float | None:
-    if text is None:
-        return None
-    try:
-        value = float(text.replace(",", ""))
-    except ValueError:
-        return None
-    return value if math.isfinite(value) else None
-
-
-def answers_match(predicted: str | None, reference: str | None) -> bool:
-    """Numeric equality of two extracted answers (string equality when either is not a number)."""
-    if predicted is None or reference is None:
-        return False
-    p, r = parse_number(predicted), parse_number(reference)
-    if p is None or r is None:
-        return predicted.strip() == reference.strip()
-    return math.isclose(p, r, rel_tol=0.0, abs_tol=1e-6 * max(1.0, abs(r)))
+def is_correct(completion: str, reference: str, fallback_last_number: bool = False) -> bool:
+    """Does the reply's answer equal the reference solution's? The one rule every GSM8K-style score uses."""
+    got = extract_answer(completion, fallback_last_number=fallback_last_number)
+    return got is not None and got == extract_answer(reference, fallback_last_number=True)
 
 
 def correctness_reward(completions, answer, fallback_last_number: bool = False, **kwargs) -> list[float]:
     """1.0 when the completion's final number equals the reference's (`answer` column), else 0.0."""
-    rewards = []
-    for completion, reference in zip(completions, answer, strict=True):
-        ref = extract_answer(reference, fallback_last_number=True)  # references always hold an answer
-        pred = extract_answer(completion_text(completion), fallback_last_number=fallback_last_number)
-        rewards.append(1.0 if answers_match(pred, ref) else 0.0)
-    return rewards
+    return [float(is_correct(completion_text(c), reference, fallback_last_number))
+            for c, reference in zip(completions, answer, strict=True)]
 
 
 def correctness_reward_last_number(completions, answer, **kwargs) -> list[float]:

@@ -4,7 +4,6 @@ import pytest
 
 from nanochat_hf.rewards import (
     REWARD_FUNCS,
-    answers_match,
     completion_text,
     correctness_reward,
     correctness_reward_last_number,
@@ -38,15 +37,7 @@ def test_extract_answer_marker_beats_other_numbers_and_fallback_is_opt_in():
     assert extract_answer("the answer is 42") is None
     assert extract_answer("the answer is 42, or 43.", fallback_last_number=True) == "43"
     assert extract_answer("no numbers here", fallback_last_number=True) is None
-    assert extract_answer("#### $1,000.") == "1000"
-
-
-def test_answers_match_numerically():
-    assert answers_match("72", "72.0")
-    assert answers_match("1200000", "1200000")
-    assert not answers_match("72", "27")
-    assert not answers_match(None, "72")
-    assert not answers_match("72", None)
+    assert extract_answer("#### 1,000") == "1000"
 
 
 def test_correctness_reward_trl_signature_on_standard_and_conversational_completions():
@@ -85,3 +76,42 @@ def test_completion_text_and_registry():
 def test_reward_needs_one_answer_per_completion():
     with pytest.raises(ValueError):
         correctness_reward(completions=["#### 1", "#### 2"], answer=["#### 1"])
+
+
+# Replies and whether nanochat's GSM8K rule counts them right for the reference "#### 18".
+VERDICTS = [
+    ("so 18\n#### 18", True),
+    ("#### 18 dollars", True),
+    ("#### 1,8", True),          # commas dropped, as GSM8K's official grading
+    ("#### 18.0", False),        # a string match: 18.0 is not 18
+    ("#### 18.", False),         # the trailing dot is part of the answer
+    ("#### $18", False),         # nothing numeric right after the marker
+    ("####18", False),           # nanochat's marker has a space
+    ("the answer is 18", False),  # no marker
+    ("#### 17\n#### 18", False),  # the first marker decides
+]
+
+
+def test_reward_pass_at_k_eval_and_lighteval_decide_correct_the_same_way(monkeypatch):
+    """One rule: the RL reward, pass@k (which calls the reward), `nanochat-hf eval` and the lighteval metric."""
+    import importlib
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from nanochat_hf.evaluation import chat_tasks
+
+    # the task module lists the CORE bundle's tasks on import: point it at the test fixture (offline)
+    monkeypatch.setenv("NANOCHAT_HF_EVAL_BUNDLE", str(Path(__file__).parent / "fixtures" / "eval" / "eval_bundle"))
+    lighteval_tasks = importlib.import_module("nanochat_hf.evaluation.lighteval_tasks")
+
+    reference = "9 + 9 = <<9+9=18>>18\n#### 18"
+    conv = {"messages": [{"role": "user", "content": "What is 9 + 9?"},
+                         {"role": "assistant", "content": [{"type": "text", "text": reference}]}]}
+    monkeypatch.setattr(lighteval_tasks, "_chat_rows", lambda task: [conv])
+    metric = lighteval_tasks.NanochatGenerativeScore()
+    replies = [reply for reply, _ in VERDICTS]
+    expected = [float(ok) for _, ok in VERDICTS]
+    assert correctness_reward(completions=replies, answer=[reference] * len(replies)) == expected
+    assert [float(chat_tasks.score_completion("GSM8K", conv, r)) for r in replies] == expected
+    docs = [SimpleNamespace(specific={"task": "GSM8K", "row": 0}) for _ in replies]
+    assert [metric.compute(d, SimpleNamespace(text=[r])) for d, r in zip(docs, replies)] == expected

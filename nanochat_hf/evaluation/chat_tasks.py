@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from nanochat_hf.chat_data import gsm8k_to_messages, render_mc, spelling_bee
 from nanochat_hf.modeling import CACHE_ARG
+from nanochat_hf.rewards import extract_answer, is_correct
 from nanochat_hf.tokenization import render_for_completion
 
 from .core import model_device
@@ -51,7 +52,6 @@ HUB_SOURCES = {
     "MMLU": ("cais/mmlu", "all", "test", "mmlu.jsonl"),
     "GSM8K": ("openai/gsm8k", "main", "test", "gsm8k.jsonl"),
 }
-ANSWER_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
 CODE_BLOCK_RE = re.compile(r"```(?:python)?\s*\n(.*?)\n```", re.DOTALL)
 
 
@@ -128,16 +128,14 @@ def load_conversations(task: str, data_dir: str | None = None, max_problems: int
 # ----------------------------------------------------------------------------- scoring helpers
 
 
-def extract_answer(text: str) -> str | None:
-    """The number after '####', commas dropped (GSM8K's official normalisation)."""
-    m = ANSWER_RE.search(text)
-    return m.group(1).strip().replace(",", "") if m else None
+def reference_text(conversation: dict) -> str:
+    """The reference reply's last text (it ends in `#### answer`)."""
+    content = conversation["messages"][-1]["content"]
+    return content[-1]["text"] if isinstance(content, list) else content
 
 
 def reference_answer(conversation: dict) -> str | None:
-    content = conversation["messages"][-1]["content"]
-    last = content[-1]["text"] if isinstance(content, list) else content
-    return extract_answer(last)
+    return extract_answer(reference_text(conversation))
 
 
 def extract_program(completion: str) -> str:
@@ -280,8 +278,7 @@ def _warn_too_long(desc: str, too_long: int, total: int, context: int | None) ->
 
 def answer_matches(conversation: dict, completion: str) -> bool:
     """GSM8K / SpellingBee: the number after '####' in the reply equals the reference's."""
-    got = extract_answer(completion)
-    return got is not None and got == reference_answer(conversation)
+    return is_correct(completion, reference_text(conversation))
 
 
 def score_completion(task: str, conversation: dict, completion: str) -> bool:
