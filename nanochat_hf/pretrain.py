@@ -151,6 +151,23 @@ def scaling_params(model) -> int:
     return int(n)
 
 
+def fit_device_batch(total: int, device_batch: int, seq_len: int, world_size: int) -> int:
+    """The recipe's device batch, or the largest power of 2 below it that makes whole micro-steps.
+
+    One recipe serves any number of processes: with more ranks each rank takes fewer rows per micro-step,
+    and the total batch (so the optimisation) stays the recipe's.
+    """
+    b = device_batch
+    while b >= 1 and (total <= 0 or total % (b * seq_len * world_size)):
+        b = 2 ** (b.bit_length() - 1) if b & (b - 1) else b // 2  # down to a power of 2, then halve
+    if b < 1:
+        raise ValueError(
+            f"total_batch_size {total} is not a multiple of device_batch_size*max_seq_len*world_size = "
+            f"{device_batch}*{seq_len}*{world_size} = {device_batch * seq_len * world_size}, nor of any smaller "
+            "power-of-2 device batch; pick a total_batch_size that is a multiple of max_seq_len*world_size")
+    return b
+
+
 def training_plan(cfg: PretrainConfig, model, vocab_size: int, world_size: int) -> dict:
     """Horizon, batch size, lr/wd scaling and accumulation: nanochat's rules, as numbers."""
     from nanochat_hf.optim import REFERENCE_BATCH
@@ -167,12 +184,8 @@ def training_plan(cfg: PretrainConfig, model, vocab_size: int, world_size: int) 
     total = cfg.total_batch_size
     if total == -1:  # Power Lines: B_opt ~ D^0.383, anchored at 2^19 tokens for d12
         total = 2 ** round(math.log2(REFERENCE_BATCH * (target_tokens / d_ref) ** 0.383))
-    per_micro = cfg.device_batch_size * cfg.max_seq_len * world_size
-    if total <= 0 or total % per_micro:
-        raise ValueError(
-            f"total_batch_size {total} is not a multiple of device_batch_size*max_seq_len*world_size = "
-            f"{cfg.device_batch_size}*{cfg.max_seq_len}*{world_size} = {per_micro}; pick a multiple (or a power-of-2 device_batch_size)"
-        )
+    device_batch = fit_device_batch(total, cfg.device_batch_size, cfg.max_seq_len, world_size)
+    per_micro = device_batch * cfg.max_seq_len * world_size
     if cfg.num_iterations > 0:
         num_iterations = cfg.num_iterations
     elif cfg.target_flops > 0:
@@ -186,7 +199,8 @@ def training_plan(cfg: PretrainConfig, model, vocab_size: int, world_size: int) 
     batch_lr_scale = (total / REFERENCE_BATCH) ** 0.5
     return {
         "num_scaling_params": n_scaling, "num_params": sum(p.numel() for p in model.parameters()),
-        "flops_per_token": flops_per_token, "total_batch_size": total, "grad_accum_steps": total // per_micro,
+        "flops_per_token": flops_per_token, "total_batch_size": total, "device_batch_size": device_batch,
+        "grad_accum_steps": total // per_micro,
         "num_iterations": num_iterations, "total_tokens": total * num_iterations,
         "tokens_per_param": total * num_iterations / n_scaling, "batch_lr_scale": batch_lr_scale,
         "weight_decay_scaled": cfg.weight_decay * batch_lr_scale * (d_ref / target_tokens),
@@ -371,6 +385,11 @@ def train(cfg: PretrainConfig) -> dict:
             model.set_attn_implementation("sdpa")
     say(f"attention: {model.config._attn_implementation}")
     plan = training_plan(cfg, model, len(tokenizer), accelerator.num_processes)
+    if plan["device_batch_size"] != cfg.device_batch_size:
+        say(f"device_batch_size {cfg.device_batch_size} -> {plan['device_batch_size']}: {plan['total_batch_size']} tokens "
+            f"per step do not split into whole micro-steps of {cfg.device_batch_size}x{cfg.max_seq_len} on "
+            f"{accelerator.num_processes} processes")
+        cfg.device_batch_size = plan["device_batch_size"]
     if cfg.fp8:
         float8 = require("torchao.float8", "--fp8 (or drop it to train in bf16)")
         if not on_gpu:

@@ -53,6 +53,19 @@ def test_plan_follows_nanochat_rules(tokenizer_dir):
     assert training_plan(cfg, model, 1024, world_size=1)["num_iterations"] == 5
 
 
+def test_one_recipe_on_any_number_of_processes():
+    """The tiny recipe (16 rows x 256 tokens = its whole 4096-token batch) on 2 or 8 processes: fewer rows each."""
+    from nanochat_hf.pretrain import fit_device_batch
+
+    assert fit_device_batch(4096, 16, 256, 1) == 16
+    assert fit_device_batch(4096, 16, 256, 2) == 8
+    assert fit_device_batch(4096, 16, 256, 8) == 2
+    assert fit_device_batch(2**19, 24, 2048, 8) == 16  # a non-power-of-2 device batch goes to a power of 2 first
+    assert fit_device_batch(2**19, 32, 2048, 8) == 32  # nanochat's d20 on 8 GPUs: unchanged
+    with pytest.raises(ValueError, match="nor of any smaller power-of-2"):
+        fit_device_batch(4096, 16, 256, 32)  # fewer than one row per rank
+
+
 def test_run_writes_hub_folder_logs_and_loss_decreases(tokenizer_dir, tmp_path):
     out = tmp_path / "base"
     assert pretrain.main(tiny_args(tokenizer_dir, out)) == 0
