@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 from test_model_reference import randomize
 
 from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
