@@ -75,8 +75,26 @@ def sdpa_fallback_attention(module, query, key, value, attention_mask, scaling=N
     return out.transpose(1, 2).contiguous(), None
 
 
+def long_window(config: NanoChatConfig) -> int | None:
+    """The window of modern's long ("L") layers in transformers' counting (query included); None = unlimited.
+
+    nanochat gives its long layers a left window of the training context (`window_size=(sequence_len, 0)`),
+    so past the training length (long few-shot prompts, long chats) they stop seeing the oldest tokens. Up to
+    it the window covers everything and changes nothing. The October 2025 (classic) model has no window.
+    """
+    return config.max_position_embeddings + 1 if config.arch == "modern" else None
+
+
+def long_window_overlay(window: int):
+    """A transformers mask function: keep the key iff it lies within `window` positions of the query."""
+    def inner(batch_idx, head_idx, q_idx, kv_idx):
+        return kv_idx > q_idx - window
+    return inner
+
+
 class NanoChatRotaryEmbedding(nn.Module):
-    """cos/sin tables for the given positions (position_ids restart at 0 in each packed document)."""
+    """cos/sin for the given positions (position_ids restart at 0 in each packed document), computed per call:
+    there is no table to outgrow, so a forward past max_position_embeddings works."""
 
     def __init__(self, config: NanoChatConfig):
         super().__init__()
@@ -111,7 +129,9 @@ class NanoChatAttention(nn.Module):
         # nanochat multiplies Q and K by 1.2 after QK-norm; folded into the softmax scale (same logits).
         self.scaling = (config.qk_scale**2 if modern else 1.0) / math.sqrt(self.head_dim)
         self.is_sliding = config.layer_types[layer_idx] == "sliding_attention"
-        self.sliding_window = config.sliding_window if self.is_sliding else None
+        # modern's long layers see the training context back, not everything (see long_window_overlay); the
+        # FlashAttention path reads the window from here, the other backends from the mask.
+        self.sliding_window = config.sliding_window if self.is_sliding else long_window(config)
         bias = config.attention_bias
         self.q_proj = _tag(nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=bias), "q_proj")
         self.k_proj = _tag(nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias), "k_proj")
@@ -317,7 +337,12 @@ class NanoChatModel(NanoChatPreTrainedModel):
             mask_cache = cache if cache is not None and cache.get_seq_length() > 0 else None
             mask_args = {"config": self.config, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
                          CACHE_ARG: mask_cache, "position_ids": position_ids}
-            masks = {"full_attention": create_causal_mask(**mask_args)}
+            window = long_window(self.config)
+            past = cache.get_seq_length() if cache is not None else 0
+            if window is not None and past + inputs_embeds.shape[1] > window:  # only then does the window bite
+                masks = {"full_attention": create_causal_mask(**mask_args, and_mask_function=long_window_overlay(window))}
+            else:
+                masks = {"full_attention": create_causal_mask(**mask_args)}
             if self.has_sliding_layers:
                 masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)

@@ -143,3 +143,16 @@ def test_cli(tmp_path, capsys):
     assert (tmp_path / "hf" / "model.safetensors").exists()
     assert convert_main(["checkpoint", str(src), "--step", "7", "--output", str(tmp_path / "x")]) == 2
     assert "no model_<step>.pt for step 7" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["classic", "modern"])
+def test_forward_past_the_training_length_is_nanochats(tmp_path, arch):
+    """A 40-token forward of a 16-token-context checkpoint: RoPE rotates every position and modern's long layers
+    stop at a window of the context, as nanochat's (window_size=(sequence_len, 0)); classic keeps full attention."""
+    mc = {**MC, "sequence_len": 16, **({"window_pattern": "SL"} if arch == "modern" else {})}
+    sd = nanochat_state(mc, arch)
+    out = convert_nanochat_checkpoint(write_checkpoint(tmp_path / "c", sd, mc), tmp_path / "hf")
+    idx = torch.randint(0, 265, (1, 40), generator=torch.Generator().manual_seed(2))
+    _, got = logits_of(out, idx)
+    ref = reference_logits({k: v.double() for k, v in sd.items()}, mc, arch, idx)
+    assert (got - ref).abs().max() < 1e-5

@@ -71,7 +71,7 @@ def reference_logits(state, mc, arch, idx, short_window=None, positions=None):
         windows = [short if pattern[i % len(pattern)] == "S" else T_ctx for i in range(L)]
         windows[-1] = T_ctx
     else:
-        windows = [T_ctx] * L
+        windows = [None] * L  # October 2025: plain causal attention, no window at any length
     W = state
     rows = []
     for b in range(idx.shape[0]):
@@ -105,7 +105,7 @@ def reference_logits(state, mc, arch, idx, short_window=None, positions=None):
                 q, k = q * 1.2, k * 1.2
             y = torch.zeros(T, H, D, dtype=x.dtype)
             for t in range(T):
-                keys = [s for s in range(t + 1) if doc[s] == doc[t] and t - s <= windows[i]]
+                keys = [s for s in range(t + 1) if doc[s] == doc[t] and (windows[i] is None or t - s <= windows[i])]
                 for head in range(H):
                     kvh = head // (H // KV)
                     scores = torch.stack([q[t, head] @ k[s, kvh] for s in keys]) / math.sqrt(D)
