@@ -158,6 +158,72 @@ def test_long_prompts_keep_their_last_tokens(tiny_tokenizer):
                             tiny_tokenizer.bos_token_id, progress=False)
 
 
+
+def _accuracies_by_hand(model, tokenizer, crop):
+    """Per task: accuracy from one unbatched forward per sequence (nanochat's rules), prompts cropped to `crop`."""
+    accs = {}
+    for task in core.load_tasks(BUNDLE):
+        rows = core.load_task_rows(BUNDLE, task)
+        correct = []
+        for i in range(len(rows)):
+            ex = core.prepare_example(i, rows, task, tokenizer, crop)
+            losses, greedy = [], []
+            for seq, s, e in zip(ex.tokens, ex.starts, ex.ends):
+                with torch.no_grad():
+                    logits = model(torch.tensor([seq])).logits[0, s - 1:e - 1]
+                target = torch.tensor(seq[s:e])
+                losses.append(torch.nn.functional.cross_entropy(logits, target).item())
+                greedy.append(bool((logits.argmax(-1) == target).all()))
+            lm = task.task_type == "language_modeling"
+            correct.append(greedy[0] if lm else losses.index(min(losses)) == ex.gold)
+        accs[task.label] = sum(correct) / len(correct)
+    return accs
+
+
+@pytest.mark.parametrize("arch", ["classic", "modern"])
+def test_converted_nanochat_checkpoint_gets_long_prompts_whole(tiny_tokenizer, tmp_path, arch):
+    """nanochat's core_eval forwards its GPT whole prompts, however long: a converted checkpoint with a 16-token
+    context gets the 10-shot ARC prompts (~330 tokens) whole, and scores what whole forwards score, not cropped."""
+    from test_conversion import nanochat_state, write_checkpoint
+
+    from nanochat_hf.conversion import convert_nanochat_checkpoint
+    from nanochat_hf.modeling import NanoChatForCausalLM
+
+    mc = {"sequence_len": 16, "vocab_size": len(tiny_tokenizer), "n_layer": 2, "n_head": 2, "n_kv_head": 1,
+          "n_embd": 32, **({"window_pattern": "SL"} if arch == "modern" else {})}
+    src = write_checkpoint(tmp_path / "nanochat", nanochat_state(mc, arch), mc)
+    model = NanoChatForCausalLM.from_pretrained(convert_nanochat_checkpoint(src, tmp_path / "hf")).eval()
+    widths = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    result = core.evaluate_core(model, tiny_tokenizer, BUNDLE, progress=False)
+    hook.remove()
+    assert core.prompt_crop_length(model.config) is None and max(widths) > 300
+    whole = _accuracies_by_hand(model, tiny_tokenizer, None)
+    assert {label: r["accuracy"] for label, r in result["tasks"].items()} == pytest.approx(whole)
+    assert _accuracies_by_hand(model, tiny_tokenizer, 16) != whole  # cropping to the context scores differently
+
+
+def test_learned_positions_still_crop(tiny_tokenizer):
+    """A model with a learned position table (GPT-2's n_positions) cannot go past it: its prompts keep their
+    last tokens; RoPE configs (ours, Llama) are not cropped; a config that says nothing crops to its context."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, OPTConfig
+
+    from nanochat_hf import NanoChatConfig
+
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=64, n_embd=16, n_layer=1,
+                                      n_head=2)).eval()
+    assert core.prompt_crop_length(gpt2.config) == 64
+    assert core.prompt_crop_length(OPTConfig(max_position_embeddings=128)) == 128
+    assert core.prompt_crop_length(type("Cfg", (), {"max_position_embeddings": 32})()) == 32
+    for cfg in (LlamaConfig(), NanoChatConfig.from_depth(2, arch="classic"), NanoChatConfig.from_depth(2)):
+        assert core.prompt_crop_length(cfg) is None, type(cfg).__name__
+    task = core.load_tasks(BUNDLE, ["arc_easy"])[0]  # 10-shot prompts of ~330 tokens
+    rows = core.load_task_rows(BUNDLE, task)
+    cropped = [core.prepare_example(i, rows, task, tiny_tokenizer, 64) for i in range(len(rows))]
+    assert core.evaluate_task(gpt2, tiny_tokenizer, rows, task, progress=False) == \
+        core.score_examples(gpt2, cropped, tiny_tokenizer.bos_token_id, progress=False)
+
 def test_missing_bundle_and_task_files_give_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="not a CORE eval bundle"):
         core.resolve_bundle(tmp_path)

@@ -11,7 +11,8 @@ public S3 location. Per task, nanochat's recipe:
   schema: one prompt per context option, the continuation is the common token suffix;
   the prediction is the option with the lowest *mean* continuation loss;
 - language modelling: correct iff greedy argmax reproduces every continuation token;
-- sequences longer than the model's context keep their last tokens;
+- prompts are forwarded whole, as nanochat forwards them to its GPT (RoPE reaches past the training
+  length); models with learned positions (GPT-2) keep their last tokens (`prompt_crop_length`);
 - centered = (acc - 0.01*baseline) / (1 - 0.01*baseline), CORE = mean centered over tasks.
 Unlike nanochat (one example per forward) we pack many examples' sequences into one padded batch:
 the same numbers, several times faster (benchmarks/eval.py).
@@ -230,14 +231,35 @@ def prepare_example(idx: int, rows: list[dict], task: CoreTask, tokenizer, max_s
 # ----------------------------------------------------------------------------- scoring
 
 
-def model_max_seq_len(model) -> int | None:
-    """The longest sequence the model accepts (GPT-2: 1024); None = no hard limit known."""
-    cfg = getattr(model, "config", None)
+def context_length(config) -> int | None:
+    """The context a model config declares (its training length; GPT-2: 1024); None = none declared."""
     for name in ("max_position_embeddings", "n_positions", "max_seq_len"):
-        value = getattr(cfg, name, None)
+        value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:
             return value
     return None
+
+
+def model_max_seq_len(model) -> int | None:
+    """The model's declared context (see `context_length`); None = no limit known."""
+    return context_length(getattr(model, "config", None))
+
+
+def prompt_crop_length(config) -> int | None:
+    """How many last tokens of a CORE prompt the model gets; None = the whole prompt. The one rule:
+
+    nanochat's core_eval crops only a model that declares a `max_seq_len`; its own GPT declares none, so
+    long few-shot prompts (BoolQ: passages x 10 shots) go in whole, its rotary tables reaching 10x the
+    training length. RoPE rotates any position, so RoPE models (ours, both architectures: rotations are
+    computed for the positions at hand; any transformers config with `rope_parameters`) are forwarded
+    uncropped too, and a converted nanochat checkpoint scores nanochat's numbers. Learned absolute
+    positions (GPT-2's `n_positions`, OPT) have no embedding past their table, and a model we cannot
+    tell about may fail past its length: those keep their last tokens (as nanochat crops GPT-2 to 1024).
+    """
+    rope = isinstance(getattr(config, "rope_parameters", None), dict)
+    if rope and getattr(config, "n_positions", None) is None:
+        return None
+    return context_length(config)
 
 
 def model_device(model) -> torch.device:
@@ -307,9 +329,12 @@ def score_examples(model, examples: list[Example], pad_id: int, batch_tokens: in
 
 def evaluate_task(model, tokenizer, rows: list[dict], task: CoreTask, batch_tokens: int = BATCH_TOKENS,
                   max_seq_len: int | None = -1, progress: bool = True) -> list[bool]:
-    """Per-row correctness of one CORE task (rows already shuffled/cut by `load_task_rows`)."""
+    """Per-row correctness of one CORE task (rows already shuffled/cut by `load_task_rows`).
+
+    `max_seq_len`: -1 = `prompt_crop_length`'s rule for this model, None = never crop, N = keep the last N.
+    """
     if max_seq_len == -1:
-        max_seq_len = model_max_seq_len(model)
+        max_seq_len = prompt_crop_length(getattr(model, "config", None))
     if task.num_fewshot >= len(rows):
         raise ValueError(f"{task.label}: {task.num_fewshot}-shot needs more than {len(rows)} rows; raise --max-per-task")
     examples = [prepare_example(i, rows, task, tokenizer, max_seq_len) for i in range(len(rows))]

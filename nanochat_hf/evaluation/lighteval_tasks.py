@@ -95,14 +95,25 @@ def _task_rows(label: str) -> tuple[core.CoreTask, list[dict]]:
     return task, core.load_task_rows(bundle, task, _max_per_task())
 
 
-def _model_max_len() -> int | None:
+@lru_cache(maxsize=1)
+def _prompt_crop() -> int | None:
+    """`core.prompt_crop_length` for the model, within lighteval's own `max_length` (it left-cuts longer inputs
+    itself, which would cut a choice's full prompt and its prefix by different amounts: crop them alike first)."""
     from transformers import AutoConfig
 
     try:
         cfg = AutoConfig.from_pretrained(_tokenizer_source(), trust_remote_code=True)
     except (OSError, ValueError):
         return None
-    return core.model_max_seq_len(type("M", (), {"config": cfg})())
+    crop = core.prompt_crop_length(cfg)
+    m = next((m for m in (re.search(r"(?:^|,)max_length=(\d+)", a) for a in sys.argv) if m), None)
+    limit = int(m.group(1)) if m else core.context_length(cfg)  # lighteval's default: the config's context
+    if limit is not None and (crop is None or crop > limit):
+        if crop is None:
+            logger.warning("CORE prompts are cropped to lighteval's max_length %d; nanochat forwards them whole: "
+                           "add max_length=N (e.g. 10x the context) to the model arguments", limit)
+        crop = limit
+    return crop
 
 
 def _context_prefix(tok) -> tuple[str, list[int]]:
@@ -118,7 +129,7 @@ def prompt_fn(line: dict, task_name: str) -> Doc:
     label = task_name.split("|")[0].removeprefix(TASK_PREFIX)
     task, rows = _task_rows(label)
     tok = _tokenizer()
-    ex = core.prepare_example(int(line["idx"]), rows, task, tok, _model_max_len())
+    ex = core.prepare_example(int(line["idx"]), rows, task, tok, _prompt_crop())
     query, _ = _context_prefix(tok)
     decode = lambda ids: tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     specific = {"spans": [e - s for s, e in zip(ex.starts, ex.ends)], "type": task.task_type,
