@@ -339,10 +339,9 @@ class NanoChatModel(NanoChatPreTrainedModel):
                          CACHE_ARG: mask_cache, "position_ids": position_ids}
             window = long_window(self.config)
             past = cache.get_seq_length() if cache is not None else 0
-            if window is not None and past + inputs_embeds.shape[1] > window:  # only then does the window bite
-                masks = {"full_attention": create_causal_mask(**mask_args, and_mask_function=long_window_overlay(window))}
-            else:
-                masks = {"full_attention": create_causal_mask(**mask_args)}
+            bites = window is not None and past + inputs_embeds.shape[1] > window  # only past the training length
+            long = {"and_mask_function": long_window_overlay(window)} if bites else {}
+            masks = {"full_attention": create_causal_mask(**mask_args, **long)}
             if self.has_sliding_layers:
                 masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
         position_embeddings = self.rotary_emb(inputs_embeds, position_ids)
