@@ -96,7 +96,19 @@ class Speedrun:
         self.push_to_hub = push_to_hub
         self.dry_run = dry_run
         self.state_path = run_dir / "stages.json"
+        # Offline CPU tiers evaluate on the shipped data; GPU tiers on the DCLM bundle and the Hub datasets.
+        self.eval_bundle = None if self.preset.gpu else OFFLINE_EVAL_DATA / "eval_bundle_mini"
+        self._check_tasks()
         self.state = self._load_state()
+
+    def _check_tasks(self) -> None:
+        """The eval stages' --tasks resolve as `nanochat-hf eval` resolves them: a wrong name fails now, not
+        after pretraining."""
+        from nanochat_hf.evaluation import core, run
+
+        labels = core.known_labels(self.eval_bundle)
+        for spec in (self.preset.base_tasks, self.preset.chat_tasks):
+            run.resolve_tasks(spec, labels)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -214,8 +226,8 @@ class Speedrun:
         args = ["--model", str(model_dir), "--tasks", tasks, "--output", str(out)]
         if max_per_task > 0:
             args += ["--max-per-task", str(max_per_task)]
-        if not self.preset.gpu:
-            args += ["--bundle", str(OFFLINE_EVAL_DATA / "eval_bundle_mini"), "--chat-data", str(OFFLINE_EVAL_DATA / "chat")]
+        if self.eval_bundle is not None:
+            args += ["--bundle", str(self.eval_bundle), "--chat-data", str(OFFLINE_EVAL_DATA / "chat")]
         yield name, [self.python_module("nanochat_hf.evaluation.run", args)], out.exists
 
     def go(self) -> None:

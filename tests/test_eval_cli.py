@@ -67,7 +67,8 @@ def test_cli_max_per_task_and_chat_tasks(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--tasks", "core", "--bundle", "/nonexistent/bundle"], "not a CORE eval bundle"),
-    (["--tasks", "nosuchtask"], "unknown CORE task"),
+    (["--tasks", "nosuchtask"], "unknown task 'nosuchtask'"),
+    (["--tasks", "arc-easy"], "both the CORE task arc_easy and the chat task ARC-Easy"),
     (["--tasks", "core", "--max-per-task", "0"], "--max-per-task"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(tiny_model_dir, argv, message, capsys):
@@ -75,6 +76,40 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_model_dir, argv, message, cap
     assert run.main(["--model", str(tiny_model_dir), *argv, *extra, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
+
+
+@pytest.mark.parametrize("spec, core_labels, chat", [
+    ("gsm8k", [], ["GSM8K"]), ("GSM8K", [], ["GSM8K"]), ("humaneval,Human-Eval", [], ["HumanEval"]),
+    ("mmlu,spelling_bee", [], ["MMLU", "SpellingBee"]), ("ARC-Easy,arc_challenge", ["arc_challenge"], ["ARC-Easy"]),
+    ("arc_easy,COPA,Lambada-OpenAI", ["arc_easy", "copa", "lambada_openai"], []),
+    ("chat_arc_easy,core_ARC-Challenge", ["arc_challenge"], ["ARC-Easy"]),  # lighteval's names pick the kind
+    ("ChatCORE", [], ["ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee"]),
+])
+def test_task_names_match_in_any_case_and_spelling(spec, core_labels, chat):
+    assert run.resolve_tasks(spec) == (core_labels, chat, False)
+    assert run.resolve_tasks(f"{spec},BPB,Core") == (None, chat, True)
+
+
+def test_unknown_task_lists_every_name_and_downloads_nothing(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NANOCHAT_HF_CACHE", str(tmp_path / "empty_cache"))  # no cached bundle: DCLM's 22 labels
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a task name started a download")
+
+    monkeypatch.setattr(core, "download_bundle", no_download)
+    assert run.main(["--model", str(tiny_model_dir), "--tasks", "gsm8k,hellaswag-10shot"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown task 'hellaswag-10shot'") and "\n" not in err
+    for name in (*core.CORE_LABELS, "core", "chatcore", "bpb", "ARC-Easy", "MMLU", "GSM8K", "HumanEval", "SpellingBee"):
+        assert f" {name}," in err or f" {name};" in err or err.endswith(f" {name}"), name
+    # with a local bundle its core.yaml says which CORE names there are
+    assert run.main(["--model", str(tiny_model_dir), "--tasks", "hellaswag", "--bundle", str(BUNDLE)]) == 2
+    assert "CORE: arc_easy, copa, lambada_openai, winograd;" in capsys.readouterr().err
+    # a chat task asked for in lower case runs offline, under its own name
+    out = tmp_path / "gsm8k.json"
+    assert run.main(["--model", str(tiny_model_dir), "--tasks", "gsm8k", "--chat-data", str(CHAT), "--max-per-task", "2",
+                     "--max-new-tokens", "4", "--output", str(out), "--no-progress"]) == 0
+    assert {k: v["n"] for k, v in json.loads(out.read_text())["tasks"].items()} == {"GSM8K": 2}
 
 
 def test_cli_missing_model_folder(tmp_path, capsys):
@@ -133,3 +168,23 @@ def test_lighteval_cli_gives_the_same_chat_letter_scores(tiny_model_dir, tmp_pat
         ours = chat_tasks.evaluate_chat_task(task, model, tok, str(packaged), max_problems=40, progress=False)
         assert ours["n"] == 40 and 0 < ours["accuracy"] < 1
         assert results[f"chat_{name}|0"]["acc"] == pytest.approx(ours["accuracy"]), name
+
+
+def test_speedrun_checks_its_eval_tasks_before_any_stage(tmp_path, monkeypatch, capsys):
+    """The speedrun hands its presets' task lists to `nanochat-hf eval --tasks`: they resolve by the same rule
+    (so `gsm8k` is GSM8K there too), and a wrong name stops the run before the first stage, in one line."""
+    from nanochat_hf import speedrun
+
+    for name, preset in speedrun.PRESETS.items():
+        labels = core.known_labels(None if preset.gpu else speedrun.OFFLINE_EVAL_DATA / "eval_bundle_mini")
+        for spec in (preset.base_tasks, preset.chat_tasks):
+            run.resolve_tasks(spec, labels)  # raises on a name eval would refuse
+    smoke = speedrun.PRESETS["smoke"]
+    monkeypatch.setitem(speedrun.PRESETS, "smoke", speedrun.Preset(**{**vars(smoke), "chat_tasks": "gsm8k,Spelling-Bee"}))
+    assert speedrun.main(["--preset", "smoke", "--output", str(tmp_path / "ok"), "--dry-run"]) == 0
+    assert "--tasks gsm8k,Spelling-Bee" in capsys.readouterr().out
+    monkeypatch.setitem(speedrun.PRESETS, "smoke", speedrun.Preset(**{**vars(smoke), "chat_tasks": "gsm8k,spelling"}))
+    assert speedrun.main(["--preset", "smoke", "--output", str(tmp_path / "bad"), "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("nanochat-hf speedrun: unknown task 'spelling'") and "\n" not in captured.err.strip()
+    assert "[speedrun] tokenizer" not in captured.out and not (tmp_path / "bad").exists()

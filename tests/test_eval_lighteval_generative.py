@@ -186,3 +186,23 @@ def test_backend_runs_the_calculator_and_a_right_reply_scores_one(offline_rows, 
     (reply,) = backend.greedy_until([doc])
     assert reply.text == ["<|python_start|>48+24<|python_end|><|output_start|>72<|output_end|>#### 72"]
     assert offline_rows.NanochatGenerativeScore().compute(doc, reply) == 1.0
+
+
+def test_lighteval_task_names_are_eval_task_names(offline_rows, tmp_path, monkeypatch):
+    """Every lighteval task name is a name `nanochat-hf eval --tasks` takes, for the same task, and the
+    module's own lookups take any spelling of it, as --tasks does."""
+    monkeypatch.setenv("NANOCHAT_HF_CACHE", str(tmp_path))  # the index datasets the table writes
+    lt = offline_rows
+    names = [cfg.name for cfg in lt.build_tasks() + lt.build_chat_tasks()]
+    assert {"core_copa", "chat_gsm8k", "chat_arc_easy", "chat_mmlu"} <= set(names)
+    resolved = {n: run.resolve_task(n, core.known_labels(BUNDLE)) for n in names}
+    assert {n: r for n, r in resolved.items() if n.startswith("core_")} == \
+        {f"core_{t.label}": ("core", t.label) for t in core.load_tasks(BUNDLE)}
+    assert {n: r for n, r in resolved.items() if n.startswith("chat_")} == \
+        {"chat_arc_easy": ("chat", "ARC-Easy"), "chat_arc_challenge": ("chat", "ARC-Challenge"),
+         "chat_mmlu": ("chat", "MMLU"), "chat_gsm8k": ("chat", "GSM8K"), "chat_humaneval": ("chat", "HumanEval"),
+         "chat_spellingbee": ("chat", "SpellingBee")}
+    assert [lt._task_of(f"{n}|0") for n in ("chat_GSM8K", "chat_arc-easy", "CHAT_HumanEval", "CORE_Copa")] == \
+        ["GSM8K", "ARC-Easy", "HumanEval", "copa"]
+    assert lt.chat_generative_prompt_fn({"idx": 1}, "chat_GSM8K|0").specific == \
+        lt.chat_generative_prompt_fn({"idx": 1}, "chat_gsm8k|0").specific

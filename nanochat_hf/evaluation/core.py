@@ -41,6 +41,12 @@ SHUFFLE_SEED = 1337  # nanochat shuffles each task once with this seed (stable s
 FEWSHOT_SEED = 1234  # few-shot examples of row i are drawn with Random(FEWSHOT_SEED + i)
 BATCH_TOKENS = 8192  # padded tokens per forward pass (rows x longest row)
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
+# The labels of the DCLM bundle's core.yaml, in its order: task names are checked against these before any
+# download (a local bundle's own core.yaml takes their place, see known_labels).
+CORE_LABELS = ("hellaswag_zeroshot", "jeopardy", "bigbench_qa_wikidata", "arc_easy", "arc_challenge", "copa",
+               "commonsense_qa", "piqa", "openbook_qa", "lambada_openai", "hellaswag", "winograd", "winogrande",
+               "bigbench_dyck_languages", "agi_eval_lsat_ar", "bigbench_cs_algorithms", "bigbench_operators",
+               "bigbench_repeat_copy_logic", "squad", "coqa", "boolq", "bigbench_language_identification")
 
 
 # ----------------------------------------------------------------------------- the bundle
@@ -126,6 +132,14 @@ def load_tasks(bundle: Path, labels: list[str] | None = None) -> list[CoreTask]:
             raise ValueError(f"unknown CORE task(s) {unknown}; core.yaml has: {', '.join(sorted(known))}")
         tasks = [t for t in tasks if t.label in labels]
     return tasks
+
+
+def known_labels(bundle: str | os.PathLike | None = None) -> list[str]:
+    """The CORE labels there are, without downloading: the given or cached bundle's, else DCLM's (CORE_LABELS)."""
+    try:
+        return [t.label for t in load_tasks(resolve_bundle(bundle, download=False))]
+    except FileNotFoundError:  # no bundle here yet (or a bad --bundle, reported when CORE tasks load it)
+        return list(CORE_LABELS)
 
 
 def load_task_rows(bundle: Path, task: CoreTask, max_per_task: int = -1) -> list[dict]:

@@ -7,6 +7,9 @@
 
 Task names are `core_<label>` for every task of core.yaml; always ask for 0 lighteval shots: the
 few-shot examples are nanochat's (drawn per row with Random(1234 + i)) and already in the prompt.
+`nanochat-hf eval --tasks` takes these names too (`core_copa,chat_gsm8k`). lighteval cuts inputs to
+its `max_length` (default: the model's context); add `max_length=N` to the model arguments to score
+long prompts whole, as `nanochat-hf eval` does for RoPE models (`core.prompt_crop_length`).
 
 Why custom metrics: lighteval's loglikelihood path tokenizes context and continuation separately
 and sums log-probs, while nanochat tokenizes whole prompts, finds the continuation span in token
@@ -52,7 +55,7 @@ from lighteval.metrics.utils.metric_utils import SampleLevelMetric
 from lighteval.tasks.lighteval_task import LightevalTaskConfig
 from lighteval.tasks.requests import Doc, SamplingMethod
 
-from nanochat_hf.evaluation import chat_tasks, core
+from nanochat_hf.evaluation import chat_tasks, core, run
 
 logger = logging.getLogger(__name__)
 TASK_PREFIX = "core_"
@@ -95,14 +98,18 @@ def _task_rows(label: str) -> tuple[core.CoreTask, list[dict]]:
     return task, core.load_task_rows(bundle, task, _max_per_task())
 
 
-@lru_cache(maxsize=1)
 def _prompt_crop() -> int | None:
+    return _prompt_crop_for(_tokenizer_source())
+
+
+@lru_cache(maxsize=None)
+def _prompt_crop_for(model: str) -> int | None:
     """`core.prompt_crop_length` for the model, within lighteval's own `max_length` (it left-cuts longer inputs
     itself, which would cut a choice's full prompt and its prefix by different amounts: crop them alike first)."""
     from transformers import AutoConfig
 
     try:
-        cfg = AutoConfig.from_pretrained(_tokenizer_source(), trust_remote_code=True)
+        cfg = AutoConfig.from_pretrained(model, trust_remote_code=True)
     except (OSError, ValueError):
         return None
     crop = core.prompt_crop_length(cfg)
@@ -124,10 +131,17 @@ def _context_prefix(tok) -> tuple[str, list[int]]:
     return tok.convert_ids_to_tokens(bos), []
 
 
+@lru_cache(maxsize=None)
+def _task_of(task_name: str) -> str:
+    """lighteval's task name (`core_copa|0`, `chat_gsm8k|0`) -> our task (copa, GSM8K), by the rule of --tasks."""
+    prefixed = task_name.split("|")[0]
+    labels = core.known_labels(_bundle()) if prefixed.lower().startswith(TASK_PREFIX) else ()
+    return run.resolve_task(prefixed, labels)[1]
+
+
 def prompt_fn(line: dict, task_name: str) -> Doc:
     """One nanochat CORE example -> a lighteval Doc carrying nanochat's exact token sequences."""
-    label = task_name.split("|")[0].removeprefix(TASK_PREFIX)
-    task, rows = _task_rows(label)
+    task, rows = _task_rows(_task_of(task_name))
     tok = _tokenizer()
     ex = core.prepare_example(int(line["idx"]), rows, task, tok, _prompt_crop())
     query, _ = _context_prefix(tok)
@@ -203,11 +217,6 @@ def _chat_rows(task: str) -> list[dict]:
                                          None if _max_per_task() < 0 else _max_per_task())
 
 
-def _chat_task(task_name: str) -> str:
-    short = task_name.split("|")[0].removeprefix(CHAT_PREFIX)
-    return CHAT_TASKS.get(short) or CHAT_GENERATIVE_TASKS[short]
-
-
 def _chat_query(tok, conv: dict) -> tuple[str, list[int]]:
     """The conversation rendered up to <|assistant_start|>: (lighteval's query text, our exact token ids)."""
     from nanochat_hf.tokenization import render_for_completion
@@ -219,7 +228,7 @@ def _chat_query(tok, conv: dict) -> tuple[str, list[int]]:
 
 def chat_prompt_fn(line: dict, task_name: str) -> Doc:
     """One ChatCORE multiple-choice conversation -> context up to <|assistant_start|>, the letters as choices."""
-    conv = _chat_rows(_chat_task(task_name))[int(line["idx"])]
+    conv = _chat_rows(_task_of(task_name))[int(line["idx"])]
     tok = _tokenizer()
     query, prompt = _chat_query(tok, conv)
     letters = list(conv["letters"])
@@ -254,7 +263,7 @@ def chat_generative_prompt_fn(line: dict, task_name: str) -> Doc:
     `specific["prompt_ids"]` carries our exact tokens: the nanochat_hf lighteval model (lighteval_model.py)
     generates from them with the calculator tool, as `nanochat-hf eval` does.
     """
-    task = _chat_task(task_name)
+    task = _task_of(task_name)
     conv = _chat_rows(task)[int(line["idx"])]
     query, prompt = _chat_query(_tokenizer(), conv)
     return Doc(task_name=task_name, query=query, choices=[chat_tasks.reference_answer(conv) or ""], gold_index=0,

@@ -6,7 +6,9 @@
     nanochat-hf eval --model out/base --tasks arc_easy,copa,bpb --max-per-task 100
 
 `--tasks`: `core` (the 22 DCLM tasks of core.yaml), `chatcore` (ARC-Easy, ARC-Challenge, MMLU,
-GSM8K, HumanEval, SpellingBee), `bpb`, or a comma list of CORE labels / chat task names.
+GSM8K, HumanEval, SpellingBee), `bpb`, or a comma list of CORE labels / chat task names, in any case
+and with - or _ (`gsm8k`, `humaneval`, `arc-challenge`); `arc_easy` / `arc_challenge` are CORE's and
+`ARC-Easy` / `ARC-Challenge` the chat tasks, and `core_` / `chat_` (lighteval's names) pick a kind.
 `--output FILE.json` writes {"model", "tasks": {label: {accuracy, centered, n, shots, type,
 seconds}}, "core", "chatcore", "bpb", "run": {model, commit, started, seconds, ...}} and a
 Markdown table next to it (FILE.md). The same task modules back `lighteval_tasks.py`.
@@ -18,6 +20,7 @@ import argparse
 import datetime as dt
 import json
 import math
+import re
 import subprocess
 import sys
 import time
@@ -36,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nanochat-hf eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="checkpoint folder or Hub id of any causal LM")
-    p.add_argument("--tasks", default="core", help="core | chatcore | bpb | comma list of task names")
+    p.add_argument("--tasks", default="core", help="core | chatcore | bpb | task names (any case, - or _)")
     p.add_argument("--max-per-task", type=int, default=-1, help="examples per task (-1 = all)")
     p.add_argument("--output", default=None, help="write results to this JSON file (and a .md table)")
     p.add_argument("--bundle", "--bundle-dir", dest="bundle", default=None, help="local CORE eval bundle folder")
@@ -71,26 +74,65 @@ def load_model(name: str, device: str | None = None, dtype: str = "auto"):
     return model.to(device).eval(), tokenizer
 
 
-def resolve_tasks(spec: str) -> tuple[list[str] | None, list[str], bool]:
-    """--tasks -> (CORE labels or None for all / [] for none, chat tasks, bpb?)."""
+GROUPS = ("core", "chatcore", "bpb")
+KIND_PREFIX = re.compile(r"(core|chat)[-_ ]", re.IGNORECASE)  # lighteval's core_copa / chat_gsm8k name a kind
+
+
+def task_key(name: str) -> str:
+    """How task names compare: case and separators ignored (gsm8k = GSM8K, arc-easy = ARC_Easy, human-eval)."""
+    return re.sub(r"[-_ ]", "", name.strip().lower())
+
+
+def resolve_task(name: str, core_labels=core.CORE_LABELS) -> tuple[str, str]:
+    """One task name -> (kind, canonical name), kind "group" (core, chatcore, bpb), "core" or "chat".
+
+    The exact name wins (`arc_easy` is CORE's, `ARC-Easy` the chat task); otherwise any spelling of exactly
+    one name does, and a `core_` / `chat_` prefix (lighteval's names) says which kind is meant.
+    """
+    kinds, rest = ("core", "chat"), name.strip()
+    if m := KIND_PREFIX.match(rest):
+        kinds, rest = (m.group(1).lower(),), rest[m.end():]
+    key = task_key(rest)
+    if len(kinds) == 2 and key in GROUPS:
+        return "group", key
+    names = {"core": list(core_labels), "chat": list(chat_tasks.CHATCORE_TASKS)}
+    exact = [(k, n) for k in kinds for n in names[k] if n == rest]
+    found = exact or [(k, n) for k in kinds for n in names[k] if task_key(n) == key]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        (_, c), (_, h) = found
+        raise ValueError(f"task {name!r} is both the CORE task {c} and the chat task {h}; write {c} or core_{c} for "
+                         f"CORE, {h} or chat_{c} for chat")
+    raise ValueError(f"unknown task {name!r}; valid names (any case, with or without - and _): {', '.join(GROUPS)}; "
+                     f"CORE: {', '.join(names['core'])}; chat: {', '.join(names['chat'])}")
+
+
+def resolve_tasks(spec: str, core_labels=core.CORE_LABELS) -> tuple[list[str] | None, list[str], bool]:
+    """--tasks -> (CORE labels or None for all / [] for none, chat tasks, bpb?), each name by `resolve_task`.
+
+    `core_labels`: the CORE tasks there are (`core.known_labels(bundle)` reads a local bundle's), so that
+    a wrong name fails here, before any model loads or bundle downloads.
+    """
     names = [t.strip() for t in spec.split(",") if t.strip()]
     if not names:
         raise ValueError("--tasks is empty; use core, chatcore, bpb or task names")
-    core_labels: list[str] | None = []
+    core_out: list[str] | None = []
     chat: list[str] = []
     bpb = False
     for n in names:
-        if n == "core":
-            core_labels = None
-        elif n == "chatcore":
+        kind, name = resolve_task(n, core_labels)
+        if (kind, name) == ("group", "core"):
+            core_out = None
+        elif (kind, name) == ("group", "chatcore"):
             chat += [t for t in chat_tasks.CHATCORE_TASKS if t not in chat]
-        elif n == "bpb":
+        elif (kind, name) == ("group", "bpb"):
             bpb = True
-        elif n in chat_tasks.BASELINES:
-            chat.append(n)
-        elif core_labels is not None:
-            core_labels.append(n)  # checked against core.yaml when the bundle is read
-    return core_labels, chat, bpb
+        elif kind == "chat" and name not in chat:
+            chat.append(name)
+        elif kind == "core" and core_out is not None and name not in core_out:
+            core_out.append(name)
+    return core_out, chat, bpb
 
 
 def bits_per_byte(model, tokenizer, text: str, seq_len: int = BPB_SEQ_LEN, max_tokens: int = BPB_MAX_TOKENS) -> float:
@@ -128,7 +170,7 @@ def evaluate(model, tokenizer, tasks: str = "core", max_per_task: int = -1, bund
              bpb_text: str | None = None, batch_tokens: int = core.BATCH_TOKENS,
              max_new_tokens: int = chat_tasks.MAX_NEW_TOKENS, progress: bool = True, model_name: str = "model") -> dict:
     """Run the requested tasks on an in-memory model; the result dict `--output` writes."""
-    core_labels, chat, want_bpb = resolve_tasks(tasks)
+    core_labels, chat, want_bpb = resolve_tasks(tasks, core.known_labels(bundle))
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
     result: dict = {"model": model_name, "tasks": {}}
     if core_labels is None or core_labels:
@@ -169,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.max_per_task == 0 or args.max_per_task < -1:
             raise ValueError(f"--max-per-task must be a positive number or -1 (all), got {args.max_per_task}")
-        core_labels, _, _ = resolve_tasks(args.tasks)
+        core_labels, _, _ = resolve_tasks(args.tasks, core.known_labels(args.bundle))  # a wrong name: no download
         if core_labels is None or core_labels:  # check the bundle and task names before loading the model
             bundle = core.resolve_bundle(args.bundle)
             missing = [t.label for t in core.load_tasks(bundle, core_labels or None)
