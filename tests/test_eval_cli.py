@@ -175,7 +175,7 @@ def test_speedrun_checks_its_eval_tasks_before_any_stage(tmp_path, monkeypatch, 
     (so `gsm8k` is GSM8K there too), and a wrong name stops the run before the first stage, in one line."""
     from nanochat_hf import speedrun
 
-    for name, preset in speedrun.PRESETS.items():
+    for preset in speedrun.PRESETS.values():
         labels = core.known_labels(None if preset.gpu else speedrun.OFFLINE_EVAL_DATA / "eval_bundle_mini")
         for spec in (preset.base_tasks, preset.chat_tasks):
             run.resolve_tasks(spec, labels)  # raises on a name eval would refuse
