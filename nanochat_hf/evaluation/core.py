@@ -20,7 +20,6 @@ the same numbers, several times faster (benchmarks/eval.py).
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 import shutil
@@ -40,6 +39,9 @@ SHUFFLE_SEED = 1337  # nanochat shuffles each task once with this seed (stable s
 FEWSHOT_SEED = 1234  # few-shot examples of row i are drawn with Random(FEWSHOT_SEED + i)
 BATCH_TOKENS = 8192  # padded tokens per forward pass (rows x longest row)
 TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
+# The fields a row of each task type must have (the DCLM bundle's schema).
+ROW_FIELDS = {"multiple_choice": ("query", "choices", "gold"), "schema": ("context_options", "continuation", "gold"),
+              "language_modeling": ("context", "continuation")}
 
 
 # ----------------------------------------------------------------------------- the bundle
@@ -133,8 +135,17 @@ def load_task_rows(bundle: Path, task: CoreTask, max_per_task: int = -1) -> list
     if not path.is_file():
         raise FileNotFoundError(f"CORE task {task.label}: missing {path}; the bundle is incomplete "
                                 f"(download {EVAL_BUNDLE_URL} or leave the task out with --tasks)")
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    from nanochat_hf.dataset import read_jsonl
+    from nanochat_hf.errors import UserError
+
+    rows, fields = [], ROW_FIELDS[task.task_type]
+    for n, row in read_jsonl(path):
+        missing = [k for k in fields if not isinstance(row, dict) or k not in row]
+        if missing:  # refused, not skipped: a dropped row would change the score silently
+            raise UserError(f"{path}:{n}: the row lacks {', '.join(map(repr, missing))} (a {task.task_type} row "
+                            f"of CORE task {task.label} needs {', '.join(fields)}); fix the row or use the original "
+                            "bundle")
+        rows.append(row)
     random.Random(SHUFFLE_SEED).shuffle(rows)
     return rows[:max_per_task] if max_per_task > 0 else rows
 
