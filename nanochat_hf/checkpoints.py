@@ -41,16 +41,34 @@ def publish(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
 
 
+def _checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-<step>` folders of `output_dir`, newest step first."""
+    folder = Path(output_dir)
+    found = [(checkpoint_step(d), d) for d in folder.glob("checkpoint-*")] if folder.is_dir() else []
+    return [d for s, d in sorted(found, reverse=True) if s is not None and d.is_dir()]
+
+
 def latest_checkpoint(output_dir: str | os.PathLike, say=None) -> Path | None:
     """The newest complete `checkpoint-<step>` in `output_dir`, or None; incomplete ones are skipped, and said."""
     say = say or (lambda msg: print(msg, file=sys.stderr))
-    folder = Path(output_dir)
-    found = [(checkpoint_step(d), d) for d in folder.glob("checkpoint-*")] if folder.is_dir() else []
-    for _, d in sorted(((s, d) for s, d in found if s is not None and d.is_dir()), reverse=True):
+    for d in _checkpoints(output_dir):
         if (d / STATE_NAME).is_file():
             return d
         say(f"skipping {d}: partial checkpoint (no {STATE_NAME}, its save never finished)")
     return None
+
+
+def rotate(output_dir: str | os.PathLike, keep: int | None, protect: str | os.PathLike | None = None) -> None:
+    """Keep the newest `keep` complete checkpoints (and `protect`); None or <= 0 keeps all.
+
+    Only complete ones count and go: a partial folder at a later step must not push a good one out.
+    """
+    if not keep or keep <= 0:
+        return
+    complete = [d for d in _checkpoints(output_dir) if (d / STATE_NAME).is_file()]
+    for d in complete[keep:]:
+        if protect is None or Path(protect) != d:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 class AtomicCheckpoints:
@@ -67,8 +85,6 @@ class AtomicCheckpoints:
         return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial):
-        from transformers.trainer_utils import rotate_checkpoints
-
         run_dir = Path(self._get_output_dir(trial))
         final = run_dir / f"checkpoint-{self.state.global_step}"
         staging = staging_dir(final)
@@ -90,6 +106,5 @@ class AtomicCheckpoints:
         if self.state.best_model_checkpoint == str(staging / final.name):
             self.state.best_model_checkpoint = str(final)
         if main:  # the Trainer's own rotation ran inside the staging folder: do it here, after the rename
-            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            rotate(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
         self.accelerator.wait_for_everyone()

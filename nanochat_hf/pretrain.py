@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nanochat_hf.checkpoints import STATE_NAME, checkpoint_step, latest_checkpoint, publish, staging_dir
+from nanochat_hf.checkpoints import STATE_NAME, latest_checkpoint, publish, rotate, staging_dir
 from nanochat_hf.errors import UserError, ensure_writable, run_main, writing
 from nanochat_hf.extras import available, install_hint, require
 
@@ -292,11 +292,8 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, trainer_state: dic
                 f.flush()
                 os.fsync(f.fileno())
             publish(tmp, final)
-    if main and keep > 0:  # older checkpoints go only once the new one is whole
-        steps = [(checkpoint_step(d), d) for d in output_dir.glob("checkpoint-*")]
-        old = sorted((s, d) for s, d in steps if s is not None)
-        for _, d in old[:-keep]:
-            shutil.rmtree(d, ignore_errors=True)
+    if main:  # older checkpoints go only once the new one is whole
+        rotate(output_dir, keep)
     accelerator.wait_for_everyone()
     return final
 
