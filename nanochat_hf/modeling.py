@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -483,8 +484,6 @@ def _check_tensor_shapes(cls, folder, config=None) -> None:
     random; one line naming the tensor and the file is what a user can act on. Only the safetensors
     headers are read, and the expected shapes come from a model built on the meta device (no memory).
     """
-    import os
-
     folder = str(folder)
     if not os.path.isdir(folder):
         return  # a Hub id: transformers' own check applies
