@@ -29,7 +29,6 @@ sources or `val_fraction` held out of the training rows.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nanochat_hf.assets import ASSETS_DIR, embedded_corpus_path
+from nanochat_hf.errors import UserError
 
 # ----------------------------------------------------------------------------- hyperparameters
 
@@ -344,17 +344,9 @@ def read_jsonl_conversations(path) -> list[list[dict]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"conversation file {path} not found; give a JSONL file, one conversation per line")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path.name} row {n}: not valid JSON ({err.msg}); one conversation per line") from None
-            rows.append(check_conversation(obj, path.name, n))
-    return rows
+    from nanochat_hf.dataset import read_jsonl
+
+    return [check_conversation(obj, path.name, n) for n, obj in read_jsonl(path)]
 
 
 SYNTHETIC: dict[str, Callable[..., list[list[dict]]]] = {
@@ -389,11 +381,32 @@ def load_rows(path: str, subset: str | None, split: str):
             files = named or files
         if not files:
             raise FileNotFoundError(f"{p} has no .jsonl/.json/.parquet files")
-        kind = "parquet" if files[0].suffix == ".parquet" else "json"
-        return load_dataset(kind, data_files=[str(f) for f in files], split="train")
+        return load_local_files(files)
     if path.startswith((".", "/", "~")) or path.count("/") != 1:
         raise FileNotFoundError(f"dataset {path!r} is neither a local file/folder nor a Hub id (owner/name)")
     return load_dataset(path, subset, split=split)
+
+
+def load_local_files(files: list[Path]):
+    """Local .jsonl/.json/.parquet files as one `datasets.Dataset`; a damaged file is refused, naming it."""
+    from datasets import load_dataset
+
+    from nanochat_hf.dataset import read_jsonl, read_parquet
+
+    kind = "parquet" if files[0].suffix == ".parquet" else "json"
+    try:
+        return load_dataset(kind, data_files=[str(f) for f in files], split="train")
+    except Exception as err:  # datasets wraps the reader's error in its own (DatasetGenerationError, ...)
+        for f in files:  # find the damaged file and line, and say which
+            if f.suffix == ".parquet":
+                for i in range(read_parquet(f)):
+                    read_parquet(f, i, column=None)
+            elif f.suffix == ".jsonl":
+                for _ in read_jsonl(f):
+                    pass
+        cause = err.__cause__ or err
+        raise UserError(f"{', '.join(map(str, files))} cannot be loaded ({type(cause).__name__}: "
+                        f"{str(cause).splitlines()[0][:200] if str(cause) else ''})") from None
 
 
 @dataclass

@@ -28,9 +28,12 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from nanochat_hf.errors import UserError, run_main
 
 # The Hub datasets nanochat pretrains on: repo id, index of the last shard (= validation).
 HUB_DATASETS = {
@@ -61,6 +64,47 @@ def resolve_hub_dataset(name: str) -> tuple[str, str, int]:
     raise ValueError(f"unknown Hub dataset {name!r}; use one of {', '.join(HUB_DATASETS)} (or their repo ids)")
 
 
+# ----------------------------------------------------------------------------- reading files
+# Every reader of JSONL / parquet in the package goes through these two, so a damaged file is refused
+# naming the file and the line or row group (never a library traceback, never rows silently dropped).
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, object]]:
+    """(line number, parsed object) for every non-blank line of a JSONL file."""
+    n = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    yield n, json.loads(line)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}:{n}: not valid JSON ({err.msg}, column {err.colno}); fix or delete that line") \
+            from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}:{n + 1}: not UTF-8 text; re-encode the file as UTF-8") from None
+
+
+def read_parquet(path: str | os.PathLike, row_group: int | None = None, column: str | None = "text"):
+    """The file's number of row groups (row_group=None), else that row group's `column` as a list
+    (column=None: its rows as dicts)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    where = f"{path}" if row_group is None else f"{path} (row group {row_group})"
+    try:
+        pf = pq.ParquetFile(path)
+        if row_group is None:
+            return pf.num_row_groups
+        if column is None:
+            return pf.read_row_group(row_group).to_pylist()
+        if column not in pf.schema_arrow.names:
+            raise UserError(f"{path} has no {column!r} column (columns: {pf.schema_arrow.names})")
+        return pf.read_row_group(row_group, columns=[column]).column(column).to_pylist()
+    except (pa.ArrowException, OSError) as err:
+        raise UserError(f"{where} cannot be read, the file is truncated or corrupt ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0]}); download it again or remove it") from None
+
+
 # ----------------------------------------------------------------------------- shards
 
 
@@ -83,14 +127,11 @@ class Shard:
                 self._docs = [d.strip("\n") for d in text.split("\n\n") if d.strip()]
             else:  # jsonl
                 docs = []
-                with open(self.path, encoding="utf-8") as f:
-                    for n, line in enumerate(f, 1):
-                        if not line.strip():
-                            continue
-                        row = json.loads(line)
-                        if "text" not in row:
-                            raise ValueError(f"{self.path}:{n} has no 'text' field; each JSONL line needs {{\"text\": ...}}")
-                        docs.append(row["text"])
+                for n, row in read_jsonl(self.path):
+                    if not isinstance(row, dict) or "text" not in row:
+                        raise UserError(f"{self.path}:{n} has no 'text' field; "
+                                        "each JSONL line needs {\"text\": ...}")
+                    docs.append(row["text"])
                 self._docs = docs
             if self.doc_range is not None:
                 self._docs = self._docs[self.doc_range[0]:self.doc_range[1]]
@@ -99,20 +140,13 @@ class Shard:
     @property
     def num_row_groups(self) -> int:
         if self.is_parquet:
-            import pyarrow.parquet as pq
-
-            return pq.ParquetFile(self.path).num_row_groups
+            return read_parquet(self.path)
         n = len(self._text_docs())
         return (n + TEXT_ROWS_PER_GROUP - 1) // TEXT_ROWS_PER_GROUP
 
     def read_row_group(self, index: int) -> list[str]:
         if self.is_parquet:
-            import pyarrow.parquet as pq
-
-            pf = pq.ParquetFile(self.path)
-            if "text" not in pf.schema_arrow.names:
-                raise ValueError(f"{self.path} has no 'text' column (columns: {pf.schema_arrow.names})")
-            return pf.read_row_group(index, columns=["text"]).column("text").to_pylist()
+            return read_parquet(self.path, index)
         docs = self._text_docs()
         return docs[index * TEXT_ROWS_PER_GROUP:(index + 1) * TEXT_ROWS_PER_GROUP]
 
@@ -289,24 +323,25 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "download":
-            paths = download(args.num_files, args.dataset, args.dir, args.num_workers, verify=not args.no_verify)
-            print(f"{len(paths)} shards ready in {paths[0].parent} (the last one is validation)")
-        elif args.command == "list":
-            train, val = load_splits(args.data)
-            for name, split in (("train", train), ("val", val)):
-                files = sorted({str(split.shards[s].path) for s, _ in split.units})
-                print(f"{name}: {len(split)} row groups in {len(files)} file(s): {files[0]}{' ...' if len(files) > 1 else ''}")
-        elif args.command == "show":
-            train, _ = load_splits(args.data)
-            for doc in train.read(0)[: args.num]:
-                print(doc[:500].rstrip() + ("…" if len(doc) > 500 else ""))
-                print("-" * 40)
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        print(f"nanochat-hf data: {err}", file=sys.stderr)
-        return 2
-    return 0
+    # A failed download (RuntimeError), a damaged file: one line and exit status 2 (nanochat_hf.errors).
+    return run_main("nanochat-hf data", lambda: _run(args), also=(RuntimeError,))
+
+
+def _run(args) -> None:
+    if args.command == "download":
+        paths = download(args.num_files, args.dataset, args.dir, args.num_workers, verify=not args.no_verify)
+        print(f"{len(paths)} shards ready in {paths[0].parent} (the last one is validation)")
+    elif args.command == "list":
+        train, val = load_splits(args.data)
+        for name, split in (("train", train), ("val", val)):
+            files = sorted({str(split.shards[s].path) for s, _ in split.units})
+            more = " ..." if len(files) > 1 else ""
+            print(f"{name}: {len(split)} row groups in {len(files)} file(s): {files[0]}{more}")
+    elif args.command == "show":
+        train, _ = load_splits(args.data)
+        for doc in train.read(0)[: args.num]:
+            print(doc[:500].rstrip() + ("…" if len(doc) > 500 else ""))
+            print("-" * 40)
 
 
 if __name__ == "__main__":

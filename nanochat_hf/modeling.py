@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 
 import torch
 import torch.nn as nn
@@ -474,7 +475,9 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """transformers' loader, with a damaged weights file reported in one line."""
+        """transformers' loader, with a damaged weights file or a tensor of the wrong shape reported in one line."""
+        if not kwargs.get("ignore_mismatched_sizes") and not kwargs.get("subfolder"):
+            _check_tensor_shapes(cls, pretrained_model_name_or_path, kwargs.get("config"))
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except Exception as err:
@@ -496,6 +499,39 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
         finally:
             cls._auto_class = before
             self.config._auto_class = None
+
+
+def _check_tensor_shapes(cls, folder, config=None) -> None:
+    """Refuse a local checkpoint whose tensors do not have the shapes its config.json gives them.
+
+    transformers would log a table and raise, or (ignore_mismatched_sizes) re-initialise the tensor at
+    random; one line naming the tensor and the file is what a user can act on. Only the safetensors
+    headers are read, and the expected shapes come from a model built on the meta device (no memory).
+    """
+    folder = str(folder)
+    if not os.path.isdir(folder):
+        return  # a Hub id: transformers' own check applies
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    if not files:
+        return
+    try:
+        from safetensors import safe_open
+
+        if not isinstance(config, NanoChatConfig):
+            config = NanoChatConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
+        saved = {}
+        for name in files:
+            with safe_open(os.path.join(folder, name), framework="pt") as f:
+                saved.update({k: (name, tuple(f.get_slice(k).get_shape())) for k in f.keys()})
+    except Exception:
+        return  # an unreadable config or header: the loader below reports it
+    for key, (name, shape) in saved.items():
+        if key in expected and shape != expected[key]:
+            raise ValueError(f"{os.path.join(folder, name)}: tensor {key} has shape {list(shape)}, but config.json "
+                             f"makes it {list(expected[key])}; the file is damaged or belongs to another model: "
+                             "save or download the checkpoint again")
 
 
 def check_tokenizer_fits(config: NanoChatConfig, tokenizer) -> None:

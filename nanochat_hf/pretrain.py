@@ -36,10 +36,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nanochat_hf.checkpoints import STATE_NAME, latest_checkpoint, publish, rotate, staging_dir
+from nanochat_hf.errors import UserError, ensure_writable, run_main, writing
 from nanochat_hf.extras import available, install_hint, require
 
 LOG_NAME = "pretrain.jsonl"
-STATE_NAME = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
 SAMPLE_PROMPTS = (  # nanochat's fixed prompts, sampled greedily at the end of pretraining
     "The capital of France is",
     "The chemical symbol of gold is",
@@ -55,7 +56,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "GH200": 989e12, "
 REFERENCE_DEPTH = 12  # hyperparameters were tuned at d12 and are transferred from there
 
 
-class PretrainError(RuntimeError):
+class PretrainError(UserError):
     """A run-time problem with a known fix (out of memory, ...): reported as one line."""
 
 
@@ -117,11 +118,19 @@ def load_tokenizer_and_bytes(path: str):
 
     try:
         tok = load_tokenizer(path)
+    except FileNotFoundError:  # already names the missing file
+        raise
     except OSError as err:  # a Hub id that cannot be reached or does not exist
         raise FileNotFoundError(f"tokenizer {path!r} could not be loaded ({type(err).__name__}); "
                                 f"train one with `nanochat-hf tokenizer train --output {path}`") from None
     tb_file = Path(path) / "token_bytes.pt"
-    token_bytes = torch.load(tb_file) if tb_file.is_file() else get_token_bytes(tok)
+    if not tb_file.is_file():  # a derived file: recomputed from the vocabulary
+        return tok, get_token_bytes(tok)
+    try:
+        token_bytes = torch.load(tb_file)
+    except Exception as err:  # truncated or not a torch file: the unpickler raises all kinds
+        raise UserError(f"{tb_file} cannot be read ({type(err).__name__}); delete it (it is recomputed from "
+                        "tokenizer.json) or save the tokenizer again") from None
     if len(token_bytes) < len(tok):
         raise ValueError(f"{tb_file} has {len(token_bytes)} entries but the tokenizer has {len(tok)}; re-save the tokenizer")
     return tok, token_bytes
@@ -256,42 +265,35 @@ def verify_checkpoint(folder: Path) -> dict:
     return state
 
 
-def find_checkpoint(spec: str, output_dir: Path) -> Path | None:
-    """`latest` -> the newest checkpoint-<step> in output_dir (None if there is none), else the path."""
+def find_checkpoint(spec: str, output_dir: Path, say=print) -> Path | None:
+    """`latest` -> the newest complete checkpoint-<step> in output_dir (None if there is none), else the path."""
     if spec != "latest":
         return Path(spec)
-    steps = []
-    for d in output_dir.glob("checkpoint-*"):
-        suffix = d.name.split("-", 1)[1]
-        if d.is_dir() and suffix.isdigit():
-            steps.append((int(suffix), d))
-    return max(steps)[1] if steps else None
+    return latest_checkpoint(output_dir, say)
 
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, trainer_state: dict, loader, keep: int) -> Path:
-    """accelerate's save_state into a temporary folder, then one atomic rename."""
-    final = output_dir / f"checkpoint-{step}"
-    tmp = output_dir / f".checkpoint-{step}.tmp"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    """accelerate's save_state into a temporary folder, then one atomic rename (see nanochat_hf.checkpoints)."""
     from accelerate.utils import gather_object
 
-    loader_states = gather_object([loader.state_dict()])  # one per rank, in rank order
-    if accelerator.is_main_process:
-        state = dict(trainer_state, step=step, loader_states=loader_states, manifest=_manifest(tmp))
-        with open(tmp / STATE_NAME, "w") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if keep > 0:
-            old = sorted((int(d.name.split("-")[1]), d) for d in output_dir.glob("checkpoint-*") if d.name.split("-")[1].isdigit())
-            for _, d in old[:-keep]:
-                shutil.rmtree(d, ignore_errors=True)
+    final = output_dir / f"checkpoint-{step}"
+    tmp = staging_dir(final)
+    main = accelerator.is_main_process
+    with writing(final, undo=lambda: main and shutil.rmtree(tmp, ignore_errors=True)):
+        if main and tmp.exists():
+            shutil.rmtree(tmp)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(tmp))
+        loader_states = gather_object([loader.state_dict()])  # one per rank, in rank order
+        if main:
+            state = dict(trainer_state, step=step, loader_states=loader_states, manifest=_manifest(tmp))
+            with open(tmp / STATE_NAME, "w") as f:
+                json.dump(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            publish(tmp, final)
+    if main:  # older checkpoints go only once the new one is whole
+        rotate(output_dir, keep)
     accelerator.wait_for_everyone()
     return final
 
@@ -327,7 +329,8 @@ class JsonlLog:
 
     def write(self, **row) -> None:
         if self.enabled:
-            self.f.write(json.dumps(row, default=str) + "\n")
+            with writing(self.path.parent):
+                self.f.write(json.dumps(row, default=str) + "\n")
 
 
 # ----------------------------------------------------------------------------- training
@@ -361,12 +364,12 @@ def train(cfg: PretrainConfig) -> dict:
         torch.backends.cudnn.allow_tf32 = True
 
     # Inputs first, so bad arguments fail before any long work.
-    output_dir = Path(cfg.output_dir)
+    output_dir = ensure_writable(cfg.output_dir)
     tokenizer, token_bytes = load_tokenizer_and_bytes(cfg.tokenizer)
     train_split, val_split = load_splits(cfg.data)
     resume_dir = None
     if cfg.resume_from_checkpoint:
-        resume_dir = find_checkpoint(cfg.resume_from_checkpoint, output_dir)
+        resume_dir = find_checkpoint(cfg.resume_from_checkpoint, output_dir, say)
         if resume_dir is None:
             say(f"no checkpoint in {output_dir} yet: starting from scratch")
     resume_state = verify_checkpoint(resume_dir) if resume_dir is not None else None
@@ -560,10 +563,11 @@ def save_final(accelerator, model, tokenizer, output_dir: Path) -> None:
         stop = [i for i in (tokenizer.eos_token_id, tokenizer.bos_token_id) if i is not None]
         unwrapped.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop,
                                                        pad_token_id=tokenizer.pad_token_id or tokenizer.bos_token_id)
-        unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
         from nanochat_hf.tokenization import save_tokenizer
 
-        save_tokenizer(tokenizer, output_dir)  # tokenizer files, chat template, token_bytes.pt
+        with writing(output_dir):
+            unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
+            save_tokenizer(tokenizer, output_dir)  # tokenizer files, chat template, token_bytes.pt
     accelerator.wait_for_everyone()
 
 
@@ -571,20 +575,16 @@ def save_final(accelerator, model, tokenizer, output_dir: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> PretrainConfig:
-    from trl import TrlParser  # YAML `--config` + flag overrides, the TRL way
+    from nanochat_hf.recipe import parse_stage_args  # YAML `--config` + flag overrides, the TRL way
 
-    (cfg,) = TrlParser((PretrainConfig,)).parse_args_and_config(argv)
+    (cfg,) = parse_stage_args((PretrainConfig,), sys.argv[1:] if argv is None else argv)
     return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        train(parse_args(argv))  # an unknown YAML key or a missing --config file is a one-line error too
-    except (ValueError, FileNotFoundError, PretrainError) as err:
-        print(f"nanochat-hf pretrain: {err}", file=sys.stderr)
-        return 2
-    return 0
+    # A typo'd YAML key, a corrupt shard, a full disk: one line and exit status 2 (nanochat_hf.errors).
+    return run_main("nanochat-hf pretrain", lambda: train(parse_args(argv)))
 
 
 if __name__ == "__main__":

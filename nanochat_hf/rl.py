@@ -43,6 +43,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from nanochat_hf.checkpoints import AtomicCheckpoints, latest_checkpoint
+from nanochat_hf.errors import ensure_writable, run_main, writing
 from nanochat_hf.extras import require
 
 # ----------------------------------------------------------------------------- arguments
@@ -91,11 +93,11 @@ class RLArguments:
 
 
 def parse_args(argv: list[str]):
-    from trl import GRPOConfig, TrlParser
+    from trl import GRPOConfig
 
-    parser = TrlParser((RLArguments, GRPOConfig))
-    rl_args, config = parser.parse_args_and_config(args=argv)
-    return rl_args, config
+    from nanochat_hf.recipe import parse_stage_args  # YAML `--config` + flag overrides, the TRL way
+
+    return parse_stage_args((RLArguments, GRPOConfig), argv)
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -458,14 +460,13 @@ def check_args(args: RLArguments, config) -> None:
 
 
 def resolve_resume(config) -> str | None:
-    """`--resume_from_checkpoint auto` (or true/last) = the newest checkpoint-N in output_dir, if any."""
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """`--resume_from_checkpoint auto` (or true/last/latest): the newest complete checkpoint-N in output_dir."""
     value = config.resume_from_checkpoint
     if value in (None, "", "false", "False", "none", "None"):
         return None
-    if str(value).lower() in ("auto", "true", "last"):
-        return get_last_checkpoint(config.output_dir) if os.path.isdir(config.output_dir) else None
+    if str(value).lower() in ("auto", "true", "last", "latest"):
+        found = latest_checkpoint(config.output_dir)
+        return str(found) if found else None
     if not os.path.isdir(value):
         raise FileNotFoundError(f"checkpoint {value} does not exist; pass a checkpoint-N folder or `auto`")
     return value
@@ -475,11 +476,16 @@ def train(args: RLArguments, config):
     from trl import GRPOTrainer
 
     from nanochat_hf.rewards import REWARD_FUNCS
+
+    class AtomicGRPOTrainer(AtomicCheckpoints, GRPOTrainer):  # checkpoints written aside, then renamed
+        pass
+
     from nanochat_hf.tokenization import save_tokenizer
 
     if config.use_vllm:
         require("vllm", "use_vllm: true")
     check_args(args, config)
+    ensure_writable(config.output_dir)
     resume = resolve_resume(config)
     train_ds, test_ds = load_prompts(args)
     model, tokenizer = load_model(args, config)
@@ -504,7 +510,7 @@ def train(args: RLArguments, config):
     elif resume is not None:
         truncate_log(log_path, int(Path(resume).name.rsplit("-", 1)[-1]))
     passk = PassAtKCallback(args, test_ds)
-    trainer = GRPOTrainer(
+    trainer = AtomicGRPOTrainer(
         model=model,
         reward_funcs=[REWARD_FUNCS[name] for name in args.reward_funcs],
         args=config,
@@ -522,23 +528,19 @@ def train(args: RLArguments, config):
     trainer.train(resume_from_checkpoint=resume)
 
     # The Hub-ready folder: weights, config, generation config, tokenizer with its chat template.
-    trainer.save_model(config.output_dir)
-    if trainer.accelerator.is_main_process:
-        save_tokenizer(tokenizer, config.output_dir)
-        trainer.create_model_card(model_name=Path(config.output_dir).name, dataset_name=args.dataset_name,
-                                  tags=["nanochat", "nanochat_hf"])
+    with writing(config.output_dir):
+        trainer.save_model(config.output_dir)
+        if trainer.accelerator.is_main_process:
+            save_tokenizer(tokenizer, config.output_dir)
+            trainer.create_model_card(model_name=Path(config.output_dir).name, dataset_name=args.dataset_name,
+                                      tags=["nanochat", "nanochat_hf"])
     return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        args, config = parse_args(argv)
-        train(args, config)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"nanochat-hf rl: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    # Bad input, a full disk: one line and exit status 2 (nanochat_hf.errors).
+    return run_main("nanochat-hf rl", lambda: train(*parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
+from nanochat_hf.checkpoints import AtomicCheckpoints, latest_checkpoint
+from nanochat_hf.errors import UserError, ensure_writable, run_main, writing
+
 # nanochat's schedules per stage (mid_train.py, chat_sft.py); a recipe or flag overrides them.
 STAGE_DEFAULTS = {
     "mid": dict(init_lr_frac=1.0, warmup_frac=0.0, warmdown_ratio=0.2, final_lr_frac=0.0),
@@ -43,7 +46,7 @@ MUON_MOMENTUM = (0.85, 0.95, 300)  # start, end, warmup steps (nanochat's SFT/mi
 REFERENCE_BATCH = 2**19  # tokens per step at which the base lrs are tuned (nanochat's sqrt batch rule)
 
 
-class ChatTrainingError(RuntimeError):
+class ChatTrainingError(UserError):
     """A problem the user must fix before training can start (bad checkpoint, tokenizer, data)."""
 
 
@@ -239,8 +242,8 @@ class NanochatSchedule(torch.optim.lr_scheduler.LRScheduler):
         return [base * m for base in self.base_lrs]
 
 
-class ChatSFTTrainer(SFTTrainer):
-    """SFTTrainer whose optimizer and schedule are nanochat's (the rest is TRL's)."""
+class ChatSFTTrainer(AtomicCheckpoints, SFTTrainer):
+    """SFTTrainer whose optimizer and schedule are nanochat's and whose checkpoints are atomic (the rest is TRL's)."""
 
     def __init__(self, *args, chat_args: ChatArguments, **kwargs):
         self.chat_args = chat_args
@@ -379,24 +382,24 @@ def save_chat_model(trainer, tokenizer, output_dir: Path) -> None:
         eos_token_id=tokenizer.convert_tokens_to_ids("<|assistant_end|>"),
         pad_token_id=tokenizer.pad_token_id,
     )
-    trainer.save_model(str(output_dir))
-    if trainer.is_world_process_zero():
-        save_tokenizer(tokenizer, output_dir)
+    with writing(output_dir):
+        trainer.save_model(str(output_dir))
+        if trainer.is_world_process_zero():
+            save_tokenizer(tokenizer, output_dir)
 
 
 def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
     """Build the data, run SFTTrainer, save the chat model; returns a summary of the run."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     from nanochat_hf.chat_data import Mixture, build_mixture, tokenize_conversations
 
-    output_dir = Path(cfg.output_dir)
+    output_dir = ensure_writable(cfg.output_dir)
     mixture = Mixture.parse(chat_args.mixture)  # a bad mixture fails now, before the model loads
     if cfg.max_length is None or cfg.max_length < 16:
         raise ValueError(f"--max_length must be >= 16 tokens, got {cfg.max_length}")
     resume = chat_args.resume or (cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None)
     if resume == "latest":
-        resume = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        resume = latest_checkpoint(output_dir)
+        resume = str(resume) if resume else None
         if resume is None:
             print(f"no checkpoint in {output_dir}: starting from {chat_args.model_name_or_path}", file=sys.stderr)
     elif resume and not Path(resume).is_dir():
@@ -441,12 +444,12 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
 
 def parse_args(argv: list[str] | None, stage: str | None = None) -> tuple[ChatArguments, ChatSFTConfig]:
     """`stage` forces --stage (nanochat-hf mid); otherwise --stage, the recipe's `stage:` or sft."""
-    from trl import TrlParser  # YAML `--config` + flag overrides, the TRL way
+    from nanochat_hf.recipe import parse_stage_args  # YAML `--config` + flag overrides, the TRL way
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if stage and not any(a == "--stage" or a.startswith("--stage=") for a in argv):
         argv = ["--stage", stage, *argv]
-    chat_args, cfg = TrlParser((ChatArguments, ChatSFTConfig)).parse_args_and_config(argv)
+    chat_args, cfg = parse_stage_args((ChatArguments, ChatSFTConfig), argv)
     if cfg.output_dir in (None, "trainer_output"):
         cfg.output_dir = f"runs/tiny/{chat_args.stage}"
     return chat_args, cfg
@@ -454,14 +457,12 @@ def parse_args(argv: list[str] | None, stage: str | None = None) -> tuple[ChatAr
 
 def main(argv: list[str] | None = None, stage: str | None = None) -> int:
     """`nanochat-hf sft ...` (and `accelerate launch -m nanochat_hf.sft ...`)."""
-    try:
-        chat_args, cfg = parse_args(argv, stage)
-        summary = train(chat_args, cfg)
-    except (ValueError, FileNotFoundError, ChatTrainingError) as err:
-        print(f"nanochat-hf {stage or 'sft'}: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
-    return 0
+
+    def run() -> None:
+        summary = train(*parse_args(argv, stage))
+        print(json.dumps({k: v for k, v in summary.items() if isinstance(v, (int, float, str))}))
+
+    return run_main(f"nanochat-hf {stage or 'sft'}", run)  # bad input, a full disk: one line, exit status 2
 
 
 def main_mid(argv: list[str] | None = None) -> int:

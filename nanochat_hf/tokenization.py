@@ -27,6 +27,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from nanochat_hf.errors import UserError, run_main
+
 # ----------------------------------------------------------------------------- hyperparameters
 
 SPECIAL_TOKENS = [
@@ -97,22 +99,16 @@ def _resolve_files(path: str) -> list[Path]:
 
 def _file_documents(path: Path) -> Iterator[str]:
     """Documents of one file, streamed: parquet one row group at a time, jsonl line by line, txt split on blank lines."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    from nanochat_hf.dataset import read_jsonl, read_parquet
 
-        pf = pq.ParquetFile(path)
-        if "text" not in pf.schema_arrow.names:
-            raise ValueError(f"{path} has no 'text' column (columns: {pf.schema_arrow.names})")
-        for i in range(pf.num_row_groups):
-            yield from pf.read_row_group(i, columns=["text"]).column("text").to_pylist()
+    if path.suffix == ".parquet":
+        for i in range(read_parquet(path)):
+            yield from read_parquet(path, i)
     elif path.suffix in (".jsonl", ".json"):
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    row = json.loads(line)
-                    if not isinstance(row, dict) or "text" not in row:
-                        raise ValueError(f"{path}:{n} has no 'text' field; each JSONL line needs {{\"text\": ...}}")
-                    yield row["text"]
+        for n, row in read_jsonl(path):
+            if not isinstance(row, dict) or "text" not in row:
+                raise ValueError(f"{path}:{n} has no 'text' field; each JSONL line needs {{\"text\": ...}}")
+            yield row["text"]
     else:
         text = path.read_text(encoding="utf-8", errors="replace")
         yield from (doc for doc in text.split("\n\n") if doc.strip())
@@ -305,11 +301,23 @@ def load_tokenizer(path_or_hub_id: str | os.PathLike):
 
     path = str(path_or_hub_id)
     local = Path(path).expanduser()
-    if local.exists() and not (local / "tokenizer.json").is_file():
-        raise FileNotFoundError(f"{path} has no tokenizer.json; train one with `nanochat-hf tokenizer train --output {path}`")
     if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
         raise FileNotFoundError(f"tokenizer {path!r} not found; train one with `nanochat-hf tokenizer train --output {path}`")
-    tok = AutoTokenizer.from_pretrained(str(local) if local.exists() else path)
+    if not local.exists():  # a Hub id
+        tok = AutoTokenizer.from_pretrained(path)
+    else:
+        # Both files are needed: tokenizer.json holds the vocabulary, tokenizer_config.json which ids are
+        # BOS / EOS / padding (without it the tokenizer loads, but with no BOS, and every row would be wrong).
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if not (local / name).is_file():
+                raise FileNotFoundError(f"{local / name} is missing; copy it back from where the tokenizer was saved, "
+                                        f"or train one with `nanochat-hf tokenizer train --output {path}`")
+        try:
+            tok = AutoTokenizer.from_pretrained(str(local))
+        except Exception as err:  # a truncated or hand-edited file: JSON or tokenizers errors of any type
+            cause = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
+            raise UserError(f"{local}/tokenizer*.json cannot be read, a file is truncated or corrupt ({cause}); "
+                            "save the tokenizer again") from None
     vocab = tok.get_vocab()
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
@@ -515,30 +523,30 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "train":
-            t0 = time.time()
-            tok = train_tokenizer(args.input, args.vocab_size, args.max_chars, args.doc_cap)
-            out = save_tokenizer(tok, args.output)
-            print(f"trained a {len(tok)}-token tokenizer in {time.time() - t0:.1f}s -> {out}")
-        else:
-            tok = load_tokenizer(args.path)
-            texts = list(iter_documents(args.input, args.max_chars, doc_cap=None))
-            if not texts:
-                raise ValueError("no text to evaluate on; check --input")
-            result = evaluate_tokenizer(tok, texts)
-            if Path(args.path).is_dir():
-                import torch
+    # A damaged input file, a tokenizer folder missing a file: one line and exit status 2 (nanochat_hf.errors).
+    return run_main(f"nanochat-hf tokenizer {args.command}", lambda: _run(args))
 
-                torch.save(get_token_bytes(tok), Path(args.path) / "token_bytes.pt")
-            _print_eval(result)
-            if args.output:
-                Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.output).write_text(json.dumps(result, indent=2))
-    except (FileNotFoundError, ValueError) as err:
-        print(f"nanochat-hf tokenizer {args.command}: {err}", file=sys.stderr)
-        return 2
-    return 0
+
+def _run(args) -> None:
+    if args.command == "train":
+        t0 = time.time()
+        tok = train_tokenizer(args.input, args.vocab_size, args.max_chars, args.doc_cap)
+        out = save_tokenizer(tok, args.output)
+        print(f"trained a {len(tok)}-token tokenizer in {time.time() - t0:.1f}s -> {out}")
+        return
+    tok = load_tokenizer(args.path)
+    texts = list(iter_documents(args.input, args.max_chars, doc_cap=None))
+    if not texts:
+        raise ValueError("no text to evaluate on; check --input")
+    result = evaluate_tokenizer(tok, texts)
+    if Path(args.path).is_dir():
+        import torch
+
+        torch.save(get_token_bytes(tok), Path(args.path) / "token_bytes.pt")
+    _print_eval(result)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2))
 
 
 def _print_eval(r: dict) -> None:

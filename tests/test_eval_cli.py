@@ -75,7 +75,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tiny_model_dir, argv, message, cap
     extra = [] if "--bundle" in argv else ["--bundle", str(BUNDLE)]
     assert run.main(["--model", str(tiny_model_dir), *argv, *extra, "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and message in err and "\n" not in err
+    assert err.startswith("nanochat-hf eval: error:") and message in err and "\n" not in err
 
 
 @pytest.mark.parametrize("spec, core_labels, chat", [

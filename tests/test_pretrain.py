@@ -108,7 +108,8 @@ def test_partial_and_corrupt_checkpoints_are_refused(tokenizer_dir, tmp_path, ca
     partial = out / "checkpoint-9"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half")
-    assert pretrain.main(tiny_args(tokenizer_dir, out, "--resume_from_checkpoint", "latest")) == 2
+    # Named explicitly it is refused (`latest` skips it: tests/test_checkpoint_saves.py).
+    assert pretrain.main(tiny_args(tokenizer_dir, out, "--resume_from_checkpoint", str(partial))) == 2
     assert "checkpoint-9 is partial" in capsys.readouterr().err
     partial.rename(out / ".trash")
     weights = ckpt / "model.safetensors"

@@ -67,7 +67,9 @@ def _load_dataset(task: str, data_dir: str | None):
         path = Path(data_dir).expanduser() / filename
         if not path.is_file():
             raise FileNotFoundError(f"{task}: no {path}; put the {hub_id} ({config}, {split}) rows there as JSONL")
-        ds = load_dataset("json", data_files=str(path), split="train")
+        from nanochat_hf.chat_data import load_local_files
+
+        ds = load_local_files([path])  # a damaged line is refused naming the file and line
     else:
         try:
             ds = load_dataset(hub_id, config, split=split)

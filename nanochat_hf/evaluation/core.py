@@ -21,7 +21,6 @@ the same numbers, several times faster (benchmarks/eval.py).
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 import shutil
@@ -47,6 +46,9 @@ CORE_LABELS = ("hellaswag_zeroshot", "jeopardy", "bigbench_qa_wikidata", "arc_ea
                "commonsense_qa", "piqa", "openbook_qa", "lambada_openai", "hellaswag", "winograd", "winogrande",
                "bigbench_dyck_languages", "agi_eval_lsat_ar", "bigbench_cs_algorithms", "bigbench_operators",
                "bigbench_repeat_copy_logic", "squad", "coqa", "boolq", "bigbench_language_identification")
+# The fields a row of each task type must have (the DCLM bundle's schema).
+ROW_FIELDS = {"multiple_choice": ("query", "choices", "gold"), "schema": ("context_options", "continuation", "gold"),
+              "language_modeling": ("context", "continuation")}
 
 
 # ----------------------------------------------------------------------------- the bundle
@@ -148,8 +150,17 @@ def load_task_rows(bundle: Path, task: CoreTask, max_per_task: int = -1) -> list
     if not path.is_file():
         raise FileNotFoundError(f"CORE task {task.label}: missing {path}; the bundle is incomplete "
                                 f"(download {EVAL_BUNDLE_URL} or leave the task out with --tasks)")
-    with open(path, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    from nanochat_hf.dataset import read_jsonl
+    from nanochat_hf.errors import UserError
+
+    rows, fields = [], ROW_FIELDS[task.task_type]
+    for n, row in read_jsonl(path):
+        missing = [k for k in fields if not isinstance(row, dict) or k not in row]
+        if missing:  # refused, not skipped: a dropped row would change the score silently
+            raise UserError(f"{path}:{n}: the row lacks {', '.join(map(repr, missing))} (a {task.task_type} row "
+                            f"of CORE task {task.label} needs {', '.join(fields)}); fix the row or use the original "
+                            "bundle")
+        rows.append(row)
     random.Random(SHUFFLE_SEED).shuffle(rows)
     return rows[:max_per_task] if max_per_task > 0 else rows
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from nanochat_hf.errors import run_main
+
 from . import chat_tasks, core
 
 BPB_SEQ_LEN = 512  # rows of the bpb evaluation (capped by the model's context)
@@ -208,23 +210,24 @@ def markdown_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        if args.max_per_task == 0 or args.max_per_task < -1:
-            raise ValueError(f"--max-per-task must be a positive number or -1 (all), got {args.max_per_task}")
-        core_labels, _, _ = resolve_tasks(args.tasks, core.known_labels(args.bundle))  # a wrong name: no download
-        if core_labels is None or core_labels:  # check the bundle and task names before loading the model
-            bundle = core.resolve_bundle(args.bundle)
-            missing = [t.label for t in core.load_tasks(bundle, core_labels or None)
-                       if not (bundle / "eval_data" / t.dataset_uri).is_file()]
-            if missing:
-                raise FileNotFoundError(f"the bundle {bundle} lacks the data of {', '.join(missing)}; use the full bundle "
-                                        f"({core.EVAL_BUNDLE_URL}) or list the other tasks with --tasks")
-        model, tokenizer = load_model(args.model, args.device, args.dtype)
-        result = evaluate(model, tokenizer, args.tasks, args.max_per_task, args.bundle, args.chat_data, args.bpb_text,
-                          args.batch_tokens, args.max_new_tokens, not args.no_progress, model_name=args.model)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # A damaged bundle row, a bad checkpoint: one line and exit status 2 (nanochat_hf.errors).
+    return run_main("nanochat-hf eval", lambda: _run(args))
+
+
+def _run(args) -> None:
+    if args.max_per_task == 0 or args.max_per_task < -1:
+        raise ValueError(f"--max-per-task must be a positive number or -1 (all), got {args.max_per_task}")
+    core_labels, _, _ = resolve_tasks(args.tasks, core.known_labels(args.bundle))  # a wrong name: no download
+    if core_labels is None or core_labels:  # check the bundle and task names before loading the model
+        bundle = core.resolve_bundle(args.bundle)
+        missing = [t.label for t in core.load_tasks(bundle, core_labels or None)
+                   if not (bundle / "eval_data" / t.dataset_uri).is_file()]
+        if missing:
+            raise FileNotFoundError(f"the bundle {bundle} lacks the data of {', '.join(missing)}; use the full bundle "
+                                    f"({core.EVAL_BUNDLE_URL}) or list the other tasks with --tasks")
+    model, tokenizer = load_model(args.model, args.device, args.dtype)
+    result = evaluate(model, tokenizer, args.tasks, args.max_per_task, args.bundle, args.chat_data, args.bpb_text,
+                      args.batch_tokens, args.max_new_tokens, not args.no_progress, model_name=args.model)
     table = markdown_table(result)
     print(table)
     if args.output:
@@ -233,7 +236,6 @@ def main(argv: list[str] | None = None) -> int:
         out.write_text(json.dumps(result, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
         out.with_suffix(".md").write_text(table)
         print(f"wrote {out} and {out.with_suffix('.md')}")
-    return 0
 
 
 if __name__ == "__main__":

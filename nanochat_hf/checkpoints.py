@@ -1,0 +1,110 @@
+"""Checkpoints that are whole or absent, for pretraining (accelerate) and SFT / RL (the HF Trainer).
+
+A checkpoint is written into a hidden sibling, `.checkpoint-<step>.tmp`, and renamed to `checkpoint-<step>`
+once every file is there; older checkpoints are deleted only after that. So a run killed mid-save, or
+stopped by a full disk or a read-only folder, leaves its previous checkpoint as it was, plus at most a
+hidden temporary folder that no resume ever picks. A write that fails stops the run with one line
+naming the folder and the free space on its disk (`errors.write_failed`).
+
+`latest_checkpoint` is what every stage's "resume from the newest checkpoint" flag uses: the newest
+`checkpoint-<step>` holding its trainer state (written last), skipping, with a line saying so, any
+that lacks it (a folder copied in part, or left by a version that wrote in place).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from nanochat_hf.errors import writing
+
+STATE_NAME = "trainer_state.json"  # the last file both pretraining and the HF Trainer write into a checkpoint
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The step of a `checkpoint-<step>` folder name, else None."""
+    prefix, _, step = Path(path).name.partition("-")
+    return int(step) if prefix == "checkpoint" and step.isdigit() else None
+
+
+def staging_dir(final: Path) -> Path:
+    """Where `final` is written before its rename: a hidden sibling no checkpoint search matches."""
+    return final.parent / f".{final.name}.tmp"
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Swap the fully written `tmp` in as `final` (a same-step leftover is replaced)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-<step>` folders of `output_dir`, newest step first."""
+    folder = Path(output_dir)
+    found = [(checkpoint_step(d), d) for d in folder.glob("checkpoint-*")] if folder.is_dir() else []
+    return [d for s, d in sorted(found, reverse=True) if s is not None and d.is_dir()]
+
+
+def latest_checkpoint(output_dir: str | os.PathLike, say=None) -> Path | None:
+    """The newest complete `checkpoint-<step>` in `output_dir`, or None; incomplete ones are skipped, and said."""
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    for d in _checkpoints(output_dir):
+        if (d / STATE_NAME).is_file():
+            return d
+        say(f"skipping {d}: partial checkpoint (no {STATE_NAME}, its save never finished)")
+    return None
+
+
+def rotate(output_dir: str | os.PathLike, keep: int | None, protect: str | os.PathLike | None = None) -> None:
+    """Keep the newest `keep` complete checkpoints (and `protect`); None or <= 0 keeps all.
+
+    Only complete ones count and go: a partial folder at a later step must not push a good one out.
+    """
+    if not keep or keep <= 0:
+        return
+    complete = [d for d in _checkpoints(output_dir) if (d / STATE_NAME).is_file()]
+    for d in complete[keep:]:
+        if protect is None or Path(protect) != d:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+class AtomicCheckpoints:
+    """Mixin for a transformers Trainer (SFTTrainer, GRPOTrainer): its checkpoints are saved atomically.
+
+    The Trainer writes `checkpoint-<step>` inside `_get_output_dir()`; pointing that at a staging folder
+    for the duration of the save, then renaming, keeps all of the Trainer's own saving code (model,
+    optimizer, scheduler, RNG states, trainer state) and TRL's additions to it.
+    """
+
+    _staging: Path | None = None
+
+    def _get_output_dir(self, trial):
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        run_dir = Path(self._get_output_dir(trial))
+        final = run_dir / f"checkpoint-{self.state.global_step}"
+        staging = staging_dir(final)
+        main = self.args.should_save
+        drop = lambda: main and shutil.rmtree(staging, ignore_errors=True)  # noqa: E731
+        try:
+            with writing(final, undo=drop):
+                if main and staging.exists():  # left by a run killed while saving this step
+                    shutil.rmtree(staging)
+                self.accelerator.wait_for_everyone()
+                self._staging = staging
+                super()._save_checkpoint(model, trial)
+                self.accelerator.wait_for_everyone()
+                if main:
+                    publish(staging / final.name, final)
+                    shutil.rmtree(staging)
+        finally:
+            self._staging = None
+        if self.state.best_model_checkpoint == str(staging / final.name):
+            self.state.best_model_checkpoint = str(final)
+        if main:  # the Trainer's own rotation ran inside the staging folder: do it here, after the rename
+            rotate(run_dir, self.args.save_total_limit, self.state.best_model_checkpoint)
+        self.accelerator.wait_for_everyone()
