@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+import torch
 
 from nanochat_hf.engine import Engine
 from nanochat_hf.serve import Limits, create_app
@@ -270,6 +271,120 @@ def test_request_timeout(tiny_tokenizer):
         assert wait_idle(base)
 
 
+# ----------------------------------------------------------------------------- slow and stuck clients
+
+
+def endless_model(tokenizer, context=4096):
+    """A tiny random model with a long context that never ends its answer: the rows of its stop tokens
+    in the head are zero, so their logit (0) is always below the greedy pick. Its streams run their
+    whole max_new_tokens in any process that loads it, long enough to fill a socket's buffers."""
+    from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
+
+    torch.manual_seed(0)
+    cfg = NanoChatConfig.from_depth(2, arch="modern", vocab_size=len(tokenizer), max_position_embeddings=context,
+                                    head_dim=64)
+    model = NanoChatForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        for t in ("<|assistant_end|>", "<|bos|>"):
+            model.lm_head.weight[tokenizer.convert_tokens_to_ids(t)] = 0
+    return model
+
+
+def open_request(base: str, path: str, length: int, rcvbuf: int | None = None) -> socket.socket:
+    """A raw socket that has sent the headers of `POST path` with a body of `length` bytes still to come."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.socket()
+    if rcvbuf:  # before connecting: the TCP window is agreed at the handshake
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect((host, int(port)))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {length}\r\n\r\n".encode())
+    return sock
+
+
+def non_reader(base: str, max_new_tokens: int) -> socket.socket:
+    """A client that asks for a long stream and never reads a byte of it (small receive buffer)."""
+    body = json.dumps({"inputs": "Once upon a time", "parameters": {"max_new_tokens": max_new_tokens}}).encode()
+    sock = open_request(base, "/generate_stream", len(body), rcvbuf=4096)
+    sock.sendall(body)
+    return sock
+
+
+def read_to_end(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """What the server sends until it closes the connection -> (data, whether it closed within `timeout`)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    except ConnectionResetError:  # dropped with data still unsent: closed all the same
+        return data, True
+    except TimeoutError:
+        return data, False
+    return data, True
+
+
+class Trickler(threading.Thread):
+    """A client that sends its request body one byte every `every` seconds, then reads the answer."""
+
+    def __init__(self, base: str, every: float = 1.0):
+        super().__init__(daemon=True)
+        self.body = json.dumps({"inputs": "Once upon a time, " * 4, "parameters": {"max_new_tokens": 8}}).encode()
+        self.sock, self.every = open_request(base, "/generate", len(self.body)), every
+        self.sent, self.answer, self.closed = 0, b"", False
+
+    def run(self):
+        try:
+            for byte in self.body:
+                self.sock.sendall(bytes([byte]))
+                self.sent += 1
+                time.sleep(self.every)
+        except OSError:  # the server closed the connection on us
+            pass
+        self.answer, self.closed = read_to_end(self.sock, timeout=30)
+
+
+def wait_health(base, timeout=30, **fields) -> bool:
+    """Poll /health until every given field has the given value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = httpx.get(f"{base}/health").json()
+        if all(health[k] == v for k, v in fields.items()):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_body_trickled_byte_by_byte_gets_408_and_is_disconnected(engine):
+    with live_server(engine, Limits(body_timeout_s=1.0)) as base:
+        slow = Trickler(base, every=0.2)
+        start = time.monotonic()
+        slow.start()
+        slow.join(30)
+        took = time.monotonic() - start
+    assert slow.answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in slow.answer
+    assert slow.closed and took < 5 and slow.sent < len(slow.body)  # cut off, not served after the whole body
+
+
+def test_a_client_that_stops_reading_is_parked_then_cut_off(tiny_tokenizer):
+    engine = Engine(endless_model(tiny_tokenizer), tiny_tokenizer)
+    limits = Limits(max_new_tokens=4000, idle_timeout_s=2.0)
+    app = create_app(engine, limits, model_id="tiny")
+    with live_app(app) as base:
+        stuck = non_reader(base, max_new_tokens=4000)
+        assert wait_health(base, in_flight=1, parked=1), "the unread stream never left the batch"
+        steps = app.state.server.scheduler.steps
+        time.sleep(0.3)
+        assert app.state.server.scheduler.steps == steps  # nothing is decoded for it while it waits
+        assert wait_health(base, in_flight=0, parked=0), "the stuck client still holds its slot"
+        data, closed = read_to_end(stuck, timeout=10)
+        assert closed and b'"finish_reason"' not in data  # disconnected mid-stream, not finished
+        r = httpx.post(f"{base}/generate", json={"inputs": "a", "parameters": {"max_new_tokens": 5}}, timeout=60)
+        assert r.status_code == 200 and r.json()["generated_text"]
+
+
 def test_tool_calls_through_the_chat_api(tiny_tokenizer):
     from test_engine import scripted_engine
 
@@ -516,3 +631,13 @@ def test_serve_key_from_flag_or_environment(fake_run, monkeypatch, capsys, sourc
             assert httpx.get(f"{base}/health", headers={"Host": host}).status_code == status, host
         cors = httpx.get(f"{base}/health", headers={"Origin": "http://ui.example"})
         assert cors.headers["access-control-allow-origin"] == "http://ui.example"
+
+
+def test_serve_timeout_flags(fake_run, capsys):
+    from nanochat_hf.serve import main
+
+    assert main(["--model", "tiny", "--body-timeout", "3", "--idle-timeout", "4.5"]) == 0
+    limits = fake_run["app"].state.server.limits
+    assert (limits.body_timeout_s, limits.idle_timeout_s) == (3.0, 4.5)
+    assert main(["--model", "tiny", "--idle-timeout", "0"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
