@@ -256,7 +256,7 @@ class Reader:
 def test_a_request_nobody_reads_is_parked_and_resumes_with_the_same_tokens(model, tiny_tokenizer, prompt):
     engine = Engine(model, tiny_tokenizer)
     engine.stop_ids = set()
-    params = dict(max_tokens=30, temperature=1.0, seed=5)  # sampled: its random stream must wait with it
+    params = {"max_tokens": 30, "temperature": 1.0, "seed": 5}  # sampled: its random stream must wait with it
     alone = [c[0] for c, _ in engine.generate(prompt, **params)]
     sched = engine.scheduler(max_batch_size=4)
     try:

@@ -2,9 +2,16 @@
 
 import contextlib
 import json
+import os
+import select
+import shutil
 import socket
+import statistics
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -338,12 +345,13 @@ class Trickler(threading.Thread):
     def run(self):
         try:
             for byte in self.body:
+                if select.select([self.sock], [], [], self.every)[0]:  # an answer (or the close) came: stop sending
+                    break
                 self.sock.sendall(bytes([byte]))
                 self.sent += 1
-                time.sleep(self.every)
         except OSError:  # the server closed the connection on us
             pass
-        self.answer, self.closed = read_to_end(self.sock, timeout=30)
+        self.answer, self.closed = read_to_end(self.sock, timeout=60)
 
 
 def wait_health(base, timeout=30, **fields) -> bool:
@@ -355,6 +363,14 @@ def wait_health(base, timeout=30, **fields) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def server_side_open(client: socket.socket) -> bool:
+    """Whether this process (serving from a thread) still has the server's end of `client`'s connection open."""
+    import psutil
+
+    port = client.getsockname()[1]
+    return any(c.raddr and c.raddr.port == port for c in psutil.Process().net_connections("tcp"))
 
 
 def test_a_body_trickled_byte_by_byte_gets_408_and_is_disconnected(engine):
@@ -379,11 +395,102 @@ def test_a_client_that_stops_reading_is_parked_then_cut_off(tiny_tokenizer):
         time.sleep(0.3)
         assert app.state.server.scheduler.steps == steps  # nothing is decoded for it while it waits
         assert wait_health(base, in_flight=0, parked=0), "the stuck client still holds its slot"
+        assert not server_side_open(stuck), "the server still holds the stuck client's connection"
         data, closed = read_to_end(stuck, timeout=10)
         assert closed and b'"finish_reason"' not in data  # disconnected mid-stream, not finished
         r = httpx.post(f"{base}/generate", json={"inputs": "a", "parameters": {"max_new_tokens": 5}}, timeout=60)
         assert r.status_code == 200 and r.json()["generated_text"]
 
+
+
+@contextlib.contextmanager
+def serve_process(model_dir, log_path, *flags):
+    """`nanochat-hf serve` in a subprocess (its own GIL, as in production); yields the base URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "nanochat_hf.cli", "serve", "--model", str(model_dir), "--port", str(port),
+           "--device", "cpu", *map(str, flags)]
+    with open(log_path, "w") as log:  # a file, not a pipe: a chatty server must never block on a full pipe
+        proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(1200):
+            assert proc.poll() is None, Path(log_path).read_text()[-3000:]
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def stream_rates(base: str, clients: int, tokens: int) -> list[float]:
+    """Tokens/s that each of `clients` concurrent /generate_stream clients receives (first to last token)."""
+    times = [[] for _ in range(clients)]
+    start = threading.Barrier(clients)
+
+    def client(i):
+        body = {"inputs": "Once upon a time", "parameters": {"max_new_tokens": tokens}}
+        with httpx.Client(timeout=120) as c:
+            start.wait()
+            with c.stream("POST", f"{base}/generate_stream", json=body) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        times[i].append(time.perf_counter())
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert all(len(ts) == tokens for ts in times), [len(ts) for ts in times]
+    return [(len(ts) - 1) / (ts[-1] - ts[0]) for ts in times]
+
+
+def best_rate(base: str, clients: int, tokens: int, runs: int = 3) -> float:
+    """The best of `runs` runs' median tokens/s per client: other jobs on the machine only ever slow a run down."""
+    return max(statistics.median(stream_rates(base, clients, tokens)) for _ in range(runs))
+
+
+@pytest.mark.slow
+def test_slow_and_stuck_clients_do_not_slow_the_others(tiny_tokenizer_dir, tiny_tokenizer, tmp_path):
+    """8 streaming clients alone, then while 4 clients trickle their body at 1 byte/s and 4 never read
+    their stream: the 8 keep their tokens/s (median) within 20%; after the timeouts the 8 slow ones are
+    disconnected and hold no slot."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_tokenizer_dir, model_dir)
+    endless_model(tiny_tokenizer).save_pretrained(model_dir)
+    clients, tokens, timeout = 8, 400, 15
+    with serve_process(model_dir, tmp_path / "serve.log", "--max-new-tokens", 4000, "--body-timeout", timeout,
+                       "--idle-timeout", timeout) as base:
+        stream_rates(base, clients, 32)  # warm-up
+        alone = best_rate(base, clients, tokens)
+        trickling = [Trickler(base, every=1.0) for _ in range(4)]
+        for t in trickling:
+            t.start()
+        stuck = [non_reader(base, max_new_tokens=4000) for _ in range(4)]
+        assert wait_health(base, in_flight=4, parked=4), "the unread streams never left the batch"
+        crowded = best_rate(base, clients, tokens)
+        hanging = httpx.get(f"{base}/health").json()["parked"] == 4 and all(t.is_alive() for t in trickling)
+        print(f"\ntokens/s per streaming client (best of 3, median of {clients}): alone {alone:.0f}, "
+              f"with 8 slow clients hanging {crowded:.0f} ({crowded / alone:.0%})")
+        assert hanging, "the slow clients were cut off before the measurement ended: raise `timeout`"
+        assert crowded >= 0.8 * alone, (alone, crowded)
+
+        for t in trickling:
+            t.join(timeout + 30)
+            assert t.answer.startswith(b"HTTP/1.1 408") and t.closed and t.sent < len(t.body)
+        assert wait_health(base, timeout=timeout + 30, in_flight=0, parked=0), "the stuck clients still hold slots"
+        for sock in stuck:
+            data, closed = read_to_end(sock, timeout=10)
+            assert closed and b'"finish_reason"' not in data
+        r = httpx.post(f"{base}/generate", json={"inputs": "a", "parameters": {"max_new_tokens": 5}}, timeout=60)
+        assert r.status_code == 200
 
 def test_tool_calls_through_the_chat_api(tiny_tokenizer):
     from test_engine import scripted_engine
