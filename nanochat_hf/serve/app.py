@@ -31,6 +31,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 
 from nanochat_hf.engine import Engine, Event, SamplingParams, StreamDecoder
 from nanochat_hf.serve.protocol import ApiError, Limits, bad, parse_chat, parse_json_body, parse_tgi
@@ -297,6 +298,8 @@ class Server:
         except TimeoutError:
             raise ApiError(408, f"the request body did not arrive within {self.limits.body_timeout_s:g} s "
                                 f"({size} bytes came); send it in one go", "timeout") from None
+        except ClientDisconnect:  # gave up mid-body: nobody reads the answer, but no traceback in the log
+            raise ApiError(400, "the client closed the connection before its whole body came") from None
         return parse_json_body(b"".join(chunks))
 
     def check_prompt(self, ids: list[int]) -> list[int]:
