@@ -131,6 +131,16 @@ class SlotCache(DynamicCache):
         for k, v in state.items():
             setattr(self, k, v[indices])
 
+    def select(self, indices: torch.Tensor) -> "SlotCache":
+        """A new cache holding copies of the rows `indices` (this one is left as it is)."""
+        out = SlotCache(len(self.layers))
+        for src, dst in zip(self.layers, out.layers):
+            dst.dtype, dst.device, dst.is_initialized = src.dtype, src.device, True
+            dst._set(src.keys[indices], src.values[indices])
+        for k, v in self.row_state().items():
+            setattr(out, k, v[indices])
+        return out
+
     def crop_left(self, n: int):
         """Drop the first `n` positions of every row (used when they are padding in all rows)."""
         if n > 0:
@@ -310,6 +320,23 @@ class DecodeBatch:
         idx = torch.tensor(rows, dtype=torch.long, device=self.engine.device)
         self.cache.batch_select_indices(idx)
         self.mask, self.pos, self.logits = self.mask[idx], self.pos[idx], self.logits[idx]
+        self._drop_shared_padding()
+
+    def split(self, rows: list[int]) -> "DecodeBatch":
+        """Move `rows` out into a batch of their own, cache and next-token logits intact (`join` takes them back)."""
+        idx = torch.tensor(rows, dtype=torch.long, device=self.engine.device)
+        out = DecodeBatch(self.engine)
+        out.cache = self.cache.select(idx)
+        out.mask, out.pos, out.logits = self.mask[idx], self.pos[idx], self.logits[idx]
+        out._drop_shared_padding()
+        self.keep([i for i in range(len(self)) if i not in set(rows)])
+        return out
+
+    def join(self, other: "DecodeBatch"):
+        """Append the rows of `other` (from `split`) after this batch's rows."""
+        self._append(other.cache, other.mask, other.pos, other.logits)
+
+    def _drop_shared_padding(self):
         shared_pad = int((self.mask.sum(0) == 0).long().cumprod(0).sum())
         if shared_pad:
             self.cache.crop_left(shared_pad)
@@ -444,12 +471,23 @@ class Request:
     params: SamplingParams
     on_event: Callable[[Event], None]
     want_prompt_logprobs: bool = False
+    max_unread: int | None = None  # events the consumer may leave unread before the row is parked (None: any)
     cancelled: bool = False
     submitted: float = field(default_factory=time.monotonic)
+    sent: int = 0  # events handed to on_event (scheduler thread)
+    read: int = 0  # events the consumer has taken (consumer's thread, through `mark_read`)
 
     def cancel(self):
         """Ask the scheduler to drop this request (a client went away); its row leaves at the next step."""
         self.cancelled = True
+
+    def mark_read(self, n: int):
+        """The consumer took `n` more events; a parked row resumes once half of `max_unread` is left unread."""
+        self.read += n
+
+    @property
+    def unread(self) -> int:
+        return self.sent - self.read
 
 
 class _Row:
@@ -467,20 +505,30 @@ class Scheduler:
     (up to `max_batch_size` rows; one batched prefill merged into the running cache), samples one
     token per row with that row's own parameters and random stream, calls each request's `on_event`,
     removes rows that stopped or were cancelled, and runs one forward over the remaining column.
+
+    `on_event` never blocks (the thread would stall every row), so a consumer that falls behind, such
+    as an HTTP client that stops reading, would pile up events. A request submitted with `max_unread`
+    is parked instead once that many events are unread: its row leaves the batch with its cache and
+    logits kept, costs no decode step, still counts against `max_batch_size` (its cache is still in
+    memory) and rejoins when the consumer has read all but half of them, with the same tokens as if
+    it had never left.
     """
 
     def __init__(self, engine: Engine, max_batch_size: int = DEFAULT_MAX_BATCH):
         self.engine = engine
         self.max_batch_size = max_batch_size
         self.waiting: queue.Queue[Request] = queue.Queue()
+        self.parked: list[tuple[_Row, DecodeBatch]] = []  # each parked row in a one-row batch of its own
         self.steps = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="nanochat-scheduler", daemon=True)
         self._thread.start()
 
     def submit(self, prompt: list[int], params: SamplingParams, on_event: Callable[[Event], None],
-               want_prompt_logprobs: bool = False) -> Request:
-        request = Request(self.engine._check_prompt(prompt), params, on_event, want_prompt_logprobs)
+               want_prompt_logprobs: bool = False, max_unread: int | None = None) -> Request:
+        if max_unread is not None and max_unread < 1:
+            raise ValueError(f"max_unread must be a positive number of events or None, got {max_unread!r}")
+        request = Request(self.engine._check_prompt(prompt), params, on_event, want_prompt_logprobs, max_unread)
         self.waiting.put(request)
         return request
 
@@ -490,6 +538,7 @@ class Scheduler:
         self._thread.join(timeout=10)
 
     def _emit(self, request: Request, event: Event):
+        request.sent += 1
         try:
             request.on_event(event)
         except Exception:  # a broken consumer must not take the other requests down
@@ -497,7 +546,7 @@ class Scheduler:
 
     def _admit(self, batch: DecodeBatch, rows: list[_Row], block: bool):
         new: list[Request] = []
-        while len(rows) + len(new) < self.max_batch_size:
+        while len(rows) + len(self.parked) + len(new) < self.max_batch_size:
             try:
                 item = self.waiting.get(block=block and not new and not rows, timeout=0.1)
             except queue.Empty:
@@ -526,9 +575,29 @@ class Scheduler:
                 self._emit(req, Event(prompt_logprobs=[None] + lp.squeeze(-1).tolist()))
             rows.extend(_Row(r, self.engine) for r in group)
 
+    def _park_and_resume(self, batch: DecodeBatch, rows: list[_Row]):
+        """Parked rows whose consumer caught up rejoin (cancelled ones end); rows with `max_unread`
+        events unread leave. Runs before sampling, so a parked row keeps its next-token logits."""
+        still = []
+        for row, alone in self.parked:
+            req = row.request
+            if req.cancelled:
+                self._emit(req, Event(finish_reason="cancelled"))
+            elif req.unread <= req.max_unread // 2:
+                batch.join(alone)
+                rows.append(row)
+            else:
+                still.append((row, alone))
+        self.parked = still
+        behind = [i for i, row in enumerate(rows) if row.request.max_unread is not None
+                  and row.request.unread >= row.request.max_unread and not row.request.cancelled]
+        for i in reversed(behind):  # from the end: each split renumbers the rows after it
+            self.parked.append((rows.pop(i), batch.split([i])))
+
     def _loop(self):
         batch, rows = DecodeBatch(self.engine), []
         while not self._stop.is_set():
+            self._park_and_resume(batch, rows)
             self._admit(batch, rows, block=True)
             if not rows:
                 continue

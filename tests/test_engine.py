@@ -2,6 +2,7 @@
 
 import random
 import threading
+import time
 
 import pytest
 import torch
@@ -227,6 +228,68 @@ def test_scheduler_cancel_frees_the_row(model, tiny_tokenizer, prompt):
         sched.close()
     assert results[0][1] == "cancelled" and len(results[0][0]) < 20
     assert [r for _, r in results[1:]] == ["length", "length"] and all(len(t) == 20 for t, _ in results[1:])
+
+
+class Reader:
+    """A request's consumer that reads (marks read) only while `reading` is set, like an HTTP client."""
+
+    def __init__(self, reading=True):
+        self.tokens, self.finish, self.request = [], None, None
+        self.reading, self.done = threading.Event(), threading.Event()
+        if reading:
+            self.reading.set()
+
+    def __call__(self, ev: Event):  # scheduler thread
+        if ev.token is not None:
+            self.tokens.append(ev.token)
+        if self.reading.is_set() and self.request is not None:  # None: the first event beat `submit`'s return
+            self.request.mark_read(self.request.unread)
+        if ev.finish_reason:
+            self.finish = ev.finish_reason
+            self.done.set()
+
+    def submit(self, sched, prompt, params, max_unread=None):
+        self.request = sched.submit(prompt, params, self, max_unread=max_unread)
+        return self
+
+
+def test_a_request_nobody_reads_is_parked_and_resumes_with_the_same_tokens(model, tiny_tokenizer, prompt):
+    engine = Engine(model, tiny_tokenizer)
+    engine.stop_ids = set()
+    params = {"max_tokens": 30, "temperature": 1.0, "seed": 5}  # sampled: its random stream must wait with it
+    alone = [c[0] for c, _ in engine.generate(prompt, **params)]
+    sched = engine.scheduler(max_batch_size=4)
+    try:
+        stuck = Reader(reading=False).submit(sched, prompt, SamplingParams(**params), max_unread=4)
+        other = Reader().submit(sched, prompt, SamplingParams(max_tokens=40, temperature=0))
+        assert other.done.wait(60) and other.finish == "length" and len(other.tokens) == 40
+        assert len(stuck.tokens) == 4 and len(sched.parked) == 1  # not decoded while its events sat unread
+        stuck.request.mark_read(4)
+        stuck.reading.set()
+        assert stuck.done.wait(60)
+    finally:
+        sched.close()
+    assert stuck.finish == "length" and stuck.tokens == alone and not sched.parked
+
+
+def test_a_parked_request_holds_its_slot_until_cancelled(model, tiny_tokenizer, prompt):
+    engine = Engine(model, tiny_tokenizer)
+    engine.stop_ids = set()
+    sched = engine.scheduler(max_batch_size=1)
+    try:
+        stuck = Reader(reading=False).submit(sched, prompt, SamplingParams(max_tokens=50, temperature=0), max_unread=2)
+        for _ in range(200):
+            if sched.parked:
+                break
+            time.sleep(0.01)
+        waiting = Reader().submit(sched, prompt, SamplingParams(max_tokens=5, temperature=0))
+        assert not waiting.done.wait(0.5) and not waiting.tokens  # the parked row's cache still fills the batch
+        stuck.request.cancel()
+        assert stuck.done.wait(10) and stuck.finish == "cancelled" and len(stuck.tokens) == 2
+        assert waiting.done.wait(60) and waiting.finish == "length"
+    finally:
+        sched.close()
+    assert not sched.parked
 
 
 def test_slot_cache_merge_and_select():

@@ -2,12 +2,20 @@
 
 import contextlib
 import json
+import os
+import select
+import shutil
 import socket
+import statistics
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from nanochat_hf.engine import Engine
 from nanochat_hf.serve import Limits, create_app
@@ -270,6 +278,246 @@ def test_request_timeout(tiny_tokenizer):
         assert wait_idle(base)
 
 
+# ----------------------------------------------------------------------------- slow and stuck clients
+
+
+def endless_model(tokenizer, context=4096):
+    """A tiny random model with a long context that never ends its answer: the rows of its stop tokens
+    in the head are zero, so their logit (0) is always below the greedy pick. Its streams run their
+    whole max_new_tokens in any process that loads it, long enough to fill a socket's buffers."""
+    from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
+
+    torch.manual_seed(0)
+    cfg = NanoChatConfig.from_depth(2, arch="modern", vocab_size=len(tokenizer), max_position_embeddings=context,
+                                    head_dim=64)
+    model = NanoChatForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        for t in ("<|assistant_end|>", "<|bos|>"):
+            model.lm_head.weight[tokenizer.convert_tokens_to_ids(t)] = 0
+    return model
+
+
+def open_request(base: str, path: str, length: int, rcvbuf: int | None = None) -> socket.socket:
+    """A raw socket that has sent the headers of `POST path` with a body of `length` bytes still to come."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.socket()
+    if rcvbuf:  # before connecting: the TCP window is agreed at the handshake
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect((host, int(port)))
+    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {length}\r\n\r\n".encode())
+    return sock
+
+
+def non_reader(base: str, max_new_tokens: int) -> socket.socket:
+    """A client that asks for a long stream and never reads a byte of it (small receive buffer)."""
+    body = json.dumps({"inputs": "Once upon a time", "parameters": {"max_new_tokens": max_new_tokens}}).encode()
+    sock = open_request(base, "/generate_stream", len(body), rcvbuf=4096)
+    sock.sendall(body)
+    return sock
+
+
+def read_to_end(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
+    """What the server sends until it closes the connection -> (data, whether it closed within `timeout`)."""
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+    except ConnectionResetError:  # dropped with data still unsent: closed all the same
+        return data, True
+    except TimeoutError:
+        return data, False
+    return data, True
+
+
+class Trickler(threading.Thread):
+    """A client that sends its request body one byte every `every` seconds, then reads the answer."""
+
+    def __init__(self, base: str, every: float = 1.0):
+        super().__init__(daemon=True)
+        self.body = json.dumps({"inputs": "Once upon a time, " * 4, "parameters": {"max_new_tokens": 8}}).encode()
+        self.sock, self.every = open_request(base, "/generate", len(self.body)), every
+        self.sent, self.answer, self.closed = 0, b"", False
+
+    def run(self):
+        try:
+            for byte in self.body:
+                if select.select([self.sock], [], [], self.every)[0]:  # an answer (or the close) came: stop sending
+                    break
+                self.sock.sendall(bytes([byte]))
+                self.sent += 1
+        except OSError:  # the server closed the connection on us
+            pass
+        self.answer, self.closed = read_to_end(self.sock, timeout=60)
+
+
+def wait_health(base, timeout=30, **fields) -> bool:
+    """Poll /health until every given field has the given value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = httpx.get(f"{base}/health").json()
+        if all(health[k] == v for k, v in fields.items()):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def server_side_open(client: socket.socket) -> bool:
+    """Whether this process (serving from a thread) still has the server's end of `client`'s connection open."""
+    import psutil
+
+    port = client.getsockname()[1]
+    return any(c.raddr and c.raddr.port == port for c in psutil.Process().net_connections("tcp"))
+
+
+def test_a_body_trickled_byte_by_byte_gets_408_and_is_disconnected(engine):
+    with live_server(engine, Limits(body_timeout_s=1.0)) as base:
+        slow = Trickler(base, every=0.2)
+        start = time.monotonic()
+        slow.start()
+        slow.join(30)
+        took = time.monotonic() - start
+    assert slow.answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in slow.answer
+    assert slow.closed and took < 5 and slow.sent < len(slow.body)  # cut off, not served after the whole body
+
+
+def test_a_client_that_stops_reading_is_parked_then_cut_off(tiny_tokenizer):
+    engine = Engine(endless_model(tiny_tokenizer), tiny_tokenizer)
+    limits = Limits(max_new_tokens=4000, idle_timeout_s=2.0)
+    app = create_app(engine, limits, model_id="tiny")
+    with live_app(app) as base:
+        stuck = non_reader(base, max_new_tokens=4000)
+        assert wait_health(base, in_flight=1, parked=1), "the unread stream never left the batch"
+        steps = app.state.server.scheduler.steps
+        time.sleep(0.3)
+        assert app.state.server.scheduler.steps == steps  # nothing is decoded for it while it waits
+        assert wait_health(base, in_flight=0, parked=0), "the stuck client still holds its slot"
+        assert not server_side_open(stuck), "the server still holds the stuck client's connection"
+        data, closed = read_to_end(stuck, timeout=10)
+        assert closed and b'"finish_reason"' not in data  # disconnected mid-stream, not finished
+        r = httpx.post(f"{base}/generate", json={"inputs": "a", "parameters": {"max_new_tokens": 5}}, timeout=60)
+        assert r.status_code == 200 and r.json()["generated_text"]
+
+
+
+@contextlib.contextmanager
+def serve_process(model_dir, log_path, *flags):
+    """`nanochat-hf serve` in a subprocess (its own GIL, as in production); yields the base URL."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "nanochat_hf.cli", "serve", "--model", str(model_dir), "--port", str(port),
+           "--device", "cpu", *map(str, flags)]
+    with open(log_path, "w") as log:  # a file, not a pipe: a chatty server must never block on a full pipe
+        proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(1200):
+            assert proc.poll() is None, Path(log_path).read_text()[-3000:]
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def stream_rates(base: str, clients: int, tokens: int) -> list[float]:
+    """Tokens/s that each of `clients` concurrent /generate_stream clients receives (first to last token)."""
+    times = [[] for _ in range(clients)]
+    start = threading.Barrier(clients)
+
+    def client(i):
+        body = {"inputs": "Once upon a time", "parameters": {"max_new_tokens": tokens}}
+        with httpx.Client(timeout=120) as c:
+            start.wait()
+            with c.stream("POST", f"{base}/generate_stream", json=body) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        times[i].append(time.perf_counter())
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert all(len(ts) == tokens for ts in times), [len(ts) for ts in times]
+    return [(len(ts) - 1) / (ts[-1] - ts[0]) for ts in times]
+
+
+class SlowClients:
+    """4 clients sending their body at 1 byte/s and 4 that never read the stream they asked for."""
+
+    def __init__(self, base: str):
+        self.base, self.trickling = base, [Trickler(base, every=1.0) for _ in range(4)]
+        for t in self.trickling:
+            t.start()
+        self.stuck = [non_reader(base, max_new_tokens=4000) for _ in range(4)]
+
+    def hanging(self) -> bool:
+        """All 8 still connected and waiting (none cut off yet)."""
+        return httpx.get(f"{self.base}/health").json()["parked"] == 4 and all(t.is_alive() for t in self.trickling)
+
+    def hang_up(self):
+        """All 8 close their connections, as clients that give up do."""
+        for t in self.trickling:
+            t.sock.shutdown(socket.SHUT_RDWR)
+            t.join(10)
+        for sock in [*self.stuck, *(t.sock for t in self.trickling)]:
+            sock.close()
+
+
+@pytest.mark.slow
+def test_slow_and_stuck_clients_do_not_slow_the_others(tiny_tokenizer_dir, tiny_tokenizer, tmp_path):
+    """8 streaming clients alone, then while 4 clients trickle their body at 1 byte/s and 4 never read
+    their stream: the 8 keep their tokens/s (median of the clients) within 20%; after the timeouts the 8
+    slow ones are disconnected and hold no slot.
+
+    Other jobs on a shared machine change its speed from one second to the next, so the runs alternate
+    (alone, with the slow clients, alone, ...) and each run with them is compared to the runs alone
+    just before and after it; the median of those ratios is what must stay above 0.8."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_tokenizer_dir, model_dir)
+    endless_model(tiny_tokenizer).save_pretrained(model_dir)
+    clients, tokens, rounds, timeout = 8, 400, 5, 12
+    rate = lambda: statistics.median(stream_rates(base, clients, tokens))  # noqa: E731
+    with serve_process(model_dir, tmp_path / "serve.log", "--max-new-tokens", 4000, "--body-timeout", timeout,
+                       "--idle-timeout", timeout) as base:
+        stream_rates(base, clients, 32)  # warm-up
+        alone, crowded = [rate()], []
+        for i in range(rounds):
+            slow = SlowClients(base)
+            assert wait_health(base, in_flight=4, parked=4), "the unread streams never left the batch"
+            crowded.append(rate())
+            assert slow.hanging(), "the slow clients were cut off before the measurement ended: raise `timeout`"
+            if i < rounds - 1:  # the last ones stay, to be cut off by the timeouts
+                slow.hang_up()
+                assert wait_health(base, in_flight=0, parked=0), "clients that hung up still hold slots"
+                alone.append(rate())
+        ratios = [c / statistics.mean(alone[i:i + 2]) for i, c in enumerate(crowded)]
+        print(f"\ntokens/s per streaming client (median of {clients}), alone: {[round(a) for a in alone]}, "
+              f"with 8 slow clients hanging: {[round(c) for c in crowded]}; ratios {[f'{r:.0%}' for r in ratios]}")
+        assert statistics.median(ratios) >= 0.8, ratios
+
+        for t in slow.trickling:
+            t.join(timeout + 30)
+            assert t.answer.startswith(b"HTTP/1.1 408") and t.closed and t.sent < len(t.body)
+        assert wait_health(base, timeout=timeout + 30, in_flight=0, parked=0), "the stuck clients still hold slots"
+        for sock in slow.stuck:
+            data, closed = read_to_end(sock, timeout=10)
+            assert closed and b'"finish_reason"' not in data
+        r = httpx.post(f"{base}/generate", json={"inputs": "a", "parameters": {"max_new_tokens": 5}}, timeout=60)
+        assert r.status_code == 200
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()  # clients hanging up are no server error
+
+
 def test_tool_calls_through_the_chat_api(tiny_tokenizer):
     from test_engine import scripted_engine
 
@@ -516,3 +764,13 @@ def test_serve_key_from_flag_or_environment(fake_run, monkeypatch, capsys, sourc
             assert httpx.get(f"{base}/health", headers={"Host": host}).status_code == status, host
         cors = httpx.get(f"{base}/health", headers={"Origin": "http://ui.example"})
         assert cors.headers["access-control-allow-origin"] == "http://ui.example"
+
+
+def test_serve_timeout_flags(fake_run, capsys):
+    from nanochat_hf.serve import main
+
+    assert main(["--model", "tiny", "--body-timeout", "3", "--idle-timeout", "4.5"]) == 0
+    limits = fake_run["app"].state.server.limits
+    assert (limits.body_timeout_s, limits.idle_timeout_s) == (3.0, 4.5)
+    assert main(["--model", "tiny", "--idle-timeout", "0"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -2,6 +2,7 @@
 
     nanochat-hf serve --model runs/tiny/sft --host 127.0.0.1 --port 8000
     nanochat-hf serve --model user/nanochat-d20 --max-concurrent 32 --max-new-tokens 512 --request-timeout 120
+    nanochat-hf serve --model runs/tiny/sft --body-timeout 30 --idle-timeout 30   # cut off slow / stuck clients
     nanochat-hf serve --model runs/tiny/sft --compile     # torch.compile the decode step (warm-up compiles)
 
 Routes: GET / (chat page), GET /health, GET /info, POST / and /generate (TGI JSON), POST
@@ -59,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting for a row before 503s start")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, help="seconds per request (queue + generation)")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
+    p.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
+                   help="seconds a client has to send its request body; a slower one gets 408 and is disconnected")
+    p.add_argument("--idle-timeout", type=float, default=d.idle_timeout_s,
+                   help="seconds a streaming client may read nothing before it is disconnected and its request "
+                        "cancelled")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the decode step: faster per token once warm; each new batch shape compiles "
                         "first (tens of seconds on a small CPU)")
@@ -96,10 +102,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nanochat-hf serve: {problem}", file=sys.stderr)
         return 2
     limits = Limits(args.max_prompt_tokens, args.max_new_tokens, args.max_concurrent, args.max_queue,
-                    args.request_timeout, args.max_body_bytes)
+                    args.request_timeout, args.max_body_bytes, body_timeout_s=args.body_timeout,
+                    idle_timeout_s=args.idle_timeout)
     if min(limits.max_prompt_tokens, limits.max_new_tokens, limits.max_concurrent) < 1 or limits.max_queue < 0 \
-            or limits.request_timeout_s <= 0 or limits.max_body_bytes < 1024:
-        print("nanochat-hf serve: limits must be positive (--max-body-bytes >= 1024, --max-queue >= 0)", file=sys.stderr)
+            or min(limits.request_timeout_s, limits.body_timeout_s, limits.idle_timeout_s) <= 0 \
+            or limits.max_body_bytes < 1024:
+        print("nanochat-hf serve: limits and timeouts must be positive (--max-body-bytes >= 1024, --max-queue >= 0)",
+              file=sys.stderr)
         return 2
     from nanochat_hf.engine import load_engine
 

@@ -7,6 +7,11 @@ Every request becomes a `Request` on the engine's `Scheduler` (one background th
 active requests together). Its events cross from that thread to the event loop through an
 asyncio.Queue; a request that ends early (client gone, stop sequence, timeout) is cancelled and
 its row leaves the batch at the next step.
+
+Slow or stuck clients cannot slow the others: the scheduler never waits on a socket, a body that has
+not arrived within `Limits.body_timeout_s` gets 408, a stream whose client stops reading leaves the
+batch once `Limits.max_unread_tokens` tokens wait for it, and a client that has read nothing for
+`Limits.idle_timeout_s` is disconnected and its request cancelled (`ClientStream`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.datastructures import Headers
+from starlette.requests import ClientDisconnect
 
 from nanochat_hf.engine import Engine, Event, SamplingParams, StreamDecoder
 from nanochat_hf.serve.protocol import ApiError, Limits, bad, parse_chat, parse_json_body, parse_tgi
@@ -33,19 +39,22 @@ from nanochat_hf.serve.protocol import ApiError, Limits, bad, parse_chat, parse_
 VERSION = "0.1.0"
 PART_OF = {"<|python_start|>": "python", "<|output_start|>": "python_output"}  # a special token opens a part
 CLOSERS = ("<|python_end|>", "<|output_end|>")
+STREAM_SEND_BUFFER = 64 * 1024  # kernel send buffer of a streaming connection (bytes)
+TRANSPORT = "nanochat_hf.transport"  # scope key: the connection's asyncio transport, when the server is uvicorn
 
 
 def _error_response(request: Request, err: ApiError) -> JSONResponse:
     if request.url.path.startswith("/v1/"):  # OpenAI's shape, which the openai client parses
         kind = {400: "invalid_request_error", 401: "authentication_error", 413: "invalid_request_error",
-                421: "invalid_request_error", 422: "invalid_request_error",
+                408: "timeout", 421: "invalid_request_error", 422: "invalid_request_error",
                 503: "server_overloaded", 504: "timeout"}.get(err.status, "server_error")
         status = 400 if err.status == 422 else err.status  # OpenAI answers invalid requests with 400
         body = {"error": {"message": err.message, "type": kind, "param": None, "code": status}}
-        return JSONResponse(body, status_code=status)
     else:  # TGI's shape, which text_generation / InferenceClient parse
-        body = {"error": err.message, "error_type": err.kind}
-    return JSONResponse(body, status_code=err.status)
+        status, body = err.status, {"error": err.message, "error_type": err.kind}
+    # 408: the rest of the body may still be trickling in; closing is the only way to stop reading it
+    headers = {"connection": "close"} if status == 408 else None
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 # ----------------------------------------------------------------------------- access control
@@ -162,6 +171,63 @@ def add_access_control(app: FastAPI, access: Access):
     app.add_middleware(HostCheck, access=access)  # added last = runs first
 
 
+# ----------------------------------------------------------------------------- slow and stuck clients
+
+
+class App(FastAPI):
+    """FastAPI that puts each connection's transport in the scope (None under servers other than uvicorn).
+
+    ASGI has no way to shrink a socket's send buffer or to drop a connection, and a client that stops
+    reading its stream needs both (`ClientStream`). uvicorn hands the app the bound `send` of its
+    request cycle, which holds the transport.
+    """
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            scope[TRANSPORT] = getattr(getattr(send, "__self__", None), "transport", None)
+        await super().__call__(scope, receive, send)
+
+
+class ClientStalled(Exception):
+    """A stream's client read nothing for the idle timeout."""
+
+
+class ClientStream(StreamingResponse):
+    """Server-sent events that a client which stops reading cannot hold on to.
+
+    The socket's kernel send buffer is capped (Linux grows it to megabytes, which would hide a stuck
+    client for thousands of tokens), so a client that stops reading soon blocks our writes; its
+    request then leaves the batch once `max_unread_tokens` wait for it (the scheduler parks it). A
+    write still blocked after `idle_timeout_s` ends the stream: the generator is closed (which
+    cancels the request and frees its slot) and the connection is dropped without waiting for the
+    client to take what is already buffered.
+    """
+
+    def __init__(self, content, request: Request, idle_timeout_s: float):
+        super().__init__(content, media_type="text/event-stream")
+        self.transport, self.idle_timeout_s = request.scope.get(TRANSPORT), idle_timeout_s
+
+    async def stream_response(self, send):
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SEND_BUFFER)
+
+        async def send_or_stall(message):
+            try:
+                async with asyncio.timeout(self.idle_timeout_s):
+                    await send(message)
+            except TimeoutError:
+                raise ClientStalled from None
+
+        try:
+            await super().stream_response(send_or_stall)
+        except ClientStalled:
+            await self.body_iterator.aclose()
+            if self.transport is not None:
+                self.transport.abort()
+                await asyncio.sleep(0)  # let uvicorn see the connection go before the app returns
+
+
 class Mailbox:
     """Events from the scheduler thread to the event loop, one loop wake-up per batch of them.
 
@@ -221,12 +287,19 @@ class Server:
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limits.max_body_bytes:
             raise ApiError(413, f"the request body is {declared} bytes; the limit is {self.limits.max_body_bytes}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.limits.max_body_bytes:
-                raise ApiError(413, f"the request body is over the limit of {self.limits.max_body_bytes} bytes")
-            chunks.append(chunk)
+        chunks, size, limit = [], 0, self.limits.max_body_bytes
+        try:
+            async with asyncio.timeout(self.limits.body_timeout_s):  # a trickling client would hold its connection
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ApiError(413, f"the request body is over the limit of {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {self.limits.body_timeout_s:g} s "
+                                f"({size} bytes came); send it in one go", "timeout") from None
+        except ClientDisconnect:  # gave up mid-body: nobody reads the answer, but no traceback in the log
+            raise ApiError(400, "the client closed the connection before its whole body came") from None
         return parse_json_body(b"".join(chunks))
 
     def check_prompt(self, ids: list[int]) -> list[int]:
@@ -254,7 +327,8 @@ class Server:
         req, finished = None, False
         try:
             req = self.scheduler.submit(prompt, params, lambda ev: self.mailbox.post(q, ev),
-                                        want_prompt_logprobs=prompt_logprobs)
+                                        want_prompt_logprobs=prompt_logprobs,
+                                        max_unread=self.limits.max_unread_tokens)
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -267,6 +341,7 @@ class Server:
                     continue
                 while not q.empty():
                     batch.append(q.get_nowait())
+                req.mark_read(len(batch))
                 for i, ev in enumerate(batch):
                     if ev.finish_reason == "error":
                         if i:
@@ -287,6 +362,14 @@ class Server:
         async for batch in self.event_batches(http, prompt, params, prompt_logprobs):
             for ev in batch:
                 yield ev
+
+    def stream(self, http: Request, chunks) -> ClientStream:
+        return ClientStream(chunks, http, self.limits.idle_timeout_s)
+
+    @property
+    def parked(self) -> int:
+        """Requests out of the batch because their client is not reading."""
+        return len(self.scheduler.parked) if self.scheduler is not None else 0
 
     def token_text(self, token: int) -> str:
         return self.tokenizer.decode([token])
@@ -310,7 +393,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
         yield
         server.stop()
 
-    app = FastAPI(title="nanochat_hf", version=VERSION, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = App(title="nanochat_hf", version=VERSION, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server = server
     add_access_control(app, access or Access())
 
@@ -328,7 +411,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "in_flight": server.in_flight}
+        return {"status": "ok", "in_flight": server.in_flight, "parked": server.parked}
 
     @app.get("/info")
     async def info():
@@ -370,7 +453,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
         prompt = server.check_prompt(prompt)
         params = server.seeded(r.params)
         if r.stream:
-            return StreamingResponse(tgi_stream(request, r, prompt, params), media_type="text/event-stream")
+            return server.stream(request, tgi_stream(request, r, prompt, params))
         tokens, finish, prefill, stop_text, assembler = [], None, None, None, TextAssembler(server)
         async for ev in server.events(request, prompt, params, prompt_logprobs=r.decoder_input_details):
             if ev.prompt_logprobs is not None:
@@ -456,8 +539,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
         params = server.seeded(r.params)
         cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), r.model or model_id
         if r.stream:
-            return StreamingResponse(chat_stream(request, r, prompt, params, cid, created, model),
-                                     media_type="text/event-stream")
+            return server.stream(request, chat_stream(request, r, prompt, params, cid, created, model))
         parts = Parts(server)
         finish, logprobs = None, []
         async for ev in server.events(request, prompt, params):

@@ -34,9 +34,12 @@ class Limits:
     max_new_tokens: int = 512
     max_concurrent: int = 32  # rows decoded together
     max_queue: int = 64  # requests waiting for a row; beyond this: 503
-    request_timeout_s: float = 120.0
+    request_timeout_s: float = 120.0  # the whole request: waiting for a row + generation
     max_body_bytes: int = 1 << 20  # 1 MiB
     max_stop_sequences: int = 4
+    body_timeout_s: float = 30.0  # the request body must arrive within this; beyond: 408, connection closed
+    idle_timeout_s: float = 30.0  # a stream whose client reads nothing for this long is cut off
+    max_unread_tokens: int = 256  # a stream this far ahead of its client leaves the batch until it catches up
 
 
 def parse_json_body(raw: bytes) -> dict:
