@@ -302,13 +302,14 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, trainer_state: dic
 
 
 class JsonlLog:
-    """Every metric, one JSON object per line (appended, so a resumed run continues the file)."""
+    """Every metric, one JSON object per line (appended, so a resumed run continues the file; a fresh run
+    starts it anew, so a run killed before its first checkpoint and started again logs each step once)."""
 
-    def __init__(self, path: Path, enabled: bool):
+    def __init__(self, path: Path, enabled: bool, resuming: bool):
         self.enabled, self.path = enabled, path
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(path, "a", buffering=1)
+            self.f = open(path, "a" if resuming else "w", buffering=1)
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop what the killed run logged after its checkpoint (and a torn last line)."""
@@ -407,7 +408,7 @@ def train(cfg: PretrainConfig) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(schedule)
 
-    log = JsonlLog(output_dir / "logs" / LOG_NAME, main_proc)
+    log = JsonlLog(output_dir / "logs" / LOG_NAME, main_proc, resuming=resume_state is not None)
     say(json.dumps(plan, indent=2))
 
     # Loop state: restored from the checkpoint when resuming.

@@ -5,7 +5,7 @@
 A run folder is what `nanochat-hf speedrun` (or the stages by hand) leave behind:
 
     runs/tiny/
-      stages.json                 per-stage wall time and status (written by speedrun)
+      stages.json                 per-stage status, how it ran, wall time (written by speedrun)
       tokenizer/                  tokenizer files + tokenizer_eval.json
       base/  mid/  sft/  rl/      Hub-ready model folders, each with logs/<stage>.jsonl
       eval/<stage>.json           `nanochat-hf eval --output` of each stage
@@ -255,6 +255,16 @@ def _duration(seconds: float | None) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _how_run(info: dict) -> str:
+    """The stage table's `run` cell: fresh, resumed from a checkpoint, or completed by an earlier invocation."""
+    how, source = info.get("run"), info.get("resumed_from")
+    if how == "resumed":
+        return f"resumed from {source}"
+    if how == "completed before" and source:
+        return f"completed before (resumed from {source})"
+    return how or "-"
+
+
 def _model_facts(run: Path, stage: str) -> dict:
     """Parameters and FLOPs/token from a stage's model config (no weights loaded)."""
     config = read_json(run / stage / "config.json")
@@ -297,9 +307,11 @@ def build_report(run: Path, gpu_hour_cost: float = DEFAULT_GPU_HOUR_COST) -> str
     timings = stages.get("stages", {})
     total_seconds = sum(s.get("seconds", 0.0) for s in timings.values() if isinstance(s, dict))
     if timings:
-        lines += ["## Stages", "", "| stage | status | wall time | CPU time |", "|---|---|---|---|"]
+        lines += ["## Stages", "", "| stage | status | run | wall time | CPU time |", "|---|---|---|---|---|"]
         for name, info in timings.items():
-            lines.append(f"| {name} | {info.get('status', '?')} | {_duration(info.get('seconds'))} | {_duration(info.get('cpu_seconds'))} |")
+            cells = [name, info.get("status", "?"), _how_run(info), _duration(info.get("seconds")),
+                     _duration(info.get("cpu_seconds"))]
+            lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Total wall time: **{_duration(total_seconds)}**"]
         num_gpus = int(stages.get("num_gpus", 0) or 0)
         if num_gpus:

@@ -9,10 +9,12 @@ this file only sequences them, as nanochat's `speedrun.sh` does):
 
     tokenizer -> pretrain -> base eval -> mid -> sft -> rl -> chat eval -> report -> (push)
 
-Every stage writes into the run folder (`--output`, default `runs/<preset>`), and a stage
-whose output is complete is skipped on re-run, so a killed speedrun continues where it
-stopped (pretraining itself resumes from its last checkpoint). `stages.json` records the
-status and wall time of each stage for the report card.
+Every stage writes into the run folder (`--output`, default `runs/<preset>`). A killed speedrun
+(SIGKILL at any moment) continues with the same command: `stages.json` marks a stage done only
+once it has ended well (written atomically), so a re-run skips the stages marked done, resumes an
+unfinished stage from its newest `checkpoint-<step>/` with the stage's own resume flag, and starts
+one that left no checkpoint afresh. `stages.json` also records, per stage, its status, wall and CPU
+time and how this invocation got it done (fresh / resumed / completed before) for the report card.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import resource
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -59,12 +62,14 @@ PRESETS: dict[str, Preset] = {
         recipe_dir="tiny", gpu=False, vocab_size=1024, tokenizer_max_chars=300_000, eval_max_per_task=16,
         base_tasks="arc_easy,copa,piqa,winograd,lambada_openai,bpb", chat_tasks="ARC-Easy,SpellingBee", chat_max_per_task=4,
         overrides={
-            "pretrain": ["--depth", "2", "--num_iterations", "30", "--eval_every", "-1", "--eval_tokens", "16384"],
-            "mid": ["--max_steps", "10", "--per_device_train_batch_size", "8"],
-            "sft": ["--max_steps", "10", "--per_device_train_batch_size", "8"],
-            "rl": ["--max_steps", "2", "--per_device_train_batch_size", "8", "--num_generations", "4",
-                   "--max_completion_length", "32", "--synthetic_train_size", "64", "--synthetic_test_size", "8",
-                   "--eval_examples", "4"],
+            # Checkpoints in every training stage, so a killed smoke run resumes as a long one does.
+            "pretrain": ["--depth", "2", "--num_iterations", "30", "--eval_every", "-1", "--eval_tokens", "16384",
+                         "--save_every", "10"],
+            "mid": ["--max_steps", "10", "--per_device_train_batch_size", "8", "--save_steps", "5"],
+            "sft": ["--max_steps", "10", "--per_device_train_batch_size", "8", "--save_steps", "5"],
+            "rl": ["--max_steps", "2", "--per_device_train_batch_size", "8", "--save_steps", "1",
+                   "--num_generations", "4", "--max_completion_length", "32", "--synthetic_train_size", "64",
+                   "--synthetic_test_size", "8", "--eval_examples", "4"],
         },
     ),
     # tiny: the student-laptop run, fully offline on the embedded corpus (~15 minutes on 2 cores).
@@ -81,6 +86,45 @@ PRESETS: dict[str, Preset] = {
 def _children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Stage:
+    """One step of the speedrun. A stage with `resume` flags writes `checkpoint-<step>/` folders into
+    `output`; when one is there and the stage is not done, the flags go on its last command."""
+
+    name: str
+    commands: list[list[str]]
+    output: Path | None = None
+    resume: tuple[str, ...] = ()
+    always: bool = False  # run again even when done (the report, the push)
+
+
+def latest_checkpoint(folder: Path | None) -> Path | None:
+    """The newest `checkpoint-<step>/` in folder: the one each stage's resume flag picks (`.checkpoint-N.tmp`
+    folders of an interrupted save do not count, as for the stages)."""
+    if folder is None or not folder.is_dir():
+        return None
+    steps = {d: d.name.removeprefix("checkpoint-") for d in folder.glob("checkpoint-*") if d.is_dir()}
+    steps = [(int(step), d) for d, step in steps.items() if step.isdigit()]
+    return max(steps)[1] if steps else None
+
+
+def _die_with_parent(parent: int):
+    """For Linux stage processes: the kernel SIGKILLs the stage when the speedrun dies, so a killed
+    speedrun never leaves a stage writing into the run folder that its re-run is about to use."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the forked child only calls it
+
+    def arm() -> None:
+        prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the speedrun died between fork and prctl
+            os._exit(1)
+
+    return arm
 
 
 class Speedrun:
@@ -127,9 +171,15 @@ class Speedrun:
         return f"CPU ({os.cpu_count()} cores)"
 
     def _save_state(self) -> None:
+        """stages.json is the completion marker of every stage: written whole or not at all (a dry run writes none)."""
+        if self.dry_run:
+            return
         self.run.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=2))
+        with open(tmp, "w") as f:
+            f.write(json.dumps(self.state, indent=2))
+            f.flush()
+            os.fsync(f.fileno())
         tmp.replace(self.state_path)  # atomic: a kill never leaves a torn stages.json
 
     def recipe(self, name: str) -> str:
@@ -147,31 +197,41 @@ class Speedrun:
             return ["accelerate", "launch", "--config_file", str(config), "--num_processes", str(self.num_gpus), "-m", module, *args]
         return [sys.executable, "-m", module, *args]
 
-    def execute(self, stage: str, commands: list[list[str]], done) -> None:
-        info = self.state["stages"].get(stage, {})
-        if done():
-            print(f"[speedrun] {stage}: already done, skipping")
-            if info.get("status") != "done":
-                self.state["stages"][stage] = {"status": "done", "seconds": info.get("seconds", 0.0)}
-                self._save_state()
+    def execute(self, stage: Stage) -> None:
+        info = self.state["stages"].get(stage.name, {})
+        if info.get("status") == "done" and not stage.always:
+            print(f"[speedrun] {stage.name}: already done, skipping")
+            # what an earlier invocation did (its times, the checkpoint it resumed from) stays on record
+            self.state["stages"][stage.name] = {**info, "run": "completed before"}
+            self._save_state()
             return
+        checkpoint = latest_checkpoint(stage.output) if stage.resume else None
+        commands, how = stage.commands, {"run": "fresh"}
+        if checkpoint is not None:
+            commands = [*commands[:-1], [*commands[-1], *stage.resume]]
+            how = {"run": "resumed", "resumed_from": checkpoint.name}
+            print(f"[speedrun] {stage.name}: resuming from {checkpoint}")
         t0, cpu0 = time.time(), _children_cpu_seconds()
+        # time spent in a failed attempt is kept: its retry adds to it (a killed attempt's is unknown)
+        previous = info.get("seconds", 0.0) if info.get("status", "").startswith("failed") else 0.0
         for cmd in commands:
-            print(f"[speedrun] {stage}: $ {shlex.join(cmd)}", flush=True)
+            print(f"[speedrun] {stage.name}: $ {shlex.join(cmd)}", flush=True)
             if self.dry_run:
                 continue
             env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-            result = subprocess.run(cmd, env=env)
+            result = subprocess.run(cmd, env=env, preexec_fn=_die_with_parent(os.getpid()))
             if result.returncode != 0:
-                self.state["stages"][stage] = {"status": f"failed (exit {result.returncode})", "seconds": time.time() - t0}
+                self.state["stages"][stage.name] = {"status": f"failed (exit {result.returncode})", **how,
+                                                    "seconds": previous + time.time() - t0}
                 self._save_state()
-                raise SystemExit(f"[speedrun] stage {stage} failed (exit {result.returncode}); fix it and re-run the same command to continue")
-        # time spent before a kill is kept: a resumed stage adds to it
-        previous = info.get("seconds", 0.0) if info.get("status", "").startswith("failed") else 0.0
+                raise SystemExit(f"[speedrun] stage {stage.name} failed (exit {result.returncode}); "
+                                 "fix it and re-run the same command to continue")
+        if self.dry_run:
+            return
         # CPU seconds next to wall seconds: on a shared machine wall time lies, CPU time much less.
-        self.state["stages"][stage] = {"status": "done", "seconds": previous + time.time() - t0,
-                                       "cpu_seconds": round(_children_cpu_seconds() - cpu0, 1)}
-        self._save_state()
+        self.state["stages"][stage.name] = {"status": "done", **how, "seconds": previous + time.time() - t0,
+                                            "cpu_seconds": round(_children_cpu_seconds() - cpu0, 1)}
+        self._save_state()  # the stage's completion marker
 
     # ------------------------------------------------------------------ the stages
 
@@ -180,25 +240,24 @@ class Speedrun:
         tok_dir = run / "tokenizer"
         data_args = ["--input", self.data] if self.data else []
         if p.data_shards and self.data in ("climbmix", "fineweb-edu"):
-            # `data download` is resumable (finished, checksummed shards are kept), so it simply runs again.
-            yield "data", [
+            # `data download` resumes by itself (finished, checksummed shards are kept): an interrupted one runs again.
+            yield Stage("data", [
                 self.python_module("nanochat_hf.dataset", ["download", "-n", str(p.data_shards), "--dataset", self.data, "-w", "8"]),
-            ], lambda: False
-        yield "tokenizer", [
+            ])
+        yield Stage("tokenizer", [
             self.python_module("nanochat_hf.tokenization", ["train", *data_args, "--vocab-size", str(p.vocab_size),
                                                             "--max-chars", str(p.tokenizer_max_chars), "--output", str(tok_dir)]),
             self.python_module("nanochat_hf.tokenization", ["eval", str(tok_dir), *data_args,
                                                             "--output", str(tok_dir / "tokenizer_eval.json")]),
-        ], lambda: (tok_dir / "tokenizer_eval.json").exists()
+        ])
 
         base = run / "base"
-        resume = ["--resume_from_checkpoint", "latest"] if any(base.glob("checkpoint-*")) else []
         pretrain_data = ["--data", self.data] if self.data else []
-        yield "pretrain", [
+        yield Stage("pretrain", [
             self.python_module("nanochat_hf.pretrain", ["--config", self.recipe("pretrain"), "--tokenizer", str(tok_dir),
-                                                        "--output_dir", str(base), *pretrain_data, *resume,
+                                                        "--output_dir", str(base), *pretrain_data,
                                                         *p.overrides.get("pretrain", [])], distributed=True),
-        ], lambda: (base / "model.safetensors").exists()
+        ], output=base, resume=("--resume_from_checkpoint", "latest"))
 
         yield from self._eval_stage("base_eval", base, p.base_tasks, "base", p.eval_max_per_task)
 
@@ -207,19 +266,21 @@ class Speedrun:
             out = run / stage
             recipe = {"mid": "mid", "sft": "sft", "rl": "grpo"}[stage]
             module = "nanochat_hf.rl" if stage == "rl" else "nanochat_hf.sft"
-            yield stage, [
+            resume = ("--resume_from_checkpoint", "auto") if stage == "rl" else ("--resume", "latest")
+            yield Stage(stage, [
                 self.python_module(module, ["--config", self.recipe(recipe), "--model_name_or_path", str(previous),
                                             "--output_dir", str(out), *p.overrides.get(stage, [])], distributed=True),
-            ], (lambda out=out: (out / "model.safetensors").exists())
+            ], output=out, resume=resume)
             previous = out
 
         for stage in CHAT_STAGES:
             yield from self._eval_stage(f"{stage}_eval", run / stage, p.chat_tasks, stage, p.chat_max_per_task or p.eval_max_per_task)
 
-        yield "report", [self.python_module("nanochat_hf.report", ["--run", str(run)])], lambda: False
+        yield Stage("report", [self.python_module("nanochat_hf.report", ["--run", str(run)])], always=True)
         if self.push_to_hub:
             final = next((s for s in ("rl", "sft", "mid", "base") if (run / s / "config.json").exists()), "base")
-            yield "push", [self.python_module("nanochat_hf.hub", ["--run", str(run), "--stage", final, "--repo-id", self.push_to_hub])], lambda: False
+            yield Stage("push", [self.python_module("nanochat_hf.hub", ["--run", str(run), "--stage", final,
+                                                                        "--repo-id", self.push_to_hub])], always=True)
 
     def _eval_stage(self, name: str, model_dir: Path, tasks: str, label: str, max_per_task: int):
         out = self.run / "eval" / f"{label}.json"
@@ -228,14 +289,14 @@ class Speedrun:
             args += ["--max-per-task", str(max_per_task)]
         if self.eval_bundle is not None:
             args += ["--bundle", str(self.eval_bundle), "--chat-data", str(OFFLINE_EVAL_DATA / "chat")]
-        yield name, [self.python_module("nanochat_hf.evaluation.run", args)], out.exists
+        yield Stage(name, [self.python_module("nanochat_hf.evaluation.run", args)])
 
     def go(self) -> None:
         print(f"[speedrun] preset {self.name} -> {self.run} ({self._hardware()})")
         self.run.mkdir(parents=True, exist_ok=True)
         self._save_state()
-        for stage, commands, done in self.stages():
-            self.execute(stage, commands, done)
+        for stage in self.stages():
+            self.execute(stage)
         print(f"[speedrun] done: {self.run / 'report.md'}")
         print(f"[speedrun] chat with it: nanochat-hf chat --model {self.run / 'rl'} -p \"What is 12*7?\"")
 

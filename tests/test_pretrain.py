@@ -99,6 +99,17 @@ def test_kill_and_resume_is_bit_identical(tokenizer_dir, tmp_path, kill_mid_run)
     assert steps == list(range(1, 17))  # what the killed run logged after its checkpoint is dropped, not doubled
 
 
+def test_a_fresh_run_in_a_used_folder_starts_a_fresh_log(tokenizer_dir, tmp_path):
+    """A run killed before its first checkpoint starts again from scratch (the speedrun does so): its log then
+    holds each step once, not the dead run's steps followed by the new run's."""
+    out = tmp_path / "base"
+    for _ in range(2):
+        assert pretrain.main(tiny_args(tokenizer_dir, out, "--num_iterations", "3", "--eval_every", "-1")) == 0
+    rows = read_log(out)
+    assert [r["step"] for r in rows if "train_loss" in r] == [1, 2, 3]
+    assert sum(1 for r in rows if r.get("event") == "start") == 1
+
+
 def test_partial_and_corrupt_checkpoints_are_refused(tokenizer_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert pretrain.main(tiny_args(tokenizer_dir, out, "--num_iterations", "6", "--max_steps_this_run", "4")) == 0

@@ -33,7 +33,11 @@ def run_dir(tmp_path):
     (run / "rl").mkdir()
     (run / "rl" / "config.json").write_text(json.dumps({"model_type": "nanochat_modern", "auto_map": {}}))
     (run / "eval" / "rl.json").write_text(json.dumps({"model": "rl", "tasks": {"ARC-Easy": {"accuracy": 0.4, "centered": 0.2}, "SpellingBee": {"accuracy": 0.1, "centered": 0.1}}, "chatcore": None}))
-    (run / "stages.json").write_text(json.dumps({"preset": "smoke", "num_gpus": 0, "stages": {"pretrain": {"status": "done", "seconds": 61.0, "cpu_seconds": 118.4}, "sft": {"status": "done", "seconds": 30.0}}}))
+    (run / "stages.json").write_text(json.dumps({"preset": "smoke", "num_gpus": 0, "stages": {
+        "tokenizer": {"status": "done", "run": "fresh", "seconds": 0.0},
+        "pretrain": {"status": "done", "run": "completed before", "resumed_from": "checkpoint-10", "seconds": 61.0,
+                     "cpu_seconds": 118.4},
+        "sft": {"status": "done", "run": "resumed", "resumed_from": "checkpoint-5", "seconds": 30.0}}}))
     return run
 
 
@@ -48,7 +52,10 @@ def test_report_has_summary_table_and_plots(run_dir):
     assert "| ChatCORE | - | 0.0500 | 0.1500* |" in text
     assert "ChatCORE over the chat tasks that ran" in text
     assert "Total wall time: **1m31s**" in text
-    assert "| pretrain | done | 1m01s | 1m58s |" in text and "| sft | done | 0m30s | - |" in text
+    # how each stage got done: which were resumed after a kill, and from which checkpoint
+    assert "| tokenizer | done | fresh | 0m00s | - |" in text
+    assert "| pretrain | done | completed before (resumed from checkpoint-10) | 1m01s | 1m58s |" in text
+    assert "| sft | done | resumed from checkpoint-5 | 0m30s | - |" in text
     plots = sorted(p.name for p in (run_dir / "plots").glob("*.png"))
     assert plots == ["base_loss.png", "base_lr.png", "base_tokens_per_sec.png", "base_val_bpb.png", "sft_loss.png"]
     for name in plots:
