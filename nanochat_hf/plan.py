@@ -171,6 +171,11 @@ def pretrain_stage(recipe: str, world: int, vocab_size: int | None = None, overr
         p = pretrain.training_plan(cfg, model, vocab, world)
     except ValueError as err:
         raise _refuse(recipe, err) from None
+    return pretrain_plan(recipe, cfg, p, model, world), model
+
+
+def pretrain_plan(recipe: str, cfg, p: dict, model, world: int) -> StagePlan:
+    """StagePlan of `pretrain.training_plan`'s numbers `p` (also what a pretraining run prints at its top)."""
     note = ""
     if p["device_batch_size"] != cfg.device_batch_size:
         note = f"device_batch_size {cfg.device_batch_size} -> {p['device_batch_size']} (whole micro-steps on {world})"
@@ -178,7 +183,7 @@ def pretrain_stage(recipe: str, world: int, vocab_size: int | None = None, overr
                       p["total_batch_size"], p["total_batch_size"] // cfg.max_seq_len, p["device_batch_size"],
                       p["grad_accum_steps"], cfg.max_seq_len, world, p["num_iterations"], p["total_tokens"], note=note)
     stage.memory, stage.model = _memory(model, stage.device_batch, stage.seq_len, world), model
-    return stage, model
+    return stage
 
 
 def _chat_model(model_path: str, recipe: str, vocab_size: int | None, base_model):

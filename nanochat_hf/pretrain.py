@@ -207,6 +207,17 @@ def training_plan(cfg: PretrainConfig, model, vocab_size: int, world_size: int) 
     }
 
 
+def plan_table(cfg: PretrainConfig, plan: dict, model, accelerator) -> str:
+    """`nanochat-hf plan`'s table for this run: on a GPU with time, cost and memory for this GPU."""
+    from accelerate.utils import DistributedType
+
+    from nanochat_hf import plan as planning
+
+    stage = planning.pretrain_plan("this run", cfg, plan, accelerator.unwrap_model(model), accelerator.num_processes)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    return planning.render([stage], planning.detect_gpu(), fsdp=fsdp)
+
+
 def peak_flops() -> float:
     """bf16 peak of this GPU (inf elsewhere, so MFU reads 0)."""
     if not torch.cuda.is_available():
@@ -405,7 +416,7 @@ def train(cfg: PretrainConfig) -> dict:
     accelerator.register_for_checkpointing(schedule)
 
     log = JsonlLog(output_dir / "logs" / LOG_NAME, main_proc)
-    say(json.dumps(plan, indent=2))
+    say(plan_table(cfg, plan, model, accelerator))
 
     # Loop state: restored from the checkpoint when resuming.
     step, val_bpb, min_val_bpb, smooth_loss, train_time = 0, None, float("inf"), 0.0, 0.0
