@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nanochat_hf.extras import available, install_hint, require
+from nanochat_hf.extras import require
 
 LOG_NAME = "pretrain.jsonl"
 STATE_NAME = "trainer_state.json"  # written last into a checkpoint: its presence marks it complete
@@ -218,6 +218,27 @@ def plan_table(cfg: PretrainConfig, plan: dict, model, accelerator) -> str:
     return planning.render([stage], planning.detect_gpu(), fsdp=fsdp)
 
 
+def fp8_layer(module, name: str) -> bool:
+    """Which linear layers train in fp8: not the head (logits want bf16), and only matmuls big enough to gain,
+    with both dimensions multiples of 16 (torchao's scaled matmul)."""
+    dims = (module.in_features, module.out_features)
+    return "lm_head" not in name and min(dims) >= 128 and all(d % 16 == 0 for d in dims)
+
+
+def enable_fp8(model, on_gpu: bool) -> int:
+    """torchao's tensorwise fp8 training on the layers `fp8_layer` picks (nanochat's --fp8); returns their count."""
+    float8 = require("torchao.float8", "--fp8 (or drop it to train in bf16)")
+    if not on_gpu:
+        raise ValueError("--fp8 needs an H100-class GPU; drop it on CPU")
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < (8, 9):
+        raise ValueError(f"--fp8 needs fp8 tensor cores (sm_89+: H100, H200, L4, RTX 4090); this GPU is "
+                         f"sm_{major}{minor}: drop --fp8 to train in bf16")
+    chosen = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and fp8_layer(m, n)]
+    float8.convert_to_float8_training(model, module_filter_fn=fp8_layer)
+    return len(chosen)
+
+
 def peak_flops() -> float:
     """bf16 peak of this GPU (inf elsewhere, so MFU reads 0)."""
     if not torch.cuda.is_available():
@@ -353,7 +374,7 @@ def train(cfg: PretrainConfig) -> dict:
     from nanochat_hf.dataloader import BestFitLoader
     from nanochat_hf.dataset import load_splits
     from nanochat_hf.loss_eval import evaluate_bpb
-    from nanochat_hf.modeling import FA3_KERNEL, check_tokenizer_fits
+    from nanochat_hf.modeling import check_tokenizer_fits
     from nanochat_hf.optim import TrainingSchedule, build_optimizer
 
     on_gpu = torch.cuda.is_available()
@@ -387,13 +408,9 @@ def train(cfg: PretrainConfig) -> dict:
     check_tokenizer_fits(config, tokenizer)
     model = model_classes()[1](config)
     model.config.use_cache = False
-    if on_gpu:  # FlashAttention-3 (Hub kernel, bf16 under autocast, sliding windows); SDPA if it cannot load
-        try:
-            model.set_attn_implementation(FA3_KERNEL)
-        except Exception as err:
-            hint = "" if available("kernels") else f"; {install_hint('kernels')}"
-            say(f"FlashAttention-3 unavailable ({type(err).__name__}{hint}); using SDPA (slower with sliding windows)")
-            model.set_attn_implementation("sdpa")
+    # FlashAttention-3 on a GPU (bf16 under autocast, sliding windows); SDPA elsewhere or if it cannot load.
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp, torch.float32)
+    model.use_fast_attention(accelerator.device, compute_dtype, say=say)
     say(f"attention: {model.config._attn_implementation}")
     plan = training_plan(cfg, model, len(tokenizer), accelerator.num_processes)
     if plan["device_batch_size"] != cfg.device_batch_size:
@@ -402,10 +419,7 @@ def train(cfg: PretrainConfig) -> dict:
             f"{accelerator.num_processes} processes")
         cfg.device_batch_size = plan["device_batch_size"]
     if cfg.fp8:
-        float8 = require("torchao.float8", "--fp8 (or drop it to train in bf16)")
-        if not on_gpu:
-            raise ValueError("--fp8 needs an H100-class GPU; drop it on CPU")
-        float8.convert_to_float8_training(model, module_filter_fn=lambda m, n: "lm_head" not in n and min(m.in_features, m.out_features) >= 128)
+        say(f"fp8: {enable_fp8(model, on_gpu)} linear layers train in fp8")
     optimizer = build_optimizer(model, embedding_lr=cfg.embedding_lr, unembedding_lr=cfg.unembedding_lr,
                                 matrix_lr=cfg.matrix_lr, scalar_lr=cfg.scalar_lr, weight_decay=plan["weight_decay_scaled"],
                                 batch_lr_scale=plan["batch_lr_scale"])
