@@ -42,6 +42,22 @@ LOGIT_BYTES = 12
 CUDA_CONTEXT = 1 * GIB
 
 
+# What nanochat measured on 8xH100 (bf16 peak 989 TFLOP/s per GPU), for the benchmarks to print beside ours.
+NANOCHAT_THROUGHPUT = {
+    # discussion #1 (Oct 2025), base_train log of d20 (classic arch, vocab 65,536, FA3, bf16): steps 2-13 at
+    # ~1,076,000 tok/s for the node, dt ~487 ms per 524,288-token step, MFU ~47.5%.
+    20: {"tokens_per_s_per_gpu": 134_500, "mfu": 0.475, "step_s": 0.487, "source": "nanochat d20 log, Oct 2025"},
+    # dev/LEADERBOARD.md Run 1 (Jan 29 2026): 16,704 steps x 524,288 tokens in total_training_time 10,949 s,
+    # total_training_flops 4.3308e19 -> 100,000 tok/s per GPU, MFU 50.0%, 0.655 s per step.
+    24: {"tokens_per_s_per_gpu": 100_000, "mfu": 0.500, "step_s": 0.655, "source": "nanochat leaderboard run 1, Jan 2026"},
+    # run1000.sh (Oct 2025), d32 with device batch 8: dt ~1,572 ms per 524,288 tokens, MFU ~50.9%.
+    32: {"tokens_per_s_per_gpu": 41_700, "mfu": 0.509, "step_s": 1.572, "source": "nanochat run1000.sh log, Oct 2025"},
+}
+# The fastest d24 rank nanochat has run: leaderboard Run 6 (Mar 2026, fp8, ratio 8) trained for 99 minutes; at
+# nanochat's horizon rule that is 5,838,471,168 tokens (our d24 plan), i.e. ~122,900 tok/s per GPU (derived).
+NANOCHAT_D24_FASTEST_TOKENS_PER_GPU = 122_900
+
+
 @dataclass(frozen=True)
 class GPU:
     name: str
