@@ -67,7 +67,7 @@ class PretrainConfig:
     aspect_ratio: int = field(default=64, metadata={"help": "model_dim = depth * aspect_ratio, rounded up to head_dim"})
     head_dim: int = field(default=128, metadata={"help": "attention head dimension"})
     max_seq_len: int = field(default=2048, metadata={"help": "context length of the training rows"})
-    window_pattern: str = field(default="SSSL", metadata={"help": "sliding-window pattern tiled over layers (modern): L=full, S=half"})
+    window_pattern: str = field(default="SSSL", metadata={"help": "sliding-window pattern tiled over layers (modern): L=full, S=a quarter of the context"})
     # Data
     tokenizer: str = field(default="runs/tiny/tokenizer", metadata={"help": "tokenizer folder or Hub id"})
     data: str | None = field(default=None, metadata={"help": "file, folder, or Hub dataset (climbmix, fineweb-edu); default: embedded Shakespeare"})

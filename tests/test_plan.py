@@ -64,6 +64,17 @@ def test_d24_matches_nanochat_leaderboard_run_1():
     assert (recipe.total_batch, recipe.accum, recipe.steps, recipe.tokens) == (1_048_576, 4, 5_568, 5_838_471_168)
 
 
+def test_d26_recipe_matches_nanochat_leaderboard_run_3():
+    # nanochat dev/LEADERBOARD.md "Run 3" (Feb 5 2026, commit 2c062aa): --depth=26 --device-batch-size=16
+    # --total-batch-size=1048576 --target-param-data-ratio=8.25 -> "step 7226". Our d26 recipe is that run, with
+    # the automatic batch (2^20 here too). Our scaling count is 3,380 smaller (the value-embedding gate of the 13
+    # gated layers now reads 12 channels, not 32: 13 x 13 heads x 20), which lands just under a step boundary.
+    stage, _ = plan.pretrain_stage(str(RECIPES / "d26" / "pretrain.yaml"), 8, 32768)
+    assert (stage.total_batch, stage.device_batch, stage.accum) == (1_048_576, 16, 4)
+    assert stage.steps == 7_225
+    assert int(8.25 * (stage.scaling_params + 13 * 13 * 20)) // stage.total_batch == 7_226
+
+
 def test_d32_matches_nanochat_run1000_log():
     # nanochat run1000.sh (Oct 2025, commit fae3aca), base_train's printout for --depth=32 --device_batch_size=8:
     # "Tokens / micro-batch / rank: 8 x 2048 = 16,384 / Total batch size 524,288 => gradient accumulation
