@@ -142,7 +142,7 @@ def test_unknown_key_impossible_batch_and_missing_tokenizer_are_one_line(tmp_pat
     assert "total_batch_size 1000" in err and "pretrain.yaml" in err
     missing = tmp_path / "no_tokenizer_here"
     err = _one_line_error(capsys, ["--config", _recipe(tmp_path, tokenizer=str(missing))])
-    assert "tokenizer" in err and str(missing) in err and "pretrain.yaml" in err
+    assert "`tokenizer`" in err and str(missing) in err and "pretrain.yaml" in err
 
 
 def test_bad_accelerate_configs_are_one_line(tmp_path, capsys):
@@ -185,6 +185,23 @@ def test_memory_counts_the_optimizer_groups_and_shards_under_fsdp2():
     assert ddp["weights (fp32)"] == 4 * stage.params == 8 * fsdp["weights (fp32)"]
     assert fsdp["DDP gradient buckets"] == 0 and fsdp["FSDP2 gathered (bf16)"] > 0
     assert ddp["total"] == sum(v for k, v in ddp.items() if k != "total")
+
+
+def test_largest_fitting_batch_makes_whole_micro_steps():
+    stage, model = plan.pretrain_stage(str(RECIPES / "d20" / "pretrain.yaml"), 8, 32768)
+    # 6 rows per step: 4 would fit the memory but leaves a partial micro-step, so 2 it is.
+    assert plan.largest_fitting_batch(model, 2048, 1, False, 10_000, 6 * 2048) == 2
+    assert plan.largest_fitting_batch(model, 2048, 1, False, 1, 6 * 2048) == 0  # nothing fits 1 GiB
+
+
+def test_chat_stages_count_the_mixture_and_one_epoch_of_gsm8k():
+    mid = plan.chat_stage(str(RECIPES / "d24" / "mid.yaml"), 8, 32768)
+    # SmolTalk 460K + MMLU 99,842 + GSM8K 7,473 + identity (56 shipped) x 2 + spelling 200K + 80K
+    assert mid.note == "847,427 conversations per epoch"
+    assert (mid.rows_per_step, mid.total_batch, mid.steps) == (256, 524_288, math.ceil(847_427 / 256))
+    rl = plan.rl_stage(str(RECIPES / "d24" / "grpo.yaml"), 8, 32768)
+    # 8 rows x 8 GPUs x 4 accumulation = 256 completions = 16 GSM8K questions x 16 samples per step
+    assert rl.note.startswith("16 questions x 16 samples") and rl.steps == math.ceil(7_473 / 16)
 
 
 def test_wall_time_and_cost_follow_the_stated_mfu_and_price(capsys):
