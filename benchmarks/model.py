@@ -142,7 +142,8 @@ def gpu(steps: int, compile_model: bool, batch: int | None, depths=(20, 24)) -> 
 
     for depth in depths:
         ref = NANOCHAT_THROUGHPUT[depth]
-        print(f"d{depth}: nanochat {ref['tokens_per_s_per_gpu']:,} tok/s per GPU, MFU {ref['mfu']:.1%} ({ref['source']})")
+        print(f"d{depth}: nanochat {ref['tokens_per_s_per_gpu']:,} tok/s per GPU, MFU {ref['mfu']:.1%} "
+              f"({ref['source']})")
         for arch in ("classic", "modern"):
             rows = batch or recipe_batch(depth)
             while rows >= 1:

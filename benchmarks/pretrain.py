@@ -227,13 +227,15 @@ def main(argv: list[str] | None = None) -> int:
         cfg.depth = args.depth
     vocab = len(pretrain.load_tokenizer_and_bytes(cfg.tokenizer)[0])
     cfg.num_iterations = args.warmup + args.steps
-    cfg.eval_every, cfg.eval_tokens, cfg.save_every, cfg.sample_max_tokens = -1, cfg.device_batch_size * cfg.max_seq_len, -1, 1
+    cfg.eval_every, cfg.save_every, cfg.sample_max_tokens = -1, -1, 1
+    cfg.eval_tokens = cfg.device_batch_size * cfg.max_seq_len
     cfg.output_dir = str(tmp / "run")
 
     r = model_step(cfg, vocab, args.steps, args.warmup)
     model_tps, plan = r["tokens_per_s"], r["plan"]
     loop_tps = loop_tokens_per_sec(cfg, args.warmup, plan["total_batch_size"])
-    print(f"\n== pretraining throughput on CPU ({torch.get_num_threads()} threads): depth {cfg.depth}, arch {cfg.arch}, "
+    print(f"\n== pretraining throughput on CPU ({torch.get_num_threads()} threads): depth {cfg.depth}, "
+          f"arch {cfg.arch}, "
           f"B {cfg.device_batch_size} x T {cfg.max_seq_len}, {plan['total_batch_size']} tokens/step, "
           f"{plan['num_params'] / 1e6:.1f}M params")
     print(f"model step (fixed batch)   {model_tps:12,.0f} tokens/s")

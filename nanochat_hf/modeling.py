@@ -442,7 +442,8 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
         if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
             major, minor = torch.cuda.get_device_capability(device)
             if major not in (8, 9):  # the kernel is built for Ampere / Ada / Hopper only
-                say(f"FlashAttention-3 has no kernel for this GPU (sm_{major}{minor}; it needs sm_80..sm_90); using SDPA")
+                say(f"FlashAttention-3 has no kernel for this GPU (sm_{major}{minor}; it needs sm_80..sm_90); "
+                    "using SDPA")
             elif not _has_kernels():
                 say("FlashAttention-3 needs the `kernels` package, which is not installed: "
                     "pip install 'nanochat_hf[gpu]'; using SDPA (slower with sliding windows)")

@@ -49,7 +49,8 @@ NANOCHAT_THROUGHPUT = {
     20: {"tokens_per_s_per_gpu": 134_500, "mfu": 0.475, "step_s": 0.487, "source": "nanochat d20 log, Oct 2025"},
     # dev/LEADERBOARD.md Run 1 (Jan 29 2026): 16,704 steps x 524,288 tokens in total_training_time 10,949 s,
     # total_training_flops 4.3308e19 -> 100,000 tok/s per GPU, MFU 50.0%, 0.655 s per step.
-    24: {"tokens_per_s_per_gpu": 100_000, "mfu": 0.500, "step_s": 0.655, "source": "nanochat leaderboard run 1, Jan 2026"},
+    24: {"tokens_per_s_per_gpu": 100_000, "mfu": 0.500, "step_s": 0.655,
+         "source": "nanochat leaderboard run 1, Jan 2026"},
     # run1000.sh (Oct 2025), d32 with device batch 8: dt ~1,572 ms per 524,288 tokens, MFU ~50.9%.
     32: {"tokens_per_s_per_gpu": 41_700, "mfu": 0.509, "step_s": 1.572, "source": "nanochat run1000.sh log, Oct 2025"},
 }
@@ -74,7 +75,8 @@ class GPU:
 GPUS = {
     "h100": GPU("H100 80GB", 80, "H100"), "h200": GPU("H200 141GB", 141, "H200"),
     "a100": GPU("A100 80GB", 80, "A100"), "a100-40": GPU("A100 40GB", 40, "A100"),
-    "b200": GPU("B200 180GB", 180, "B200"), "l40s": GPU("L40S 48GB", 48, "L40S"), "4090": GPU("RTX 4090 24GB", 24, "4090"),
+    "b200": GPU("B200 180GB", 180, "B200"), "l40s": GPU("L40S 48GB", 48, "L40S"),
+    "4090": GPU("RTX 4090 24GB", 24, "4090"),
 }
 
 
@@ -120,7 +122,8 @@ def memory_breakdown(model, rows: int, seq_len: int, world: int, fsdp: bool) -> 
     if fsdp:
         layers = list(model.model.layers)
         in_layers = sum(count(layer.parameters()) for layer in layers)
-        out["FSDP2 gathered (bf16)"] = 2.0 * (total - in_layers) + 2 * 2.0 * max(count(la.parameters()) for la in layers)
+        largest_layer = max(count(layer.parameters()) for layer in layers)
+        out["FSDP2 gathered (bf16)"] = 2.0 * (total - in_layers) + 2 * 2.0 * largest_layer
     cfg = model.config
     tokens = rows * seq_len
     d, n_layers = cfg.hidden_size, cfg.num_hidden_layers
@@ -263,13 +266,15 @@ def rl_stage(recipe: str, world: int, vocab_size: int | None = None, base_model=
     if sequences % cfg.num_generations:
         raise PlanError(f"{recipe}: per_device_train_batch_size x {world} processes x gradient_accumulation_steps = "
                         f"{sequences} completions per step is not a multiple of num_generations {cfg.num_generations}")
-    questions = {"synthetic": args.synthetic_train_size, "openai/gsm8k": HUB_TRAIN_ROWS["gsm8k"]}.get(args.dataset_name)
+    known = {"synthetic": args.synthetic_train_size, "openai/gsm8k": HUB_TRAIN_ROWS["gsm8k"]}
+    questions = known.get(args.dataset_name)
     if questions is not None and args.max_train_examples > 0:
         questions = min(questions, args.max_train_examples)
     if cfg.max_steps > 0:
         steps = cfg.max_steps
     else:
-        steps = None if questions is None else math.ceil(cfg.num_train_epochs * questions * cfg.num_generations / sequences)
+        completions = None if questions is None else cfg.num_train_epochs * questions * cfg.num_generations
+        steps = None if completions is None else math.ceil(completions / sequences)
     model = _chat_model(args.model_name_or_path, recipe, vocab_size, base_model)
     n = model.num_params_by_group()
     stage = StagePlan("rl", recipe, n["total"], model.num_scaling_params(), model.estimate_flops(),
@@ -289,7 +294,8 @@ def stage_of_file(path: str) -> str:
         return "pretrain"
     if name in STAGE_OF:
         return name
-    raise PlanError(f"{path}: cannot tell the stage from the file name (pretrain*.yaml, mid.yaml, sft.yaml, grpo.yaml)")
+    raise PlanError(f"{path}: cannot tell the stage from the file name "
+                    "(pretrain*.yaml, mid.yaml, sft.yaml, grpo.yaml)")
 
 
 def plan_recipe(path: str, world: int, vocab_size: int | None = None, base_model=None):
@@ -331,7 +337,8 @@ def check_accelerate_config(path: str) -> dict:
     known = {a.dest for a in launch_command_parser()._actions}
     unknown = sorted(k for k in (cfg.fsdp_config or {}) if k not in known)
     if unknown:
-        raise PlanError(f"{path}: unknown fsdp_config keys {unknown}; `accelerate launch --help` lists the fsdp_* ones")
+        raise PlanError(f"{path}: unknown fsdp_config keys {unknown}; "
+                        "`accelerate launch --help` lists the fsdp_* ones")
     kind = str(cfg.distributed_type).split(".")[-1]
     n, machines = int(cfg.num_processes), int(cfg.num_machines)
     if n < 1 or machines < 1 or n % machines:
@@ -382,7 +389,8 @@ def render(stages: list[StagePlan], gpu: GPU | None, mfu: float = DEFAULT_MFU, p
             ("tokens", [bound(s, _n(s.tokens)) for s in stages]),
             ("steps", [bound(s, _n(s.steps)) for s in stages]),
             ("tokens per step", [f"{s.total_batch:,}" for s in stages]),
-            ("rows: device x accum x GPUs", [f"{s.device_batch} x {s.accum} x {s.world} of {s.seq_len}" for s in stages])]
+            ("rows: device x accum x GPUs",
+             [f"{s.device_batch} x {s.accum} x {s.world} of {s.seq_len}" for s in stages])]
     warnings = []
     if gpu is not None:
         times = [wall_seconds(s, gpu, mfu) if s.stage != "rl" else None for s in stages]
@@ -458,11 +466,13 @@ def detect_gpu() -> GPU | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nanochat-hf plan", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+                                     epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--preset", help="a speedrun preset: every training stage of its recipes (d20, d24, d26, d32, tiny)")
+    src.add_argument("--preset", help="a speedrun preset: every training stage of its recipes (d20..d32, tiny)")
     src.add_argument("--config", help="one recipe (stage from its name: pretrain*, mid, sft, grpo)")
-    parser.add_argument("--num-gpus", type=int, default=None, help="processes (default: the accelerate config's, else 8)")
+    parser.add_argument("--num-gpus", type=int, default=None,
+                        help="processes (default: the accelerate config's, else 8)")
     parser.add_argument("--accelerate-config", default=None, help="launcher config: checked, and sets GPUs / FSDP2")
     parser.add_argument("--gpu", default="h100", choices=[*GPUS, "cpu"], help="GPU kind for time, cost and memory")
     parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="assumed model FLOPs utilisation (0-1)")

@@ -56,7 +56,8 @@ def test_d24_matches_nanochat_leaderboard_run_1():
     # x 20 fewer weights); we follow the current model.
     assert n["transformer_matrices"] == 679_481_856 - 12 * 12 * 20
     # FLOPs: that release's short window was half the context (1024); today's is a quarter (512).
-    then = NanoChatConfig.from_depth(24, arch="modern", vocab_size=32768, max_position_embeddings=2048, short_window=1024)
+    then = NanoChatConfig.from_depth(24, arch="modern", vocab_size=32768, max_position_embeddings=2048,
+                                     short_window=1024)
     flops_then = plan._meta_model(then).estimate_flops()
     assert math.isclose(flops_then * stage.tokens, 4.330784131228946e19, rel_tol=1e-4)
     # The d24 recipe itself (speedrun.sh's --target-param-data-ratio=8, automatic batch): 2^20 tokens per step.
@@ -94,8 +95,10 @@ def _tier_vocab(recipe: Path) -> int:
     return 4096 if recipe.parent.name == "tiny" else 32768
 
 
-@pytest.mark.parametrize("recipe", sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name != "accelerate_configs"),
-                         ids=lambda p: f"{p.parent.name}/{p.name}")
+ALL_RECIPES = sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name != "accelerate_configs")
+
+
+@pytest.mark.parametrize("recipe", ALL_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_recipe_parses_and_plans(recipe):
     world = 1 if recipe.parent.name in ("tiny", "d12") else 8
     stage, _ = plan.plan_recipe(str(recipe), world, _tier_vocab(recipe))
@@ -205,7 +208,8 @@ def test_chat_stages_count_the_mixture_and_one_epoch_of_gsm8k():
 
 
 def test_wall_time_and_cost_follow_the_stated_mfu_and_price(capsys):
-    assert cli_main(["plan", "--preset", "d24", "--num-gpus", "8", "--gpu", "h200", "--mfu", "0.5", "--price", "2"]) == 0
+    argv = ["plan", "--preset", "d24", "--num-gpus", "8", "--gpu", "h200", "--mfu", "0.5", "--price", "2"]
+    assert cli_main(argv) == 0
     out = capsys.readouterr().out
     stage, _ = plan.pretrain_stage(str(RECIPES / "d24" / "pretrain.yaml"), 8, 32768)
     hours = stage.tokens * stage.flops_per_token / (0.5 * 989e12 * 8) / 3600
@@ -225,7 +229,8 @@ def test_speedrun_dry_run_prints_the_plan(tmp_path, capsys):
 
 
 def test_a_pretraining_run_prints_its_plan_at_the_top(tiny_tokenizer_dir, tmp_path, capsys):
-    assert pretrain.main(tiny_args(tiny_tokenizer_dir, tmp_path / "o", "--num_iterations", "1", "--eval_every", "-1")) == 0
+    argv = tiny_args(tiny_tokenizer_dir, tmp_path / "o", "--num_iterations", "1", "--eval_every", "-1")
+    assert pretrain.main(argv) == 0
     out = capsys.readouterr().out
     assert "plan on 1 CPU process(es)" in out
     steps_row = next(line for line in out.splitlines() if line.startswith("steps"))
