@@ -1,7 +1,7 @@
 """Training throughput and peak memory of the model, measured side by side in one run.
 
     python benchmarks/model.py                 # CPU fp32: ours (classic, modern) vs transformers' native nanochat
-    python benchmarks/model.py --gpu           # CUDA bf16 depth 20, seq 2048: tokens/s and MFU (nanochat's formula)
+    python benchmarks/model.py --gpu           # CUDA bf16 d20 and d24 at their recipes' batch: tokens/s, MFU, memory
 
 CPU: depth 4, width 256, head_dim 64, seq 512, vocab 8192; one training step = forward + backward + AdamW.
 Rounds are interleaved (A, B, C, A, B, C, ...) so machine load hits every model alike; medians are printed.
@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -123,44 +125,73 @@ def cpu(rounds: int, steps: int) -> None:
         print(f"  peak step memory {k:8s} {mem[k]:7.1f} MB (RSS growth over the model)")
 
 
-def gpu(steps: int, compile_model: bool, batch: int) -> None:
-    assert torch.cuda.is_available(), "--gpu needs CUDA"
-    for arch in ("classic", "modern"):
-        model = build(arch, depth=20, seq=2048, vocab=32768, head_dim=128).cuda().to(torch.bfloat16).train()
-        impl = model.use_fast_attention()
-        flops = model.estimate_flops()
-        fwd = torch.compile(model) if compile_model else model
-        step = make_step(fwd, batch, 2048, 32768, device="cuda")
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-        tps = batch * 2048 * steps / (time.perf_counter() - t0)
-        mfu = flops * tps / H100_BF16_PEAK
-        print(f"GPU bf16 d20 {arch:7s} attn={impl} compile={compile_model} batch={batch}x2048: "
-              f"{tps:,.0f} tokens/s, MFU {100 * mfu:.1f}% (flops/token {flops:.3e}), "
-              f"peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
-        del model, fwd, step
-        torch.cuda.empty_cache()
+def recipe_batch(depth: int) -> int:
+    """The device batch of recipes/d<depth>/pretrain.yaml (rows of 2048 tokens)."""
+    import yaml
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / f"d{depth}" / "pretrain.yaml"
+    return int(yaml.safe_load(path.read_text())["device_batch_size"])
 
 
-def main() -> None:
+def gpu(steps: int, compile_model: bool, batch: int | None, depths=(20, 24)) -> int:
+    """bf16 weights + AdamW, both architectures, at each depth's recipe batch (halved on out-of-memory)."""
+    if not torch.cuda.is_available():
+        print("benchmarks/model.py --gpu needs CUDA; run it without --gpu on a CPU", file=sys.stderr)
+        return 2
+    from nanochat_hf.plan import NANOCHAT_THROUGHPUT
+
+    for depth in depths:
+        ref = NANOCHAT_THROUGHPUT[depth]
+        print(f"d{depth}: nanochat {ref['tokens_per_s_per_gpu']:,} tok/s per GPU, MFU {ref['mfu']:.1%} "
+              f"({ref['source']})")
+        for arch in ("classic", "modern"):
+            rows = batch or recipe_batch(depth)
+            while rows >= 1:
+                try:
+                    gpu_one(depth, arch, rows, steps, compile_model)
+                    break
+                except torch.OutOfMemoryError:
+                    print(f"  {arch}: out of memory at batch {rows}; trying {rows // 2}")
+                    rows //= 2
+                    torch.cuda.empty_cache()
+    return 0
+
+
+def gpu_one(depth: int, arch: str, batch: int, steps: int, compile_model: bool) -> None:
+    model = build(arch, depth=depth, seq=2048, vocab=32768, head_dim=128).cuda().to(torch.bfloat16).train()
+    impl = model.use_fast_attention()
+    flops = model.estimate_flops()
+    fwd = torch.compile(model) if compile_model else model
+    step = make_step(fwd, batch, 2048, 32768, device="cuda")
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    tps = batch * 2048 * steps / (time.perf_counter() - t0)
+    mfu = flops * tps / H100_BF16_PEAK
+    print(f"  ours {arch:7s} attn={impl} compile={compile_model} batch={batch}x2048: {tps:,.0f} tokens/s, "
+          f"MFU {100 * mfu:.1f}% (flops/token {flops:.3e}), peak {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+    del model, fwd, step
+    torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gpu", action="store_true", help="CUDA bf16 depth-20 throughput and MFU")
+    parser.add_argument("--gpu", action="store_true", help="CUDA bf16 d20 and d24 throughput, MFU and peak memory")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=2, help="training steps per round (CPU) / timed steps (GPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (GPU mode)")
-    parser.add_argument("--batch", type=int, default=16, help="GPU batch (rows of 2048 tokens)")
-    args = parser.parse_args()
+    parser.add_argument("--batch", type=int, default=None, help="GPU batch (rows of 2048; default: each recipe's)")
+    args = parser.parse_args(argv)
     if args.gpu:
-        gpu(max(args.steps, 10), args.compile, args.batch)
-    else:
-        cpu(args.rounds, args.steps)
+        return gpu(min(max(args.steps, 10), 30), args.compile, args.batch)
+    cpu(args.rounds, args.steps)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -369,6 +369,24 @@ HUB_SOURCES: dict[str, tuple[str, str | None, Callable[[dict], list[dict]], str,
 }
 
 
+SYNTHETIC_DEFAULT_SIZE = 1000  # rows a synthetic source generates when the mixture gives no size
+# Training rows of the Hub sources' default splits, for planning before anything is downloaded
+# (nanochat's counts: SmolTalk ~460K, MMLU auxiliary_train ~100K, GSM8K 7.5K).
+HUB_TRAIN_ROWS = {"smoltalk": 460_000, "mmlu": 99_842, "gsm8k": 7_473}
+
+
+def source_rows(spec: SourceSpec) -> int | None:
+    """Training rows one mixture entry yields per repeat, known without loading it (None: only loading tells)."""
+    if spec.source == "identity":
+        return spec.size if spec.size is not None else len(read_jsonl_conversations(spec.path or IDENTITY_PATH))
+    if spec.source in SYNTHETIC:
+        return spec.size if spec.size is not None else SYNTHETIC_DEFAULT_SIZE
+    known = HUB_TRAIN_ROWS.get(spec.source) if spec.path is None and spec.split is None else None
+    if known is None:
+        return spec.size  # a local file or another split: its size is only known once loaded (a size caps it)
+    return known if spec.size is None else min(spec.size, known)
+
+
 def load_rows(path: str, subset: str | None, split: str):
     """A Hub id, a local file (.jsonl/.json/.parquet) or a folder of them, as a `datasets.Dataset`."""
     from datasets import load_dataset
@@ -455,7 +473,7 @@ def load_source(spec: SourceSpec, validation: bool = False):
             kwargs["words"] = load_words(spec.path)
         elif spec.source == "identity":
             kwargs["path"] = spec.path
-        size = spec.size if spec.size is not None else (None if spec.source == "identity" else 1000)
+        size = spec.size if spec.size is not None else (None if spec.source == "identity" else SYNTHETIC_DEFAULT_SIZE)
         seed = spec.seed + (VAL_SEED_OFFSET if validation else 0)
         rows = gen(size, seed, **kwargs)
         return Dataset.from_dict({"messages": rows}, features=messages_features())

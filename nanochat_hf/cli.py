@@ -19,6 +19,7 @@ import sys
 STAGES: dict[str, tuple[str, str]] = {
     "data": ("nanochat_hf.dataset:main", "download / list pretraining shards (Hub parquet or local files)"),
     "tokenizer": ("nanochat_hf.tokenization:main", "train or evaluate the BPE tokenizer (`tokenizer train|eval`)"),
+    "plan": ("nanochat_hf.plan:main", "what a preset or recipe will take: tokens, steps, time, cost, memory per GPU"),
     "pretrain": ("nanochat_hf.pretrain:main", "pretrain a base model with accelerate (Muon + AdamW)"),
     "mid": ("nanochat_hf.sft:main_mid", "mid-training with TRL SFTTrainer (conversations, tools, MC)"),
     "sft": ("nanochat_hf.sft:main", "supervised fine-tuning with TRL SFTTrainer"),

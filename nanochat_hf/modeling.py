@@ -455,20 +455,31 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------ attention backends
 
-    def use_fast_attention(self) -> str:
-        """FlashAttention-3 (Hub kernel) on CUDA with bf16/fp16 weights; SDPA elsewhere or if it cannot load."""
+    def use_fast_attention(self, device: torch.device | None = None, compute_dtype: torch.dtype | None = None,
+                           say=print) -> str:
+        """FlashAttention-3 (the Hub kernel, through `kernels`) on an sm80-sm90 GPU computing in bf16/fp16; SDPA
+        elsewhere. A GPU that should get FA3 but cannot says why in one line (`say`) and stays correct on SDPA.
+        `device` / `compute_dtype` default to the weights' (pass bf16 when autocast runs fp32 weights in bf16)."""
         param = next(self.parameters())
+        device = torch.device(device) if device is not None else param.device
+        dtype = compute_dtype or param.dtype
         impl = "sdpa"
-        if param.is_cuda and param.dtype in (torch.bfloat16, torch.float16):
-            try:
-                self.set_attn_implementation(FA3_KERNEL)
-                impl = FA3_KERNEL
-            except Exception as err:  # no `kernels`, no Hub access, unsupported GPU: stay correct, be slower
-                print(f"FlashAttention-3 unavailable ({type(err).__name__}: {err}; the `kernels` package comes with "
-                      "pip install 'nanochat_hf[gpu]'); using SDPA")
-                self.set_attn_implementation("sdpa")
-        else:
-            self.set_attn_implementation("sdpa")
+        if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+            major, minor = torch.cuda.get_device_capability(device)
+            if major not in (8, 9):  # the kernel is built for Ampere / Ada / Hopper only
+                say(f"FlashAttention-3 has no kernel for this GPU (sm_{major}{minor}; it needs sm_80..sm_90); "
+                    "using SDPA")
+            elif not _has_kernels():
+                say("FlashAttention-3 needs the `kernels` package, which is not installed: "
+                    "pip install 'nanochat_hf[gpu]'; using SDPA (slower with sliding windows)")
+            else:
+                try:
+                    self.set_attn_implementation(FA3_KERNEL)
+                    return FA3_KERNEL
+                except Exception as err:  # no Hub access, no build for this torch/CUDA: stay correct, be slower
+                    first = (str(err).strip().splitlines() or [""])[0][:200]
+                    say(f"FlashAttention-3 could not load ({type(err).__name__}: {first}); using SDPA")
+        self.set_attn_implementation(impl)
         return impl
 
     # ------------------------------------------------------------------ saving and loading
@@ -532,6 +543,14 @@ def _check_tensor_shapes(cls, folder, config=None) -> None:
             raise ValueError(f"{os.path.join(folder, name)}: tensor {key} has shape {list(shape)}, but config.json "
                              f"makes it {list(expected[key])}; the file is damaged or belongs to another model: "
                              "save or download the checkpoint again")
+def _has_kernels() -> bool:
+    """Is the `kernels` package (FlashAttention-3 from the Hub) installed? (A hidden one counts as missing.)"""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("kernels") is not None
+    except ValueError:  # sys.modules["kernels"] = None
+        return False
 
 
 def check_tokenizer_fits(config: NanoChatConfig, tokenizer) -> None:

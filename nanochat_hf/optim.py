@@ -29,6 +29,8 @@ import os
 import torch
 from torch import Tensor
 
+from nanochat_hf.extras import available
+
 try:  # DTensor is how FSDP2 hands us sharded parameters.
     from torch.distributed.tensor import DTensor, distribute_tensor
 except ImportError:  # pragma: no cover - very old torch
@@ -92,14 +94,29 @@ def _muon_direction(stacked: Tensor, second_moment: Tensor, ns_steps: int, beta2
 _compiled_direction = None
 
 
-def muon_direction(stacked: Tensor, second_moment: Tensor, ns_steps: int, beta2: float) -> Tensor:
-    """The Muon update direction; one fused torch.compile graph on GPU (as nanochat), eager elsewhere."""
+def direction_fn(is_cuda: bool):
+    """The Muon direction to run: one fused torch.compile graph on GPU (as nanochat), eager elsewhere.
+
+    Compiling for CUDA needs triton (it ships with torch's CUDA wheels); without it the step stays eager and
+    says so once. NANOCHAT_HF_COMPILE_OPTIM=0 keeps it eager on purpose (debugging, or a torch whose compiler
+    misbehaves).
+    """
     global _compiled_direction
-    if stacked.is_cuda and os.environ.get("NANOCHAT_HF_COMPILE_OPTIM", "1") == "1":
-        if _compiled_direction is None:
+    if not is_cuda or os.environ.get("NANOCHAT_HF_COMPILE_OPTIM", "1") != "1":
+        return _muon_direction
+    if _compiled_direction is None:
+        if available("triton"):
             _compiled_direction = torch.compile(_muon_direction, dynamic=False, fullgraph=True)
-        return _compiled_direction(stacked, second_moment, ns_steps, beta2)
-    return _muon_direction(stacked, second_moment, ns_steps, beta2)
+        else:
+            print("Muon: triton is not installed (it comes with torch's CUDA wheels), so its step runs eager "
+                  "(slower); reinstall torch for CUDA, or set NANOCHAT_HF_COMPILE_OPTIM=0 to silence this")
+            _compiled_direction = _muon_direction
+    return _compiled_direction
+
+
+def muon_direction(stacked: Tensor, second_moment: Tensor, ns_steps: int, beta2: float) -> Tensor:
+    """The Muon update direction of a (K, m, n) stack of momenta (see `direction_fn` for how it runs)."""
+    return direction_fn(stacked.is_cuda)(stacked, second_moment, ns_steps, beta2)
 
 
 def _local(t):

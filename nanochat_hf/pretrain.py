@@ -22,7 +22,6 @@ What is derived from what (nanochat's recipe, muP-style transfer from a d12 refe
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import math
@@ -38,7 +37,7 @@ import torch.nn.functional as F
 
 from nanochat_hf.checkpoints import STATE_NAME, latest_checkpoint, publish, rotate, staging_dir
 from nanochat_hf.errors import UserError, ensure_writable, run_main, writing
-from nanochat_hf.extras import available, install_hint, require
+from nanochat_hf.extras import require
 
 LOG_NAME = "pretrain.jsonl"
 SAMPLE_PROMPTS = (  # nanochat's fixed prompts, sampled greedily at the end of pretraining
@@ -68,7 +67,7 @@ class PretrainConfig:
     aspect_ratio: int = field(default=64, metadata={"help": "model_dim = depth * aspect_ratio, rounded up to head_dim"})
     head_dim: int = field(default=128, metadata={"help": "attention head dimension"})
     max_seq_len: int = field(default=2048, metadata={"help": "context length of the training rows"})
-    window_pattern: str = field(default="SSSL", metadata={"help": "sliding-window pattern tiled over layers (modern): L=full, S=half"})
+    window_pattern: str = field(default="SSSL", metadata={"help": "sliding-window pattern tiled over layers (modern): L=full, S=a quarter of the context"})
     # Data
     tokenizer: str = field(default="runs/tiny/tokenizer", metadata={"help": "tokenizer folder or Hub id"})
     data: str | None = field(default=None, metadata={"help": "file, folder, or Hub dataset (climbmix, fineweb-edu); default: embedded Shakespeare"})
@@ -216,6 +215,38 @@ def training_plan(cfg: PretrainConfig, model, vocab_size: int, world_size: int) 
     }
 
 
+def plan_table(cfg: PretrainConfig, plan: dict, model, accelerator) -> str:
+    """`nanochat-hf plan`'s table for this run: on a GPU with time, cost and memory for this GPU."""
+    from accelerate.utils import DistributedType
+
+    from nanochat_hf import plan as planning
+
+    stage = planning.pretrain_plan("this run", cfg, plan, accelerator.unwrap_model(model), accelerator.num_processes)
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    return planning.render([stage], planning.detect_gpu(), fsdp=fsdp)
+
+
+def fp8_layer(module, name: str) -> bool:
+    """Which linear layers train in fp8: not the head (logits want bf16), and only matmuls big enough to gain,
+    with both dimensions multiples of 16 (torchao's scaled matmul)."""
+    dims = (module.in_features, module.out_features)
+    return "lm_head" not in name and min(dims) >= 128 and all(d % 16 == 0 for d in dims)
+
+
+def enable_fp8(model, on_gpu: bool) -> int:
+    """torchao's tensorwise fp8 training on the layers `fp8_layer` picks (nanochat's --fp8); returns their count."""
+    float8 = require("torchao.float8", "--fp8 (or drop it to train in bf16)")
+    if not on_gpu:
+        raise ValueError("--fp8 needs an H100-class GPU; drop it on CPU")
+    major, minor = torch.cuda.get_device_capability()
+    if (major, minor) < (8, 9):
+        raise ValueError(f"--fp8 needs fp8 tensor cores (sm_89+: H100, H200, L4, RTX 4090); this GPU is "
+                         f"sm_{major}{minor}: drop --fp8 to train in bf16")
+    chosen = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and fp8_layer(m, n)]
+    float8.convert_to_float8_training(model, module_filter_fn=fp8_layer)
+    return len(chosen)
+
+
 def peak_flops() -> float:
     """bf16 peak of this GPU (inf elsewhere, so MFU reads 0)."""
     if not torch.cuda.is_available():
@@ -346,7 +377,7 @@ def train(cfg: PretrainConfig) -> dict:
     from nanochat_hf.dataloader import BestFitLoader
     from nanochat_hf.dataset import load_splits
     from nanochat_hf.loss_eval import evaluate_bpb
-    from nanochat_hf.modeling import FA3_KERNEL, check_tokenizer_fits
+    from nanochat_hf.modeling import check_tokenizer_fits
     from nanochat_hf.optim import TrainingSchedule, build_optimizer
 
     on_gpu = torch.cuda.is_available()
@@ -380,13 +411,9 @@ def train(cfg: PretrainConfig) -> dict:
     check_tokenizer_fits(config, tokenizer)
     model = model_classes()[1](config)
     model.config.use_cache = False
-    if on_gpu:  # FlashAttention-3 (Hub kernel, bf16 under autocast, sliding windows); SDPA if it cannot load
-        try:
-            model.set_attn_implementation(FA3_KERNEL)
-        except Exception as err:
-            hint = "" if available("kernels") else f"; {install_hint('kernels')}"
-            say(f"FlashAttention-3 unavailable ({type(err).__name__}{hint}); using SDPA (slower with sliding windows)")
-            model.set_attn_implementation("sdpa")
+    # FlashAttention-3 on a GPU (bf16 under autocast, sliding windows); SDPA elsewhere or if it cannot load.
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp, torch.float32)
+    model.use_fast_attention(accelerator.device, compute_dtype, say=say)
     say(f"attention: {model.config._attn_implementation}")
     plan = training_plan(cfg, model, len(tokenizer), accelerator.num_processes)
     if plan["device_batch_size"] != cfg.device_batch_size:
@@ -395,10 +422,7 @@ def train(cfg: PretrainConfig) -> dict:
             f"{accelerator.num_processes} processes")
         cfg.device_batch_size = plan["device_batch_size"]
     if cfg.fp8:
-        float8 = require("torchao.float8", "--fp8 (or drop it to train in bf16)")
-        if not on_gpu:
-            raise ValueError("--fp8 needs an H100-class GPU; drop it on CPU")
-        float8.convert_to_float8_training(model, module_filter_fn=lambda m, n: "lm_head" not in n and min(m.in_features, m.out_features) >= 128)
+        say(f"fp8: {enable_fp8(model, on_gpu)} linear layers train in fp8")
     optimizer = build_optimizer(model, embedding_lr=cfg.embedding_lr, unembedding_lr=cfg.unembedding_lr,
                                 matrix_lr=cfg.matrix_lr, scalar_lr=cfg.scalar_lr, weight_decay=plan["weight_decay_scaled"],
                                 batch_lr_scale=plan["batch_lr_scale"])
@@ -409,7 +433,7 @@ def train(cfg: PretrainConfig) -> dict:
     accelerator.register_for_checkpointing(schedule)
 
     log = JsonlLog(output_dir / "logs" / LOG_NAME, main_proc, resuming=resume_state is not None)
-    say(json.dumps(plan, indent=2))
+    say(plan_table(cfg, plan, model, accelerator))
 
     # Loop state: restored from the checkpoint when resuming.
     step, val_bpb, min_val_bpb, smooth_loss, train_time = 0, None, float("inf"), 0.0, 0.0

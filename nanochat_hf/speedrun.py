@@ -291,8 +291,18 @@ class Speedrun:
             args += ["--bundle", str(self.eval_bundle), "--chat-data", str(OFFLINE_EVAL_DATA / "chat")]
         yield Stage(name, [self.python_module("nanochat_hf.evaluation.run", args)])
 
+    def plan(self) -> str:
+        """`nanochat-hf plan --preset <preset> --num-gpus N` (H100 for the GPU tiers)."""
+        from nanochat_hf import plan
+
+        world = self.num_gpus if self.preset.gpu else 1
+        gpu = (plan.detect_gpu() or plan.GPUS["h100"]) if self.preset.gpu else None
+        return plan.render(plan.plan_preset(self.name, world), gpu)
+
     def go(self) -> None:
         print(f"[speedrun] preset {self.name} -> {self.run} ({self._hardware()})")
+        if self.dry_run or self.preset.gpu:  # what the run will take, before it spends anything
+            print(self.plan())
         self.run.mkdir(parents=True, exist_ok=True)
         self._save_state()
         for stage in self.stages():

@@ -6,13 +6,13 @@
 #   screen -L -Logfile runs/speedrun.log -S speedrun bash recipes/speedrun.sh
 #   WANDB_RUN=d24 TIER=d24 bash recipes/speedrun.sh   # log to wandb (after `wandb login`)
 #
-# Expected wall time and cost on one 8xH100 node at ~$24/hour (nanochat's figures for the
-# same depths and token budgets; ours are measured the same way and land in report.md):
-#   tier  params   pretrain tokens   wall time   cost
-#   d20   ~560M    ~11B (ratio 20)   ~4 h        ~$100
-#   d24   ~880M    ~7B  (ratio 8)    ~2-3 h      ~$60-75  (CORE ~0.26, GPT-2 1.5B = 0.2565)
-#   d26   ~1.1B    ~12B              ~6-8 h      ~$150-200
-#   d32   ~1.9B    ~38B              ~24-33 h    ~$600-800
+# Expected sizes, tokens, wall time and cost on one 8xH100 node at $24/hour: `nanochat-hf plan --preset TIER`
+# prints them from the recipes (pretraining at 45% MFU; nanochat measures 47-51%):
+#   tier  params (scaling)   pretrain tokens    pretrain time   cost
+#   d20   897M (435M)        5.2B (ratio 12)    ~1.2 h          ~$28
+#   d24   1.38B (730M)       5.8B (ratio 8)     ~2.2 h (bf16)   ~$52   (CORE ~0.26, GPT-2 1.5B = 0.2565)
+#   d26   1.68B (918M)       7.6B (ratio 8.25)  ~3.5 h          ~$85
+#   d32   2.82B (1.68B)      20B (ratio 12)     ~17 h           ~$406
 # The exact numbers of each tier are in recipes/<tier>/*.yaml (every key is also a flag).
 set -euo pipefail
 

@@ -8,11 +8,11 @@ import pytest
 
 from nanochat_hf import cli
 
-STAGES = ["data", "tokenizer", "pretrain", "mid", "sft", "rl", "eval", "chat", "serve", "report", "push", "convert",
+STAGES = ["data", "tokenizer", "plan", "pretrain", "mid", "sft", "rl", "eval", "chat", "serve", "report", "push", "convert",
           "speedrun"]
 
 
-def test_help_lists_all_13_stages_in_pipeline_order():
+def test_help_lists_every_stage_in_pipeline_order():
     res = subprocess.run([sys.executable, "-m", "nanochat_hf", "--help"], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     listed = re.findall(r"^ {4}(\S+)", res.stdout, flags=re.M)  # stage names; wrapped help lines are deeper
