@@ -516,8 +516,9 @@ def train(cfg: PretrainConfig) -> dict:
         accelerator.end_training()
         return {"step": step, "finished": False, "val_bpb": val_bpb}
 
-    # Samples (every rank generates: a sharded FSDP model needs all of them).
-    unwrapped = accelerator.unwrap_model(model)
+    # Samples (every rank generates: a sharded FSDP model needs all of them). Eager, not compiled: each
+    # generated length is a new shape, which the compiled forward would recompile for.
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     samples = sample(unwrapped, tokenizer, cfg.sample_max_tokens, accelerator.device)
     for prompt, completion in samples:
         log.write(event="sample", step=step, prompt=prompt, completion=completion)
@@ -552,8 +553,10 @@ def save_final(accelerator, model, tokenizer, output_dir: Path) -> None:
     """Hub-ready folder: config + safetensors + generation config + tokenizer (+ token_bytes.pt)."""
     from transformers import GenerationConfig
 
-    unwrapped = accelerator.unwrap_model(model)
-    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; a no-op copy under DDP
+    # The model without torch.compile's wrapper, whose state dict names every weight `_orig_mod.<name>`:
+    # saved from the wrapper, from_pretrained would find none of them and start from random weights.
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    state_dict = accelerator.get_state_dict(unwrapped)  # gathers FSDP shards; a no-op copy under DDP
     if accelerator.is_main_process:
         unwrapped.config.use_cache = True
         # A base model ends a document by starting the next one: stop on BOS as well.
