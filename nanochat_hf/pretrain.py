@@ -341,6 +341,7 @@ def train(cfg: PretrainConfig) -> dict:
 
     from nanochat_hf.dataloader import BestFitLoader
     from nanochat_hf.dataset import load_splits
+    from nanochat_hf.distributed import fsdp_fallback_note
     from nanochat_hf.loss_eval import evaluate_bpb
     from nanochat_hf.modeling import FA3_KERNEL, check_tokenizer_fits
     from nanochat_hf.optim import TrainingSchedule, build_optimizer
@@ -356,6 +357,9 @@ def train(cfg: PretrainConfig) -> dict:
     main_proc = accelerator.is_main_process
     say = accelerator.print
     say(accelerator.state)
+    note = fsdp_fallback_note(accelerator)
+    if note:
+        say(note)
     if on_gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
