@@ -25,6 +25,11 @@ import torch.nn.functional as F
 from nanochat_hf.configuration import has_value_embed
 from nanochat_hf.modeling import SMEAR_CACHE_ATTR, NanoChatForCausalLM
 
+def is_sharded(model) -> bool:
+    """True for a model whose weights FSDP2 sharded (DTensors, gathered by hooks around each forward)."""
+    return any(type(p.data) is not torch.Tensor for p in model.parameters())
+
+
 class FastDecoder:
     """Decode-step arithmetic of a NanoChatForCausalLM (see the module docstring)."""
 
@@ -79,7 +84,7 @@ class FastDecoder:
         """A decoder when this model's decode step is one we reproduce exactly, else None."""
         if not isinstance(model, NanoChatForCausalLM):
             return None
-        if any(type(p.data) is not torch.Tensor for p in model.parameters()):
+        if is_sharded(model):
             return None  # sharded (DTensor) weights are gathered by hooks on model.forward
         return cls(model)
 

@@ -36,6 +36,7 @@ then a merge), and drops finished rows.
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import random
@@ -49,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from nanochat_hf.decoder import FastDecoder
+from nanochat_hf.decoder import FastDecoder, is_sharded
 from nanochat_hf.modeling import CACHE_ARG
 from nanochat_hf.tools import run_calculator
 
@@ -61,6 +62,22 @@ TOOL_TOKENS = ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|outp
 
 
 # ----------------------------------------------------------------------------- the KV cache
+
+
+def _without_grad(method):
+    """torch.inference_mode around an Engine method; torch.no_grad when the model is sharded by FSDP2.
+
+    FSDP2 allocates the gathered weights of a sharded model on its first forward, once: allocated under
+    inference_mode they are inference tensors for good, and the next training forward's gather into them
+    fails (RL samples its pass@k before the first training step).
+    """
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        engine = getattr(self, "engine", self)  # DecodeBatch and Scheduler hold their Engine
+        with torch.no_grad() if engine.sharded else torch.inference_mode():
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 class SlotLayer(DynamicLayer):
@@ -274,7 +291,7 @@ class DecodeBatch:
     def __len__(self) -> int:
         return 0 if self.pos is None else self.pos.shape[0]
 
-    @torch.inference_mode()
+    @_without_grad
     def prefill(self, prompts: list[list[int]], want_prompt_logits: bool = False) -> torch.Tensor | None:
         """Prefill `prompts` together (left-padded) and append them as new rows; returns all-position logits if asked."""
         dev = self.engine.device
@@ -342,7 +359,7 @@ class DecodeBatch:
             self.cache.crop_left(shared_pad)
             self.mask = self.mask[:, shared_pad:]
 
-    @torch.inference_mode()
+    @_without_grad
     def step(self, column: list[int]):
         """Feed one token per row; afterwards `self.logits` is the next distribution of every row."""
         dev = self.engine.device
@@ -370,6 +387,7 @@ class Engine:
         self.device = next(model.parameters()).device
         # Decode steps of our models skip model.forward's Python layers (decoder.py); None: model.forward.
         self.fast = FastDecoder.for_model(model) if fast_decode else None
+        self.sharded = is_sharded(model)
         if compile and self.fast is not None:
             self.fast.compile()
         cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -399,7 +417,7 @@ class Engine:
         room = self.max_context - prompt_len
         return room if max_tokens is None else min(max_tokens, room)
 
-    @torch.inference_mode()
+    @_without_grad
     def generate(self, tokens: list[int], num_samples: int = 1, max_tokens: int | None = None,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = 42) -> Iterator[tuple[list[int], list[int]]]:
@@ -622,7 +640,7 @@ class Scheduler:
                 out[i] = t
         return out
 
-    @torch.inference_mode()
+    @_without_grad
     def _step(self, batch: DecodeBatch, rows: list[_Row]):
         sampled = self._sample_rows(batch.logits, rows)
         chosen = [row.tool.next_token(t) for row, t in zip(rows, sampled)]

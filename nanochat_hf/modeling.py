@@ -502,12 +502,20 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """classic saves as transformers' native `nanochat` (no custom code, no auto_map); modern ships its code."""
         modern = self.config.arch == "modern"
-        cls, before = type(self), type(self)._auto_class  # transformers reads the class attribute
+        # FSDP2 turns the instance into a subclass it generates (FSDPNanoChatForCausalLM, defined in torch):
+        # transformers would name that class in auto_map and copy torch's files as the model's code. Saved as
+        # the model's own class, the folder loads anywhere.
+        cls = sharded_cls = type(self)
+        if cls.__module__.startswith("torch.distributed"):  # FSDP2's class(FSDPModule, the model's own class)
+            cls = cls.__bases__[-1]
+        before = cls._auto_class  # transformers reads the class attribute
         cls._auto_class = "AutoModelForCausalLM" if modern else None
         self.config._auto_class = "AutoConfig" if modern else None
+        self.__class__ = cls
         try:
             return super().save_pretrained(save_directory, *args, **kwargs)
         finally:
+            self.__class__ = sharded_cls
             cls._auto_class = before
             self.config._auto_class = None
 

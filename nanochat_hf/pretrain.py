@@ -376,6 +376,7 @@ def train(cfg: PretrainConfig) -> dict:
 
     from nanochat_hf.dataloader import BestFitLoader
     from nanochat_hf.dataset import load_splits
+    from nanochat_hf.distributed import fsdp_fallback_note
     from nanochat_hf.loss_eval import evaluate_bpb
     from nanochat_hf.modeling import check_tokenizer_fits
     from nanochat_hf.optim import TrainingSchedule, build_optimizer
@@ -391,6 +392,9 @@ def train(cfg: PretrainConfig) -> dict:
     main_proc = accelerator.is_main_process
     say = accelerator.print
     say(accelerator.state)
+    note = fsdp_fallback_note(accelerator)
+    if note:
+        say(note)
     if on_gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -544,8 +548,9 @@ def train(cfg: PretrainConfig) -> dict:
         accelerator.end_training()
         return {"step": step, "finished": False, "val_bpb": val_bpb}
 
-    # Samples (every rank generates: a sharded FSDP model needs all of them).
-    unwrapped = accelerator.unwrap_model(model)
+    # Samples (every rank generates: a sharded FSDP model needs all of them). Eager, not compiled: each
+    # generated length is a new shape, which the compiled forward would recompile for.
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
     samples = sample(unwrapped, tokenizer, cfg.sample_max_tokens, accelerator.device)
     for prompt, completion in samples:
         log.write(event="sample", step=step, prompt=prompt, completion=completion)
@@ -580,8 +585,10 @@ def save_final(accelerator, model, tokenizer, output_dir: Path) -> None:
     """Hub-ready folder: config + safetensors + generation config + tokenizer (+ token_bytes.pt)."""
     from transformers import GenerationConfig
 
-    unwrapped = accelerator.unwrap_model(model)
-    state_dict = accelerator.get_state_dict(model)  # gathers FSDP shards; a no-op copy under DDP
+    # The model without torch.compile's wrapper, whose state dict names every weight `_orig_mod.<name>`:
+    # saved from the wrapper, from_pretrained would find none of them and start from random weights.
+    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
+    state_dict = accelerator.get_state_dict(unwrapped)  # gathers FSDP shards; a no-op copy under DDP
     if accelerator.is_main_process:
         unwrapped.config.use_cache = True
         # A base model ends a document by starting the next one: stop on BOS as well.

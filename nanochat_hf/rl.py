@@ -42,6 +42,7 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
+from trl import GRPOConfig
 
 from nanochat_hf.checkpoints import AtomicCheckpoints, latest_checkpoint
 from nanochat_hf.errors import ensure_writable, run_main, writing
@@ -92,12 +93,24 @@ class RLArguments:
     init_lr_frac: float = field(default=0.05, metadata={"help": "nanochat optimizer: start at this fraction of the lrs"})
 
 
-def parse_args(argv: list[str]):
-    from trl import GRPOConfig
+@dataclass
+class RLConfig(GRPOConfig):
+    """TRL's GRPOConfig, with `use_cpu` on by itself where there is no GPU (as the SFT stage)."""
 
+    def __post_init__(self):
+        from nanochat_hf.distributed import no_accelerator
+
+        if no_accelerator():
+            # Else the d20-d32 recipes (bf16: true) stop on "Your setup doesn't support bf16/gpu", and a
+            # `--multi_gpu` launch would train each process alone instead of as one gloo group.
+            self.use_cpu = True
+        super().__post_init__()
+
+
+def parse_args(argv: list[str]):
     from nanochat_hf.recipe import parse_stage_args  # YAML `--config` + flag overrides, the TRL way
 
-    return parse_stage_args((RLArguments, GRPOConfig), argv)
+    return parse_stage_args((RLArguments, RLConfig), argv)
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -419,17 +432,39 @@ def load_model(args: RLArguments, config):
     return model, tokenizer
 
 
-def build_nanochat_optimizer(model, args: RLArguments, max_steps: int):
-    """nanochat's chat_rl optimizer: Muon + AdamW groups at init_lr_frac of their lrs, linear decay to 0."""
+def build_nanochat_optimizer(model, args: RLArguments):
+    """nanochat's chat_rl optimizer: Muon + AdamW groups at init_lr_frac of their lrs (decayed by the scheduler)."""
     from nanochat_hf.optim import build_optimizer
 
     # init_lr_frac scales EVERY group, as nanochat's chat_rl does (the smear/backout scalars have a fixed
     # lr of their own: left at full lr, Adam's 0.2 steps on them wreck the model within a few steps).
-    optimizer = build_optimizer(model, embedding_lr=args.embedding_lr, unembedding_lr=args.unembedding_lr,
-                                matrix_lr=args.matrix_lr, scalar_lr=args.scalar_lr, weight_decay=0.0,
-                                batch_lr_scale=args.init_lr_frac)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max_steps))
-    return optimizer, scheduler
+    return build_optimizer(model, embedding_lr=args.embedding_lr, unembedding_lr=args.unembedding_lr,
+                           matrix_lr=args.matrix_lr, scalar_lr=args.scalar_lr, weight_decay=0.0,
+                           batch_lr_scale=args.init_lr_frac)
+
+
+def _trainer_class(args: RLArguments):
+    """GRPOTrainer with atomic checkpoints, whose optimizer is nanochat's when `optimizer: nanochat`.
+
+    Built by the Trainer (create_optimizer), not handed in through `optimizers=`: under FSDP the Trainer
+    refuses a ready optimizer, and the optimizer must see the sharded parameters, which exist only
+    once the Trainer has wrapped the model.
+    """
+    from trl import GRPOTrainer
+
+    class NanochatGRPOTrainer(AtomicCheckpoints, GRPOTrainer):  # checkpoints written aside, then renamed
+        def create_optimizer(self, model=None):
+            if args.optimizer == "nanochat" and self.optimizer is None:
+                self.optimizer = build_nanochat_optimizer(model or self.model, args)
+            return super().create_optimizer(model)
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            if args.optimizer == "nanochat" and self.lr_scheduler is None:  # linear decay to 0 over the run
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer or self.optimizer, lambda step: max(0.0, 1.0 - step / num_training_steps))
+            return super().create_scheduler(num_training_steps, optimizer)
+
+    return NanochatGRPOTrainer
 
 
 # ----------------------------------------------------------------------------- main
@@ -473,12 +508,8 @@ def resolve_resume(config) -> str | None:
 
 
 def train(args: RLArguments, config):
-    from trl import GRPOTrainer
-
+    from nanochat_hf.distributed import fsdp_fallback_note, save_trainer_model
     from nanochat_hf.rewards import REWARD_FUNCS
-
-    class AtomicGRPOTrainer(AtomicCheckpoints, GRPOTrainer):  # checkpoints written aside, then renamed
-        pass
 
     from nanochat_hf.tokenization import save_tokenizer
 
@@ -491,12 +522,9 @@ def train(args: RLArguments, config):
     model, tokenizer = load_model(args, config)
     if config.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
         config.gradient_checkpointing = False
-    optimizers = (None, None)
-    if args.optimizer == "nanochat":
-        if config.max_steps <= 0:  # nanochat: (questions // questions per step) * epochs
-            questions_per_step = config.generation_batch_size // config.num_generations
-            config.max_steps = max(1, int(len(train_ds) // questions_per_step * config.num_train_epochs))
-        optimizers = build_nanochat_optimizer(model, args, config.max_steps)
+    if args.optimizer == "nanochat" and config.max_steps <= 0:  # nanochat: (questions // per step) * epochs
+        questions_per_step = config.generation_batch_size // config.num_generations
+        config.max_steps = max(1, int(len(train_ds) // questions_per_step * config.num_train_epochs))
 
     # Rollouts with the calculator: our Engine, or TRL's vLLM generation in turns; else plain TRL generation.
     rollout_func = None
@@ -510,26 +538,28 @@ def train(args: RLArguments, config):
     elif resume is not None:
         truncate_log(log_path, int(Path(resume).name.rsplit("-", 1)[-1]))
     passk = PassAtKCallback(args, test_ds)
-    trainer = AtomicGRPOTrainer(
+    trainer = _trainer_class(args)(
         model=model,
         reward_funcs=[REWARD_FUNCS[name] for name in args.reward_funcs],
         args=config,
         train_dataset=train_ds,
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(log_path), passk],
-        optimizers=optimizers,
         rollout_func=rollout_func,
     )
     passk.trainer = trainer
     if trainer.accelerator.is_main_process:
         print(f"[rl] {trainer.accelerator.state}".strip())
+        note = fsdp_fallback_note(trainer.accelerator)
+        if note:
+            print(f"[rl] {note}")
         print(f"[rl] {len(train_ds):,} training questions, {len(test_ds):,} held out; "
               f"{config.num_generations} samples each; calculator in rollouts: {rollout_func is not None}")
     trainer.train(resume_from_checkpoint=resume)
 
     # The Hub-ready folder: weights, config, generation config, tokenizer with its chat template.
     with writing(config.output_dir):
-        trainer.save_model(config.output_dir)
+        save_trainer_model(trainer, config.output_dir)
         if trainer.accelerator.is_main_process:
             save_tokenizer(tokenizer, config.output_dir)
             trainer.create_model_card(model_name=Path(config.output_dir).name, dataset_name=args.dataset_name,

@@ -131,10 +131,11 @@ class ChatSFTConfig(SFTConfig):
     seed: int = 42
 
     def __post_init__(self):
-        cuda = torch.cuda.is_available()
+        from nanochat_hf.distributed import no_accelerator
+
         if self.bf16 is None:
-            self.bf16 = cuda and torch.cuda.is_bf16_supported()
-        if not cuda and not torch.backends.mps.is_available():
+            self.bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        if no_accelerator():
             self.use_cpu = True
         super().__post_init__()
 
@@ -373,6 +374,7 @@ def save_chat_model(trainer, tokenizer, output_dir: Path) -> None:
     """Hub-ready folder: model, tokenizer (+ chat template, token_bytes.pt), generation config stopping on <|assistant_end|>."""
     from transformers import GenerationConfig
 
+    from nanochat_hf.distributed import save_trainer_model
     from nanochat_hf.tokenization import save_tokenizer
 
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -383,7 +385,7 @@ def save_chat_model(trainer, tokenizer, output_dir: Path) -> None:
         pad_token_id=tokenizer.pad_token_id,
     )
     with writing(output_dir):
-        trainer.save_model(str(output_dir))
+        save_trainer_model(trainer, output_dir)
         if trainer.is_world_process_zero():
             save_tokenizer(tokenizer, output_dir)
 
@@ -391,6 +393,7 @@ def save_chat_model(trainer, tokenizer, output_dir: Path) -> None:
 def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
     """Build the data, run SFTTrainer, save the chat model; returns a summary of the run."""
     from nanochat_hf.chat_data import Mixture, build_mixture, tokenize_conversations
+    from nanochat_hf.distributed import fsdp_fallback_note
 
     output_dir = ensure_writable(cfg.output_dir)
     mixture = Mixture.parse(chat_args.mixture)  # a bad mixture fails now, before the model loads
@@ -429,6 +432,11 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
     trainer = ChatSFTTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
                              processing_class=tokenizer, callbacks=[log, chatcore], chat_args=chat_args)
     chatcore.trainer, trainer.chatcore = trainer, chatcore
+    acc = trainer.accelerator  # how the run really ran, in its log (a CPU run of fsdp2.yaml is not FSDP)
+    header.update(distributed_type=str(acc.distributed_type), mixed_precision=acc.mixed_precision)
+    note = fsdp_fallback_note(acc)
+    if note and acc.is_main_process:
+        print(f"[{chat_args.stage}] {note}", file=sys.stderr)
     if cfg.packing and chat_args.packed_layout == "rows":
         # Swapped in after construction: TRL refuses any collator but its own when packing is padding-free.
         trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)

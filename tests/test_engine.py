@@ -367,3 +367,24 @@ def test_a_sampled_request_does_not_depend_on_its_neighbours(model, tiny_tokeniz
         sched.close()
     assert results[1] == alone
     assert len({tuple(r) for r in results.values()}) > 1
+
+
+def test_sampling_from_an_fsdp2_model_leaves_it_trainable(tiny_tokenizer, prompt, tmp_path):
+    """RL samples (pass@k at step 0) before its first training step. FSDP2 allocates a sharded model's gathered
+    weights on the first forward, once: allocated under inference_mode they stay inference tensors, and the
+    training forward's gather into them failed ("Inplace update to inference tensor outside InferenceMode")."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    model = tiny_model(tiny_tokenizer, depth=1)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        fully_shard(model.model.layers[0])
+        fully_shard(model)
+        seqs, _ = Engine(model, tiny_tokenizer).generate_batch(prompt, num_samples=2, max_tokens=4, seed=0)
+        assert all(len(s) > len(prompt) for s in seqs)
+        model.train()
+        model(input_ids=torch.tensor([prompt]), labels=torch.tensor([prompt])).loss.backward()
+        assert model.lm_head.weight.grad is not None
+    finally:
+        dist.destroy_process_group()

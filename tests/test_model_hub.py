@@ -130,3 +130,42 @@ def test_truncated_safetensors_is_one_line_error(tmp_path):
         with pytest.raises(ValueError, match="truncated or corrupt") as err:
             load(tmp_path)
         assert "\n" not in str(err.value)
+
+
+def test_fsdp2_sharded_model_saves_as_its_own_class(tmp_path):
+    """FSDP2 turns the model into torch's generated FSDPNanoChatForCausalLM: the folder must still name
+    modeling.NanoChatForCausalLM and ship our code (not torch's _fsdp_*.py), and load where nanochat_hf is absent."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.fsdp import fully_shard
+
+    model = randomize(NanoChatForCausalLM(tiny("modern", short_window=4)), scale=0.2).eval()
+    folder = tmp_path / "fsdp2_modern"
+    idx = torch.randint(0, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.save({"idx": idx, "logits": model(idx).logits,
+                    "gen": model.generate(idx[:1, :4], max_new_tokens=6, do_sample=False)}, f"{folder}.pt")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        sharded_cls = type(model)
+        assert sharded_cls.__name__ == "FSDPNanoChatForCausalLM"
+        state_dict = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        model.save_pretrained(folder, state_dict=state_dict)
+        assert type(model) is sharded_cls  # still the sharded model after saving
+    finally:
+        dist.destroy_process_group()
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling.NanoChatForCausalLM"
+    assert config["architectures"] == ["NanoChatForCausalLM"]
+    files = set(os.listdir(folder))
+    assert {"configuration.py", "modeling.py"} <= files and not [f for f in files if f.startswith("_fsdp")]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"), TRANSFORMERS_VERBOSITY="error")
+    run = subprocess.run([sys.executable, "-c", FRESH_LOADER, str(folder)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    module, diff, same_tokens = run.stdout.strip().splitlines()[-1].split()
+    assert module.startswith("transformers_modules.") and float(diff) <= 1e-5 and same_tokens == "True"

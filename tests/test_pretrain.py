@@ -156,6 +156,27 @@ def test_resume_with_another_tokenizer_or_size_and_oom_are_explained(tokenizer_d
     assert "out of memory at device_batch_size=4" in capsys.readouterr().err
 
 
+def test_a_compiled_model_is_saved_under_its_own_weight_names(tokenizer_dir, tmp_path):
+    """compile: true (the GPU recipes' setting) wraps the model in torch.compile, whose state dict names every
+    weight `_orig_mod.<name>`; the saved folder must hold the model's own names, or from_pretrained (mid-training)
+    would find none of them and start from random weights."""
+    from accelerate import Accelerator
+    from transformers import AutoModelForCausalLM
+
+    from nanochat_hf.tokenization import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    cfg = PretrainConfig(depth=1, aspect_ratio=64, head_dim=32, max_seq_len=64)
+    model = pretrain.model_classes()[1](pretrain.model_config(cfg, 1, len(tok)))
+    accelerator = Accelerator(cpu=True)
+    compiled = accelerator.prepare(torch.compile(model))  # wrapping only: nothing is compiled before a forward
+    assert any(k.startswith("_orig_mod.") for k in compiled.state_dict())
+    pretrain.save_final(accelerator, compiled, tok, tmp_path)
+    loaded, info = AutoModelForCausalLM.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+
+
 @pytest.mark.multiprocess
 def test_two_process_ddp_on_cpu(tokenizer_dir, tmp_path):
     out = tmp_path / "ddp"

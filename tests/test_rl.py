@@ -333,6 +333,15 @@ def test_recipes_hold_nanochats_objective(tier):
         assert args.dataset_name == "openai/gsm8k" and args.init_lr_frac == 0.05
 
 
+def test_gpu_recipes_parse_on_a_machine_without_gpu():
+    """The d20 recipe (bf16: true, no use_cpu) on a CPU-only machine: use_cpu by itself, as the SFT stage does,
+    so a `--multi_gpu` CPU launch is one gloo group (the GPU-tier rehearsal, tests/test_rehearsal.py)."""
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: the recipes run on it")
+    _, config = parse_args(["--config", str(REPO / "recipes/d20/grpo.yaml")])
+    assert config.use_cpu and config.bf16
+
+
 def test_every_flag_overrides_the_recipe():
     args, config = parse_args(["--config", str(REPO / "recipes/tiny/grpo.yaml"), "--max_steps", "3",
                                "--pass_k", "2", "--reward_funcs", "correctness", "format"])
