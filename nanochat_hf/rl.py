@@ -432,6 +432,15 @@ def load_model(args: RLArguments, config):
     return model, tokenizer
 
 
+def rl_horizon(config, num_questions: int) -> int:
+    """Optimizer steps of the run: `max_steps`, or when it is <= 0 nanochat's
+    (questions // questions per step) * epochs, so the linear lr decay ends with the data."""
+    if config.max_steps > 0:
+        return config.max_steps
+    questions_per_step = config.generation_batch_size // config.num_generations
+    return max(1, int(num_questions // questions_per_step * config.num_train_epochs))
+
+
 def build_nanochat_optimizer(model, args: RLArguments):
     """nanochat's chat_rl optimizer: Muon + AdamW groups at init_lr_frac of their lrs (decayed by the scheduler)."""
     from nanochat_hf.optim import build_optimizer
@@ -522,9 +531,8 @@ def train(args: RLArguments, config):
     model, tokenizer = load_model(args, config)
     if config.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
         config.gradient_checkpointing = False
-    if args.optimizer == "nanochat" and config.max_steps <= 0:  # nanochat: (questions // per step) * epochs
-        questions_per_step = config.generation_batch_size // config.num_generations
-        config.max_steps = max(1, int(len(train_ds) // questions_per_step * config.num_train_epochs))
+    if args.optimizer == "nanochat":
+        config.max_steps = rl_horizon(config, len(train_ds))
 
     # Rollouts with the calculator: our Engine, or TRL's vLLM generation in turns; else plain TRL generation.
     rollout_func = None

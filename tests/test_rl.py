@@ -358,3 +358,20 @@ def test_bad_input_is_one_line_error(tmp_path, sft_model_dir, capsys):
     assert main(["--config", recipe, "--model_name_or_path", str(sft_model_dir), "--output_dir", str(tmp_path),
                  "--resume_from_checkpoint", str(tmp_path / "checkpoint-9")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_rl_horizon_follows_the_data_when_max_steps_is_unset():
+    """max_steps <= 0: as nanochat, (questions // questions per step) * epochs, so the lr decay ends with the data."""
+    from nanochat_hf.rl import rl_horizon
+
+    recipe = ["--config", str(REPO / "recipes/tiny/grpo.yaml")]
+    _, config = parse_args([*recipe, "--max_steps", "-1", "--num_train_epochs", "1"])  # 32 samples / 8 each
+    assert rl_horizon(config, 2000) == 500  # 4 questions per step
+    _, config = parse_args(["--config", str(REPO / "recipes/d20/grpo.yaml"), "--bf16", "false", "--use_cpu", "true"])
+    # GSM8K's 7473 training questions; one process takes 2 per step (on 8 GPUs: 16 per step, 467 steps)
+    assert config.generation_batch_size // config.num_generations == 2 and rl_horizon(config, 7473) == 3736
+    _, config = parse_args([*recipe, "--max_steps", "0", "--num_train_epochs", "2", "--per_device_train_batch_size", "16"])
+    assert rl_horizon(config, 2000) == 2000  # 2 questions per step, two passes
+    assert rl_horizon(config, 1) == 1  # never zero steps
+    _, config = parse_args(recipe)
+    assert rl_horizon(config, 2000) == 30  # an explicit max_steps wins
