@@ -99,7 +99,7 @@ def test_unknown_task_lists_every_name_and_downloads_nothing(tiny_model_dir, tmp
     monkeypatch.setattr(core, "download_bundle", no_download)
     assert run.main(["--model", str(tiny_model_dir), "--tasks", "gsm8k,hellaswag-10shot"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: unknown task 'hellaswag-10shot'") and "\n" not in err
+    assert err.startswith("nanochat-hf eval: error: unknown task 'hellaswag-10shot'") and "\n" not in err
     for name in (*core.CORE_LABELS, "core", "chatcore", "bpb", "ARC-Easy", "MMLU", "GSM8K", "HumanEval", "SpellingBee"):
         assert f" {name}," in err or f" {name};" in err or err.endswith(f" {name}"), name
     # with a local bundle its core.yaml says which CORE names there are

@@ -74,7 +74,7 @@ def test_rl_init_lr_frac_scales_every_group_smear_included():
     model = TinyLM()
     full = groups_by_name(build_param_groups(model, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5))
     args = RLArguments(init_lr_frac=0.05)
-    optimizer, scheduler = build_nanochat_optimizer(model, args, max_steps=10)
+    optimizer = build_nanochat_optimizer(model, args)
     scaled = groups_by_name(optimizer.param_groups)
     assert set(scaled) == set(full) and "smear_scalars" in scaled
     for name, group in scaled.items():

@@ -136,8 +136,8 @@ def test_chatcore_subset_is_logged_during_sft_with_the_steps_loss(runs, tiny_tok
 
     log = read_log(runs["sft"] / "logs" / "sft.jsonl")
     rows = [r for r in log if "chatcore" in r]
-    assert [r["step"] for r in rows] == [5, 10]
-    assert all("loss" in r for r in rows)  # riding on the step's own log row, which keeps its loss
+    assert [r["step"] for r in rows] == [0, 5, 10]  # step 0: the "before" of the report card
+    assert all("loss" in r for r in rows[1:])  # riding on the step's own log row, which keeps its loss
     assert [r["step"] for r in log if "loss" in r] == list(range(1, SFT_STEPS + 1))
     # The last row is the final model's score: the same numbers as evaluating the saved model.
     model, tokenizer = load_model(str(runs["sft"]))
@@ -175,7 +175,7 @@ def test_two_process_sft_on_cpu(base_dir, tmp_path):
     log = read_log(out / "logs" / "sft.jsonl")
     assert log[0]["world_size"] == 2
     assert [r["step"] for r in log if "loss" in r] == list(range(1, 7))
-    assert [r["step"] for r in log if "chatcore" in r] == [3, 6]  # logged once, by the main process
+    assert [r["step"] for r in log if "chatcore" in r] == [0, 3, 6]  # logged once, by the main process
     evals = [r["eval_loss"] for r in log if "eval_loss" in r]
     assert evals[-1] < evals[0]
     from transformers import AutoModelForCausalLM

@@ -97,7 +97,7 @@ def resolve_task(name: str, core_labels=core.CORE_LABELS) -> tuple[str, str]:
     key = task_key(rest)
     if len(kinds) == 2 and key in GROUPS:
         return "group", key
-    names = {"core": list(core_labels), "chat": list(chat_tasks.CHATCORE_TASKS)}
+    names = {"core": list(core_labels), "chat": list(chat_tasks.BASELINES)}
     exact = [(k, n) for k in kinds for n in names[k] if n == rest]
     found = exact or [(k, n) for k in kinds for n in names[k] if task_key(n) == key]
     if len(found) == 1:
