@@ -228,7 +228,11 @@ class BestFitLoader:
         return self._state
 
     def close(self) -> None:
+        # Join, not just signal: a daemon thread still inside pyarrow or the tokenizer (C++/Rust) when the
+        # interpreter exits aborts the process ("terminate called without an active exception").
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=120)
 
     def __del__(self):
         self._stop.set()
