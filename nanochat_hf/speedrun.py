@@ -52,6 +52,9 @@ class Preset:
     base_tasks: str = "core,bpb"
     chat_tasks: str = "chatcore"
     chat_max_per_task: int | None = None  # None = eval_max_per_task
+    # CORE prompts: "auto" scores as nanochat does (RoPE models see whole prompts, thousands of tokens for
+    # few-shot BoolQ); the CPU tiers crop to the 256-token training context, 10x faster, and say so.
+    max_context: str = "auto"
     data_shards: int = 0  # GPU tiers: Hub shards to download before pretraining (~55M tokens each)
     overrides: dict[str, list[str]] = field(default_factory=dict)  # stage -> extra flags on top of the recipe
 
@@ -61,6 +64,7 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         recipe_dir="tiny", gpu=False, vocab_size=1024, tokenizer_max_chars=300_000, eval_max_per_task=16,
         base_tasks="arc_easy,copa,piqa,winograd,lambada_openai,bpb", chat_tasks="ARC-Easy,SpellingBee", chat_max_per_task=4,
+        max_context="trained",
         overrides={
             # Checkpoints in every training stage, so a killed smoke run resumes as a long one does.
             "pretrain": ["--depth", "2", "--num_iterations", "30", "--eval_every", "-1", "--eval_tokens", "16384",
@@ -75,7 +79,8 @@ PRESETS: dict[str, Preset] = {
     # tiny: the student-laptop run, fully offline on the embedded corpus (~15 minutes on 2 cores).
     # Arithmetic (held-out calculator problems) is what RL moves offline: 100 problems, enough to see +0.10.
     "tiny": Preset(recipe_dir="tiny", gpu=False, vocab_size=4096, tokenizer_max_chars=2_000_000_000, eval_max_per_task=50,
-                   chat_tasks="ARC-Easy,ARC-Challenge,SpellingBee,HumanEval,Arithmetic", chat_max_per_task=100),
+                   chat_tasks="ARC-Easy,ARC-Challenge,SpellingBee,HumanEval,Arithmetic", chat_max_per_task=100,
+                   max_context="trained"),
     # GPU tiers: nanochat's depths on an 8xH100 node; recipes carry the sizes and budgets.
     "d20": Preset(recipe_dir="d20", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000, eval_max_per_task=-1, data_shards=120),
     "d24": Preset(recipe_dir="d24", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000, eval_max_per_task=-1, data_shards=170),
@@ -288,6 +293,8 @@ class Speedrun:
         args = ["--model", str(model_dir), "--tasks", tasks, "--output", str(out)]
         if max_per_task > 0:
             args += ["--max-per-task", str(max_per_task)]
+        if self.preset.max_context != "auto":
+            args += ["--max-context", self.preset.max_context]
         if self.eval_bundle is not None:
             args += ["--bundle", str(self.eval_bundle), "--chat-data", str(OFFLINE_EVAL_DATA / "chat")]
         yield Stage(name, [self.python_module("nanochat_hf.evaluation.run", args)])

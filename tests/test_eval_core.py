@@ -1,5 +1,6 @@
 """CORE as nanochat scores it: prompts, few-shot sampling, spans, truncation, centering, CLI, JSON."""
 
+import argparse
 import json
 import math
 import random
@@ -200,7 +201,25 @@ def test_converted_nanochat_checkpoint_gets_long_prompts_whole(tiny_tokenizer, t
     assert core.prompt_crop_length(model.config) is None and max(widths) > 300
     whole = _accuracies_by_hand(model, tiny_tokenizer, None)
     assert {label: r["accuracy"] for label, r in result["tasks"].items()} == pytest.approx(whole)
-    assert _accuracies_by_hand(model, tiny_tokenizer, 16) != whole  # cropping to the context scores differently
+    cropped = _accuracies_by_hand(model, tiny_tokenizer, 16)
+    assert cropped != whole  # cropping to the context scores differently
+    # --max-context trained (the CPU speedrun tiers): every prompt cropped to the model's 16-token context.
+    widths.clear()
+    hook = model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    trained = core.evaluate_core(model, tiny_tokenizer, BUNDLE, progress=False, max_context="trained")
+    hook.remove()
+    assert max(widths) <= 16
+    assert {label: r["accuracy"] for label, r in trained["tasks"].items()} == pytest.approx(cropped)
+
+
+def test_max_context_flag(tiny_tokenizer):
+    assert [core.parse_max_context(v) for v in ("auto", "trained", "512")] == ["auto", "trained", 512]
+    config = type("Cfg", (), {"max_position_embeddings": 32, "rope_parameters": {"rope_theta": 1e4}})()
+    model = type("M", (), {"config": config})()
+    assert [core.crop_length(model, v) for v in ("auto", "trained", 8)] == [None, 32, 8]
+    for bad in ("0", "-5", "half", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="auto, trained or a number of tokens"):
+            core.parse_max_context(bad)
 
 
 def test_learned_positions_still_crop(tiny_tokenizer):

@@ -44,6 +44,8 @@ def test_every_stage_ran_and_the_report_has_the_table(smoke_run):
     assert "| Metric | BASE | MID | SFT | RL |" in report
     core_row = next(line for line in report.splitlines() if line.startswith("| CORE |"))
     float(core_row.split("|")[2])  # a real number for BASE, not "-"
+    # The CPU tiers crop CORE prompts to the training context (speed), and the eval record says so.
+    assert json.loads((run / "eval" / "base.json").read_text())["run"]["max_context"] == "trained"
     arc_row = next(line for line in report.splitlines() if line.startswith("| ARC-Easy |"))
     assert all(cell.strip() != "-" for cell in arc_row.split("|")[3:6])  # MID, SFT, RL (chat ARC)
     assert (run / "plots" / "base_loss.png").exists()

@@ -287,6 +287,27 @@ def prompt_crop_length(config) -> int | None:
     return context_length(config)
 
 
+def parse_max_context(value: str) -> str | int:
+    """`--max-context`: "auto" (`prompt_crop_length`'s rule), "trained" (the model's context) or tokens > 0."""
+    if value in ("auto", "trained"):
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    import argparse  # the flag's parser: argparse prints this message as the one-line error
+
+    raise argparse.ArgumentTypeError(f"must be auto, trained or a number of tokens > 0, got {value!r}")
+
+
+def crop_length(model, max_context: str | int) -> int | None:
+    """Tokens of a CORE prompt the model sees (None = all), for a `--max-context` value."""
+    config = getattr(model, "config", None)
+    if max_context == "auto":
+        return prompt_crop_length(config)
+    if max_context == "trained":
+        return context_length(config)
+    return int(max_context)
+
+
 def model_device(model) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -367,8 +388,13 @@ def evaluate_task(model, tokenizer, rows: list[dict], task: CoreTask, batch_toke
 
 
 def evaluate_core(model, tokenizer, bundle: str | os.PathLike | None = None, max_per_task: int = -1,
-                  labels: list[str] | None = None, batch_tokens: int = BATCH_TOKENS, progress: bool = True) -> dict:
-    """{"tasks": {label: {accuracy, centered, n, shots, type}}, "core": mean centered}."""
+                  labels: list[str] | None = None, batch_tokens: int = BATCH_TOKENS, progress: bool = True,
+                  max_context: str | int = "auto") -> dict:
+    """{"tasks": {label: {accuracy, centered, n, shots, type}}, "core": mean centered}.
+
+    `max_context` (see `crop_length`): "auto" scores as nanochat does; "trained" crops every prompt to the
+    model's training length, which a small CPU run uses for speed (few-shot BoolQ runs to thousands of tokens).
+    """
     bundle = resolve_bundle(bundle)
     tasks = load_tasks(bundle, labels)
     results = {}
@@ -377,7 +403,7 @@ def evaluate_core(model, tokenizer, bundle: str | os.PathLike | None = None, max
     try:
         for task in tqdm(tasks, desc="CORE", disable=not progress):
             rows = load_task_rows(bundle, task, max_per_task)
-            correct = evaluate_task(model, tokenizer, rows, task, batch_tokens, progress=progress)
+            correct = evaluate_task(model, tokenizer, rows, task, batch_tokens, crop_length(model, max_context), progress)
             acc = sum(correct) / len(correct)
             results[task.label] = {"accuracy": acc, "centered": centered(acc, task.random_baseline), "n": len(correct),
                                    "shots": task.num_fewshot, "type": task.task_type}

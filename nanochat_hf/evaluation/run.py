@@ -48,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--chat-data", default=None, help="folder with arc_easy/arc_challenge/mmlu/gsm8k .jsonl (offline)")
     p.add_argument("--bpb-text", default=None, help="text file for bpb (default: the embedded corpus's last 5%%)")
     p.add_argument("--batch-tokens", type=int, default=core.BATCH_TOKENS, help="padded tokens per CORE forward")
+    p.add_argument("--max-context", type=core.parse_max_context, default="auto",
+                   help="CORE prompts: auto (nanochat's rule: whole for RoPE models, last N tokens for learned "
+                        "positions) | trained (crop to the model's training context) | N (keep the last N tokens)")
     p.add_argument("--max-new-tokens", type=int, default=chat_tasks.MAX_NEW_TOKENS)
     p.add_argument("--device", default=None, help="cpu | cuda | mps (default: cuda when available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -170,13 +173,15 @@ def _commit() -> str | None:
 
 def evaluate(model, tokenizer, tasks: str = "core", max_per_task: int = -1, bundle=None, chat_data=None,
              bpb_text: str | None = None, batch_tokens: int = core.BATCH_TOKENS,
-             max_new_tokens: int = chat_tasks.MAX_NEW_TOKENS, progress: bool = True, model_name: str = "model") -> dict:
+             max_new_tokens: int = chat_tasks.MAX_NEW_TOKENS, progress: bool = True, model_name: str = "model",
+             max_context: str | int = "auto") -> dict:
     """Run the requested tasks on an in-memory model; the result dict `--output` writes."""
     core_labels, chat, want_bpb = resolve_tasks(tasks, core.known_labels(bundle))
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
     result: dict = {"model": model_name, "tasks": {}}
     if core_labels is None or core_labels:
-        out = core.evaluate_core(model, tokenizer, bundle, max_per_task, core_labels or None, batch_tokens, progress)
+        out = core.evaluate_core(model, tokenizer, bundle, max_per_task, core_labels or None, batch_tokens, progress,
+                                 max_context)
         result["tasks"].update(out["tasks"])
         result["core"] = out["core"]
     for task in chat:
@@ -194,7 +199,8 @@ def evaluate(model, tokenizer, tasks: str = "core", max_per_task: int = -1, bund
         text = Path(bpb_text).read_text(encoding="utf-8") if bpb_text else _default_bpb_text()
         result["bpb"] = bits_per_byte(model, tokenizer, text)
     result["run"] = {"model": model_name, "commit": _commit(), "started": started, "seconds": round(time.time() - t0, 3),
-                     "max_per_task": max_per_task, "tasks": tasks}
+                     "max_per_task": max_per_task, "tasks": tasks,
+                     "max_context": max_context}
     return result
 
 
@@ -227,7 +233,8 @@ def _run(args) -> None:
                                     f"({core.EVAL_BUNDLE_URL}) or list the other tasks with --tasks")
     model, tokenizer = load_model(args.model, args.device, args.dtype)
     result = evaluate(model, tokenizer, args.tasks, args.max_per_task, args.bundle, args.chat_data, args.bpb_text,
-                      args.batch_tokens, args.max_new_tokens, not args.no_progress, model_name=args.model)
+                      args.batch_tokens, args.max_new_tokens, not args.no_progress, model_name=args.model,
+                      max_context=args.max_context)
     table = markdown_table(result)
     print(table)
     if args.output:
