@@ -39,8 +39,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nanochat_hf import plan as planning  # noqa: E402
-from nanochat_hf import pretrain  # noqa: E402
+from nanochat_hf import plan as planning, pretrain  # noqa: E402
 from nanochat_hf.extras import available  # noqa: E402
 from nanochat_hf.optim import TrainingSchedule, build_optimizer  # noqa: E402
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from nanochat_hf.configuration import has_value_embed
 from nanochat_hf.modeling import SMEAR_CACHE_ATTR, NanoChatForCausalLM
 
+
 def is_sharded(model) -> bool:
     """True for a model whose weights FSDP2 sharded (DTensors, gathered by hooks around each forward)."""
     return any(type(p.data) is not torch.Tensor for p in model.parameters())

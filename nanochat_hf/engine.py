@@ -764,9 +764,9 @@ def load_engine(model_path: str, device: str | None = None, dtype: str | None = 
     """Model + tokenizer from a stage's output folder or a Hub id -> Engine (bf16 on GPU, fp32 on CPU)."""
     from pathlib import Path
 
-    import nanochat_hf.modeling  # noqa: F401  (registers our architectures with the Auto classes)
     from transformers import AutoModelForCausalLM
 
+    import nanochat_hf.modeling  # noqa: F401  (registers our architectures with the Auto classes)
     from nanochat_hf.tokenization import load_tokenizer
 
     local = Path(model_path).expanduser()

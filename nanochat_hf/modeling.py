@@ -26,8 +26,7 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import GenerationMixin, PreTrainedModel
-from transformers import initialization as init
+from transformers import GenerationMixin, PreTrainedModel, initialization as init
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -571,7 +570,7 @@ def check_tokenizer_fits(config: NanoChatConfig, tokenizer) -> None:
 def _register() -> None:
     """`AutoConfig` / `AutoModelForCausalLM` resolve both model types to these classes (classic overrides
     transformers' native mapping: same weights and logits, plus nanochat's init and accounting)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModel
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     AutoConfig.register("nanochat_modern", NanoChatConfig, exist_ok=True)
     AutoConfig.register("nanochat", NanoChatClassicConfig, exist_ok=True)

@@ -411,9 +411,9 @@ def truncate_log(path: Path, step: int) -> None:
 
 
 def load_model(args: RLArguments, config):
-    import nanochat_hf.modeling  # noqa: F401  registers our architectures with the Auto classes
     from transformers import AutoModelForCausalLM
 
+    import nanochat_hf.modeling  # noqa: F401  registers our architectures with the Auto classes
     from nanochat_hf.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer_name_or_path or args.model_name_or_path)
@@ -519,7 +519,6 @@ def resolve_resume(config) -> str | None:
 def train(args: RLArguments, config):
     from nanochat_hf.distributed import fsdp_fallback_note, save_trainer_model
     from nanochat_hf.rewards import REWARD_FUNCS
-
     from nanochat_hf.tokenization import save_tokenizer
 
     if config.use_vllm:

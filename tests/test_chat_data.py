@@ -138,18 +138,15 @@ def test_spelling_bee_counts_with_a_count_tool_call():
 
 
 def test_arithmetic_tool_calls_agree_with_the_calculator():
+    from nanochat_hf.tools import run_calculator
+
     rows = cd.arithmetic(100, seed=1)
-    try:
-        from nanochat_hf.tools import run_calculator
-    except ImportError:  # the inference engineer's tool is not in this tree yet
-        run_calculator = None
-    for user, assistant in rows:
+    for _user, assistant in rows:
         _, call, output, final = assistant["content"]
         assert call["type"] == "python" and re.fullmatch(r"[0-9+\-*]+", call["text"])
         assert output["text"] == str(eval(call["text"]))
         assert final["text"].endswith(f"#### {output['text']}")
-        if run_calculator is not None:
-            assert run_calculator(call["text"]) == output["text"]
+        assert run_calculator(call["text"]) == output["text"]
 
 
 def test_identity_and_corpus_qa_are_valid_conversations():

@@ -69,7 +69,7 @@ def test_the_comparison_can_fail(monkeypatch):
     orig = FastDecoder.step
 
     def no_smear(self, ids, positions, cache, attention_mask):
-        setattr(cache, "nanochat_prev_embedding", None)  # forget the previous token: smear adds nothing
+        cache.nanochat_prev_embedding = None  # forget the previous token: smear adds nothing
         return orig(self, ids, positions, cache, attention_mask)
 
     monkeypatch.setattr(FastDecoder, "step", no_smear)

@@ -65,7 +65,7 @@ def test_categorical_scoring_equals_one_by_one_letter_argmax(tiny_tokenizer):
             ids = render_for_completion(tiny_tokenizer, c["messages"])
             assert ids[-1] == tiny_tokenizer.convert_tokens_to_ids("<|assistant_start|>")
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
-            letter_ids = [tiny_tokenizer.convert_tokens_to_ids(l) for l in c["letters"]]
+            letter_ids = [tiny_tokenizer.convert_tokens_to_ids(letter) for letter in c["letters"]]
             expected.append(c["letters"][int(torch.stack([logits[i] for i in letter_ids]).argmax())] == c["messages"][-1]["content"])
         got = chat_tasks.run_categorical(model, tiny_tokenizer, convs, batch_size=3, progress=False)
         assert got == expected
@@ -77,7 +77,10 @@ def test_categorical_scoring_equals_one_by_one_letter_argmax(tiny_tokenizer):
 def test_greedy_decoding_runs_the_calculator_tool(tiny_tokenizer):
     tok = tiny_tokenizer
     sp = tok.convert_tokens_to_ids
-    text = lambda s: tok.encode(s, add_special_tokens=False)
+
+    def text(s):
+        return tok.encode(s, add_special_tokens=False)
+
     # the model "writes" a tool call, then (whatever it would say) the tool output is forced in, then the answer
     script = [sp("<|python_start|>"), *text("48+24"), sp("<|python_end|>"), 0, 0, 0, 0, *text("#### 72"), sp("<|assistant_end|>")]
     model = ScriptedLM(len(tok), script)

@@ -147,7 +147,7 @@ def run_lighteval(model_dir, tmp_path, tasks: str, backend: str = "accelerate", 
 def test_lighteval_cli_gives_the_same_numbers(tiny_model_dir, tmp_path):
     """lighteval's own CLI with our --custom-tasks module reproduces nanochat-hf eval's accuracies."""
     labels = ["copa", "winograd", "arc_easy"]
-    results, _ = run_lighteval(tiny_model_dir, tmp_path, ",".join(f"core_{l}|0" for l in labels))
+    results, _ = run_lighteval(tiny_model_dir, tmp_path, ",".join(f"core_{label}|0" for label in labels))
     model, tok = run.load_model(str(tiny_model_dir), "cpu")
     ours = core.evaluate_core(model, tok, BUNDLE, labels=labels, progress=False)["tasks"]
     for label in labels:

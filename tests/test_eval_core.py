@@ -57,7 +57,7 @@ def test_bundle_tasks_and_baselines():
 
 def test_rows_are_shuffled_with_nanochat_seed_and_cut():
     task = core.load_tasks(BUNDLE, ["copa"])[0]
-    raw = [json.loads(l) for l in (BUNDLE / "eval_data" / task.dataset_uri).read_text().splitlines()]
+    raw = [json.loads(line) for line in (BUNDLE / "eval_data" / task.dataset_uri).read_text().splitlines()]
     rows = core.load_task_rows(BUNDLE, task)
     expected = list(raw)
     random.Random(1337).shuffle(expected)
@@ -96,7 +96,10 @@ def test_core_scores_equal_hand_computed_bigram_scores(tiny_tokenizer):
     model = BigramLM(len(tiny_tokenizer))
     table = model.table.detach()
     bos = tiny_tokenizer.bos_token_id
-    enc = lambda s: [bos] + tiny_tokenizer.encode(s, add_special_tokens=False)
+
+    def enc(s):
+        return [bos] + tiny_tokenizer.encode(s, add_special_tokens=False)
+
     result = core.evaluate_core(model, tiny_tokenizer, BUNDLE, progress=False)
     for task in core.load_tasks(BUNDLE):
         rows = core.load_task_rows(BUNDLE, task)

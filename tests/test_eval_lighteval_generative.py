@@ -29,7 +29,7 @@ def test_custom_backend_gives_the_same_replies_and_scores(tiny_model_dir, tmp_pa
     """`lighteval custom` with our backend: every reply, token for token, and every accuracy equal
     `nanochat-hf eval`'s (generative tasks, a ChatCORE letter task, CORE multiple choice and LM)."""
     core_labels = ["copa", "lambada_openai"]
-    tasks = ",".join([*(f"chat_{t}|0" for t in [*GENERATIVE, "arc_easy"]), *(f"core_{l}|0" for l in core_labels)])
+    tasks = ",".join([*(f"chat_{t}|0" for t in [*GENERATIVE, "arc_easy"]), *(f"core_{label}|0" for label in core_labels)])
     results, output = run_lighteval(tiny_model_dir, tmp_path, tasks, backend="custom", extra_args=["--save-details"],
                                     NANOCHAT_HF_CHAT_DATA=str(CHAT), NANOCHAT_HF_EVAL_MAX_PER_TASK=str(ROWS),
                                     NANOCHAT_HF_EVAL_MAX_NEW_TOKENS=str(NEW_TOKENS))

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from nanochat_hf.rewards import correctness_reward
 from nanochat_hf.rl import (
     RLArguments,
     _groups,
@@ -20,7 +21,6 @@ from nanochat_hf.rl import (
     to_prompt_dataset,
     truncate_log,
 )
-from nanochat_hf.rewards import correctness_reward
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_OPERAND = 2  # answers from a handful of values: a 2-layer model gets some right after a short SFT
@@ -69,7 +69,6 @@ def sft_model_dir(tiny_tokenizer_dir, tmp_path_factory):
     """A 2-layer model SFT'd on the synthetic arithmetic conversations (calculator call, `#### answer`)."""
     import nanochat_hf.modeling  # noqa: F401
     from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
-    from nanochat_hf.chat_data import arithmetic
     from nanochat_hf.tokenization import load_tokenizer, save_tokenizer
 
     tokenizer = load_tokenizer(tiny_tokenizer_dir)

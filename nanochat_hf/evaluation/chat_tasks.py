@@ -201,7 +201,7 @@ def run_categorical(model, tokenizer, conversations: list[dict], batch_size: int
                     if len(enc) != 1:
                         raise ValueError(f"the answer letter {letter!r} is not a single token in this tokenizer")
                     letter_ids[letter] = enc[0]
-            focus = logits[j, len(prompt) - 1, [letter_ids[l] for l in conv["letters"]]]
+            focus = logits[j, len(prompt) - 1, [letter_ids[letter] for letter in conv["letters"]]]
             predicted = conv["letters"][int(focus.argmax())]
             outcomes.append(predicted == conv["messages"][-1]["content"])
     scored = iter(outcomes)  # prompts longer than the context count as wrong answers, in place

@@ -129,7 +129,7 @@ def load_tasks(bundle: Path, labels: list[str] | None = None) -> list[CoreTask]:
                               t.get("continuation_delimiter", " "), baselines[t["label"]]))
     if labels:
         known = {t.label for t in tasks}
-        unknown = [l for l in labels if l not in known]
+        unknown = [label for label in labels if label not in known]
         if unknown:
             raise ValueError(f"unknown CORE task(s) {unknown}; core.yaml has: {', '.join(sorted(known))}")
         tasks = [t for t in tasks if t.label in labels]

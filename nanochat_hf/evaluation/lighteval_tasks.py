@@ -145,7 +145,10 @@ def prompt_fn(line: dict, task_name: str) -> Doc:
     tok = _tokenizer()
     ex = core.prepare_example(int(line["idx"]), rows, task, tok, _prompt_crop())
     query, _ = _context_prefix(tok)
-    decode = lambda ids: tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def decode(ids):
+        return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
     specific = {"spans": [e - s for s, e in zip(ex.starts, ex.ends)], "type": task.task_type,
                 "tokens": [t[1:] for t in ex.tokens], "starts": [s - 1 for s in ex.starts]}
     if task.task_type == "language_modeling":

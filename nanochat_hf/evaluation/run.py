@@ -57,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_model(name: str, device: str | None = None, dtype: str = "auto"):
     """Any `AutoModelForCausalLM` (ours register themselves on import) and its tokenizer, in eval mode."""
-    import nanochat_hf.modeling  # noqa: F401  (registers our architectures with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import nanochat_hf.modeling  # noqa: F401  (registers our architectures with the Auto classes)
 
     path = Path(name).expanduser()
     if (name.startswith((".", "/", "~")) or path.exists()) and not (path / "config.json").is_file():
