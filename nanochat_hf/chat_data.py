@@ -628,7 +628,7 @@ def tokenize_conversations(dataset, tokenizer, max_length: int, name: str = "tra
 
     Done here rather than inside TRL so a bad row fails naming its dataset and row, and so crops
     are counted: nanochat crops a long conversation to its first `max_length` tokens, and so do we.
-    Returns (dataset, stats) with stats = {"rows", "tokens", "supervised_tokens", "truncated_rows"}.
+    Returns (dataset, stats) with stats = {"rows", "tokens", "truncated_rows", "dropped_rows"}.
     """
     from nanochat_hf.tokenization import render_conversation
 

@@ -26,7 +26,7 @@ DynamicCache grows with `torch.cat` (a copy of the whole cache per token); ours 
 preallocated buffer that doubles when full, and supports the row surgery continuous batching needs.
 
 Why not transformers' own continuous batching (`model.generate_batch` / `ContinuousBatchingManager`,
-tried in 5.23 on CPU): it serves the classic architecture, but on the modern one it runs and gives
+as of transformers 5.23): it serves the classic architecture, but on the modern one it runs and gives
 other tokens than `generate()` (it packs requests into one row of a paged cache; nanochat's smear
 keeps the previous token's embedding per row, which the packed layout does not carry), it has no
 hook to force tool-output tokens into a running sequence (so no calculator). Our scheduler (below)
@@ -59,6 +59,10 @@ DEFAULT_MAX_BATCH = 32  # rows decoded together by the scheduler
 MIN_CACHE_CAPACITY = 64  # first KV buffer length; it doubles when full
 STOP_TOKENS = ("<|assistant_end|>", "<|bos|>")
 TOOL_TOKENS = ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")  # what ToolState reads
+# nanochat's message parts of a tool call: part type -> (the special token opening it, the one closing it).
+TOOL_PARTS = {"python": ("<|python_start|>", "<|python_end|>"), "python_output": ("<|output_start|>", "<|output_end|>")}
+# How a tool call reads as text, `[calculator: 12*3 = 36]`: in the terminal chat and the server's `content`.
+TOOL_MARKERS = {"<|python_start|>": "[calculator: ", "<|python_end|>": "", "<|output_start|>": " = ", "<|output_end|>": "]"}
 
 
 # ----------------------------------------------------------------------------- the KV cache
@@ -706,16 +710,13 @@ class StreamDecoder:
 class ChatRenderer:
     """Generated token ids -> display text with the tool call made visible, streamed piece by piece.
 
-    Plain tokens go through a StreamDecoder; the tool's special tokens become `markers` (the CLI
-    shows `[calculator: 12*3 = 36]`, the server can pass its own).
+    Plain tokens go through a StreamDecoder; the tool's special tokens become TOOL_MARKERS
+    (`[calculator: 12*3 = 36]`), the stop tokens nothing.
     """
 
-    DEFAULT_MARKERS = {"<|python_start|>": "[calculator: ", "<|python_end|>": "", "<|output_start|>": " = ",
-                       "<|output_end|>": "]", "<|assistant_end|>": "", "<|bos|>": ""}
-
-    def __init__(self, tokenizer, markers: dict[str, str] | None = None):
+    def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        markers = self.DEFAULT_MARKERS if markers is None else markers
+        markers = {**TOOL_MARKERS, **dict.fromkeys(STOP_TOKENS, "")}
         vocab = tokenizer.get_vocab()
         self.markers = {vocab[k]: v for k, v in markers.items() if k in vocab}
         self.special = set(tokenizer.all_special_ids) | set(self.markers)
@@ -735,8 +736,8 @@ def parse_assistant(tokenizer, tokens: list[int]) -> list[dict]:
     stored as messages and re-rendered exactly (the stop token, if present, is dropped).
     """
     vocab = tokenizer.get_vocab()
-    kinds = {vocab["<|python_start|>"]: "python", vocab["<|output_start|>"]: "python_output"}
-    closers = {vocab["<|python_end|>"], vocab["<|output_end|>"]}
+    kinds = {vocab[start]: kind for kind, (start, _) in TOOL_PARTS.items()}
+    closers = {vocab[end] for _, end in TOOL_PARTS.values()}
     stops = {vocab[t] for t in STOP_TOKENS}
     parts, kind, buf = [], "text", []
 

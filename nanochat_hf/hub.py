@@ -107,7 +107,6 @@ def build_model_card(run: Path, stage: str, repo_id: str):
     model_dir = run / stage
     config = read_json(model_dir / "config.json")
     stages = read_json(run / "stages.json")
-    summary = read_json(model_dir / "training_summary.json")
     model_name = repo_id.split("/")[-1]
     needs_remote_code = "auto_map" in config
 
@@ -119,9 +118,6 @@ def build_model_card(run: Path, stage: str, repo_id: str):
         "vocabulary": config.get("vocab_size", "-"),
         "hardware": stages.get("hardware", "-"),
     }
-    for key, value in summary.items():
-        if isinstance(value, (int, float, str)):
-            training[key] = value
     for name, info in stages.get("stages", {}).items():
         if isinstance(info, dict) and "seconds" in info:
             training[f"time: {name}"] = f"{info['seconds'] / 60:.1f} min"

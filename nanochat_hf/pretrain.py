@@ -22,7 +22,6 @@ What is derived from what (nanochat's recipe, muP-style transfer from a d12 refe
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nanochat_hf.checkpoints import STATE_NAME, latest_checkpoint, publish, rotate, staging_dir
+from nanochat_hf.checkpoints import STATE_NAME, file_sha256, latest_checkpoint, publish, rotate, staging_dir
 from nanochat_hf.errors import UserError, ensure_writable, run_main, writing
 from nanochat_hf.extras import require
 
@@ -135,28 +134,14 @@ def load_tokenizer_and_bytes(path: str):
     return tok, token_bytes
 
 
-def model_classes():
-    """(NanoChatConfig.from_depth, NanoChatForCausalLM): our two architectures."""
-    from nanochat_hf.modeling import NanoChatConfig, NanoChatForCausalLM
-
-    return NanoChatConfig.from_depth, NanoChatForCausalLM
-
-
 def model_config(cfg: PretrainConfig, depth: int, vocab_size: int):
-    from_depth, _ = model_classes()
+    from nanochat_hf.modeling import NanoChatConfig
+
     kwargs = dict(arch=cfg.arch, vocab_size=vocab_size, max_position_embeddings=cfg.max_seq_len,
                   head_dim=cfg.head_dim, aspect_ratio=cfg.aspect_ratio)
     if cfg.arch == "modern":
         kwargs["window_pattern"] = cfg.window_pattern
-    return from_depth(depth, **kwargs)
-
-
-def scaling_params(model) -> int:
-    """nanochat's scaling parameter count (transformer matrices + lm_head)."""
-    n = model.num_scaling_params()
-    if isinstance(n, dict):
-        return n["transformer_matrices"] + n["lm_head"]
-    return int(n)
+    return NanoChatConfig.from_depth(depth, **kwargs)
 
 
 def fit_device_batch(total: int, device_batch: int, seq_len: int, world_size: int) -> int:
@@ -178,17 +163,16 @@ def fit_device_batch(total: int, device_batch: int, seq_len: int, world_size: in
 
 def training_plan(cfg: PretrainConfig, model, vocab_size: int, world_size: int) -> dict:
     """Horizon, batch size, lr/wd scaling and accumulation: nanochat's rules, as numbers."""
+    from nanochat_hf.modeling import NanoChatForCausalLM
     from nanochat_hf.optim import REFERENCE_BATCH
 
-    _, NanoChatForCausalLM = model_classes()
-
-    n_scaling = scaling_params(model)
+    n_scaling = model.num_scaling_params()
     flops_per_token = float(model.estimate_flops())
     ratio = cfg.target_param_data_ratio if cfg.target_param_data_ratio > 0 else 12.0
     target_tokens = int(ratio * n_scaling)
     with torch.device("meta"):  # the d12 reference, shapes only
         ref = NanoChatForCausalLM(model_config(cfg, REFERENCE_DEPTH, vocab_size))
-    d_ref = ratio * scaling_params(ref)
+    d_ref = ratio * ref.num_scaling_params()
     total = cfg.total_batch_size
     if total == -1:  # Power Lines: B_opt ~ D^0.383, anchored at 2^19 tokens for d12
         total = 2 ** round(math.log2(REFERENCE_BATCH * (target_tokens / d_ref) ** 0.383))
@@ -265,11 +249,7 @@ def _manifest(folder: Path) -> dict[str, dict]:
     out = {}
     for f in sorted(folder.rglob("*")):
         if f.is_file() and f.name != STATE_NAME:
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-            out[str(f.relative_to(folder))] = {"size": f.stat().st_size, "sha256": h.hexdigest()}
+            out[str(f.relative_to(folder))] = {"size": f.stat().st_size, "sha256": file_sha256(f)}
     return out
 
 
@@ -378,7 +358,7 @@ def train(cfg: PretrainConfig) -> dict:
     from nanochat_hf.dataset import load_splits
     from nanochat_hf.distributed import fsdp_fallback_note
     from nanochat_hf.loss_eval import evaluate_bpb
-    from nanochat_hf.modeling import check_tokenizer_fits
+    from nanochat_hf.modeling import NanoChatForCausalLM, check_tokenizer_fits
     from nanochat_hf.optim import TrainingSchedule, build_optimizer
 
     on_gpu = torch.cuda.is_available()
@@ -386,7 +366,7 @@ def train(cfg: PretrainConfig) -> dict:
     use_compile = on_gpu if cfg.compile == "auto" else str(cfg.compile).lower() in ("true", "1", "yes")
     trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() and t.strip() != "none"]
     # cpu=True on a machine without CUDA: that is what makes `--multi_gpu --num_processes N`
-    # form a real gloo process group instead of N independent runs (see ECOSYSTEM.md).
+    # form a real gloo process group instead of N independent runs.
     accelerator = Accelerator(cpu=not on_gpu, mixed_precision=mp, log_with=trackers or None,
                               project_dir=cfg.output_dir, dynamo_backend="inductor" if use_compile else "no")
     main_proc = accelerator.is_main_process
@@ -413,7 +393,7 @@ def train(cfg: PretrainConfig) -> dict:
     set_seed(cfg.seed)
     config = model_config(cfg, cfg.depth, len(tokenizer))
     check_tokenizer_fits(config, tokenizer)
-    model = model_classes()[1](config)
+    model = NanoChatForCausalLM(config)
     model.config.use_cache = False
     # FlashAttention-3 on a GPU (bf16 under autocast, sliding windows); SDPA elsewhere or if it cannot load.
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp, torch.float32)

@@ -217,7 +217,7 @@ def sample_with_tools(engine, prompt_tokens: list[int], num_samples: int, max_to
     return out_ids, out_masks
 
 
-def make_rollout_func(args: RLArguments):
+def make_rollout_func():
     """TRL `rollout_func(prompts, trainer) -> {prompt_ids, completion_ids, logprobs, env_mask}`."""
     from trl.models.utils import unwrap_model_for_generation
 
@@ -254,7 +254,7 @@ def _log_tool_calls(trainer, completion_ids: list[list[int]]) -> None:
         metrics["train"]["tools/calls_per_completion"].append(tool_calls / max(1, len(completion_ids)))
 
 
-def make_vllm_rollout_func(args: RLArguments):
+def make_vllm_rollout_func():
     """`rollout_func` for `use_vllm: true`: TRL's vLLM generation in turns, the calculator between them.
 
     TRL syncs the weights into vLLM before calling it. Each turn generates with
@@ -537,7 +537,7 @@ def train(args: RLArguments, config):
     rollout_func = None
     if args.use_calculator:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.x
-        rollout_func = make_vllm_rollout_func(args) if config.use_vllm else make_rollout_func(args)
+        rollout_func = make_vllm_rollout_func() if config.use_vllm else make_rollout_func()
 
     log_path = Path(config.output_dir) / "logs" / "rl.jsonl"
     if resume is None and log_path.exists():

@@ -43,7 +43,6 @@ STAGE_DEFAULTS = {
     "sft": dict(init_lr_frac=0.8, warmup_frac=0.0, warmdown_ratio=0.5, final_lr_frac=0.0),
 }
 MUON_MOMENTUM = (0.85, 0.95, 300)  # start, end, warmup steps (nanochat's SFT/mid momentum ramp)
-REFERENCE_BATCH = 2**19  # tokens per step at which the base lrs are tuned (nanochat's sqrt batch rule)
 
 
 class ChatTrainingError(UserError):
@@ -258,7 +257,7 @@ class ChatSFTTrainer(AtomicCheckpoints, SFTTrainer):
         if self.chat_args.optimizer != "nanochat":
             return super().create_optimizer(model)
         if self.optimizer is None:
-            from nanochat_hf.optim import MuonAdamW, build_param_groups
+            from nanochat_hf.optim import REFERENCE_BATCH, MuonAdamW, build_param_groups
 
             c = self.chat_args
             scale = c.batch_lr_scale if c.batch_lr_scale > 0 else math.sqrt(self.tokens_per_step() / REFERENCE_BATCH)

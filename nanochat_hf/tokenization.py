@@ -246,8 +246,8 @@ def train_from_documents(docs: Iterable[str], vocab_size: int, progress: bool = 
     Where the time goes (benchmarks/tokenizer.py, 2 cores): the merge loop is cheap (~5% of the run);
     ~95% is splitting + counting chunks, where tokenizers tracks offset alignments for every chunk
     (~1 us of CPU per chunk vs ~0.5 us for rustbpe). Counting chunks ourselves first (`regex` in
-    worker processes, then feeding each distinct chunk `count` times) was measured and is no faster
-    in CPU time: the trainer has no way to take counts, so the feed costs as much as the count saved.
+    worker processes, then feeding each distinct chunk `count` times) is no faster in CPU time:
+    the trainer has no way to take counts, so the feed costs as much as the count saved.
     """
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 

@@ -91,7 +91,7 @@ def test_task_names_match_in_any_case_and_spelling(spec, core_labels, chat):
 
 
 def test_unknown_task_lists_every_name_and_downloads_nothing(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("NANOCHAT_HF_CACHE", str(tmp_path / "empty_cache"))  # no cached bundle: DCLM's 22 labels
+    monkeypatch.setenv("NANOCHAT_HF_HOME", str(tmp_path / "empty_cache"))  # no cached bundle: DCLM's 22 labels
 
     def no_download(*args, **kwargs):
         raise AssertionError("a task name started a download")

@@ -230,7 +230,7 @@ def test_learned_positions_still_crop(tiny_tokenizer):
 def test_missing_bundle_and_task_files_give_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="not a CORE eval bundle"):
         core.resolve_bundle(tmp_path)
-    monkeypatch.setenv("NANOCHAT_HF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NANOCHAT_HF_HOME", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="--bundle"):
         core.resolve_bundle(None, download=False)
     # offline download: the message names the URL and the --bundle way out

@@ -191,7 +191,7 @@ def test_backend_runs_the_calculator_and_a_right_reply_scores_one(offline_rows, 
 def test_lighteval_task_names_are_eval_task_names(offline_rows, tmp_path, monkeypatch):
     """Every lighteval task name is a name `nanochat-hf eval --tasks` takes, for the same task, and the
     module's own lookups take any spelling of it, as --tasks does."""
-    monkeypatch.setenv("NANOCHAT_HF_CACHE", str(tmp_path))  # the index datasets the table writes
+    monkeypatch.setenv("NANOCHAT_HF_HOME", str(tmp_path))  # the index datasets the table writes
     lt = offline_rows
     names = [cfg.name for cfg in lt.build_tasks() + lt.build_chat_tasks()]
     assert {"core_copa", "chat_gsm8k", "chat_arc_easy", "chat_mmlu"} <= set(names)

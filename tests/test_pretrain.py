@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nanochat_hf import pretrain
+from nanochat_hf import NanoChatForCausalLM, pretrain
 from nanochat_hf.pretrain import PretrainConfig, training_plan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,13 +38,12 @@ def read_log(out):
 def test_plan_follows_nanochat_rules(tokenizer_dir):
     cfg = PretrainConfig(arch="classic", depth=2, aspect_ratio=32, head_dim=32, max_seq_len=64,
                          device_batch_size=4, total_batch_size=-1, target_param_data_ratio=12)
-    _, cls = pretrain.model_classes()
-    model = cls(pretrain.model_config(cfg, 2, 1024))
+    model = NanoChatForCausalLM(pretrain.model_config(cfg, 2, 1024))
     plan = training_plan(cfg, model, 1024, world_size=2)
     total = plan["total_batch_size"]
     assert total & (total - 1) == 0  # auto rule rounds to a power of two
     assert plan["grad_accum_steps"] == total // (4 * 64 * 2)
-    assert plan["num_iterations"] == int(12 * pretrain.scaling_params(model)) // total
+    assert plan["num_iterations"] == int(12 * model.num_scaling_params()) // total
     assert plan["batch_lr_scale"] == pytest.approx((total / 2**19) ** 0.5)
     cfg.total_batch_size = 1000
     with pytest.raises(ValueError, match="not a multiple of device_batch_size"):
@@ -167,7 +166,7 @@ def test_a_compiled_model_is_saved_under_its_own_weight_names(tokenizer_dir, tmp
 
     tok = load_tokenizer(tokenizer_dir)
     cfg = PretrainConfig(depth=1, aspect_ratio=64, head_dim=32, max_seq_len=64)
-    model = pretrain.model_classes()[1](pretrain.model_config(cfg, 1, len(tok)))
+    model = NanoChatForCausalLM(pretrain.model_config(cfg, 1, len(tok)))
     accelerator = Accelerator(cpu=True)
     compiled = accelerator.prepare(torch.compile(model))  # wrapping only: nothing is compiled before a forward
     assert any(k.startswith("_orig_mod.") for k in compiled.state_dict())

@@ -140,7 +140,7 @@ def test_rollout_forces_calculator_output_and_masks_it(sft_model_dir):
         args=SimpleNamespace(seed=0, max_completion_length=64, temperature=0.7, top_k=50, top_p=1.0),
         processing_class=tokenizer, model_wrapped=model, accelerator=Accelerator(cpu=True),
         state=SimpleNamespace(global_step=0), _metrics={"train": __import__("collections").defaultdict(list)})
-    out = make_rollout_func(RLArguments())(prompts, trainer)
+    out = make_rollout_func()(prompts, trainer)
     assert set(out) == {"prompt_ids", "completion_ids", "logprobs", "env_mask"}
     assert len(out["completion_ids"]) == len(out["env_mask"]) == len(out["prompt_ids"]) == 8
     assert model.training  # the rollout hands the model back in training mode
@@ -209,7 +209,7 @@ def test_vllm_rollout_runs_the_calculator_between_turns(tiny_tokenizer_dir, othe
                               vllm_generation=vllm, accelerator=SimpleNamespace(gather=gather, device="cpu"),
                               _metrics={"train": __import__("collections").defaultdict(list)})
     prompts = [[{"role": "user", "content": "What is 6 times 7?"}]] * 2
-    out = make_vllm_rollout_func(RLArguments())(prompts, trainer)
+    out = make_vllm_rollout_func()(prompts, trainer)
 
     prompt = render_for_completion(tokenizer, prompts[0])
     real = [tokenizer.convert_tokens_to_ids("<|output_start|>"), *tokenizer.encode("42", add_special_tokens=False),
@@ -236,7 +236,7 @@ def test_vllm_rollout_stops_at_the_completion_budget(tiny_tokenizer_dir):
     budget = len(vllm.call) + 1  # room for the call and the first forced token only
     trainer = SimpleNamespace(args=SimpleNamespace(max_completion_length=budget), processing_class=tokenizer,
                               vllm_generation=vllm, accelerator=SimpleNamespace(gather=lambda t: t, device="cpu"))
-    out = make_vllm_rollout_func(RLArguments())([[{"role": "user", "content": "6*7?"}]], trainer)
+    out = make_vllm_rollout_func()([[{"role": "user", "content": "6*7?"}]], trainer)
     assert out["completion_ids"] == [vllm.call + [tokenizer.convert_tokens_to_ids("<|output_start|>")]]
     assert out["env_mask"] == [[1] * len(vllm.call) + [0]]
     assert len(vllm.calls) == 1  # nothing left to generate

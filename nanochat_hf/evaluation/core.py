@@ -35,6 +35,8 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
+from nanochat_hf.dataset import data_home
+
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 SHUFFLE_SEED = 1337  # nanochat shuffles each task once with this seed (stable subsampling)
 FEWSHOT_SEED = 1234  # few-shot examples of row i are drawn with Random(FEWSHOT_SEED + i)
@@ -52,11 +54,6 @@ ROW_FIELDS = {"multiple_choice": ("query", "choices", "gold"), "schema": ("conte
 
 
 # ----------------------------------------------------------------------------- the bundle
-
-
-def default_cache_dir() -> Path:
-    """Where a downloaded bundle lives: $NANOCHAT_HF_CACHE or ~/.cache/nanochat_hf."""
-    return Path(os.environ.get("NANOCHAT_HF_CACHE", Path.home() / ".cache" / "nanochat_hf")).expanduser()
 
 
 def _is_bundle(path: Path) -> bool:
@@ -96,7 +93,7 @@ def resolve_bundle(bundle: str | os.PathLike | None = None, download: bool = Tru
             raise FileNotFoundError(f"{path} is not a CORE eval bundle: expected core.yaml, eval_meta_data.csv and "
                                     f"eval_data/ inside (unzip {EVAL_BUNDLE_URL} and point --bundle at it)")
         return path
-    cached = default_cache_dir() / "eval_bundle"
+    cached = data_home() / "eval_bundle"
     if _is_bundle(cached):
         return cached
     if not download:

@@ -55,6 +55,7 @@ from lighteval.metrics.utils.metric_utils import SampleLevelMetric
 from lighteval.tasks.lighteval_task import LightevalTaskConfig
 from lighteval.tasks.requests import Doc, SamplingMethod
 
+from nanochat_hf.dataset import data_home
 from nanochat_hf.evaluation import chat_tasks, core, run
 
 logger = logging.getLogger(__name__)
@@ -197,7 +198,7 @@ core_lm_metric = SampleLevelMetric(metric_name="acc", higher_is_better=True, cat
 
 def _index_dataset(label: str, n: int) -> str:
     """lighteval loads a dataset per task; ours is just the row indices (the rows live in the bundle)."""
-    folder = core.default_cache_dir() / "lighteval_core" / f"{label}-{n}"
+    folder = data_home() / "lighteval_core" / f"{label}-{n}"
     path = folder / "test.jsonl"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)

@@ -33,12 +33,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 
-from nanochat_hf.engine import Engine, Event, SamplingParams, StreamDecoder
+from nanochat_hf import __version__
+from nanochat_hf.engine import TOOL_MARKERS, TOOL_PARTS, Engine, Event, SamplingParams, StreamDecoder
 from nanochat_hf.serve.protocol import ApiError, Limits, bad, parse_chat, parse_json_body, parse_tgi
 
-VERSION = "0.1.0"
-PART_OF = {"<|python_start|>": "python", "<|output_start|>": "python_output"}  # a special token opens a part
-CLOSERS = ("<|python_end|>", "<|output_end|>")
+PART_OF = {start: kind for kind, (start, _) in TOOL_PARTS.items()}  # a special token opens a part
+CLOSERS = tuple(end for _, end in TOOL_PARTS.values())
 STREAM_SEND_BUFFER = 64 * 1024  # kernel send buffer of a streaming connection (bytes)
 TRANSPORT = "nanochat_hf.transport"  # scope key: the connection's asyncio transport, when the server is uvicorn
 
@@ -393,7 +393,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
         yield
         server.stop()
 
-    app = App(title="nanochat_hf", version=VERSION, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = App(title="nanochat_hf", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server = server
     add_access_control(app, access or Access())
 
@@ -424,7 +424,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
             "max_input_length": limits.max_prompt_tokens,
             "max_total_tokens": min(limits.max_prompt_tokens + limits.max_new_tokens, engine.max_context),
             "max_batch_size": limits.max_concurrent, "validation_workers": 1, "max_client_batch_size": 1,
-            "router": "nanochat_hf", "version": VERSION, "sha": None, "docker_label": None,
+            "router": "nanochat_hf", "version": __version__, "sha": None, "docker_label": None,
         }
 
     @app.get("/v1/models")
@@ -557,7 +557,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
         content, raw_parts = parts.finish(r.stop)
         message = {"role": "assistant", "content": content, "parts": raw_parts}
         return {"id": cid, "object": "chat.completion", "created": created, "model": model,
-                "system_fingerprint": f"nanochat_hf-{VERSION}",
+                "system_fingerprint": f"nanochat_hf-{__version__}",
                 "choices": [{"index": 0, "message": message, "finish_reason": finish,
                              "logprobs": {"content": logprobs} if r.logprobs else None}],
                 "usage": {"prompt_tokens": len(prompt), "completion_tokens": parts.count,
@@ -566,7 +566,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
     async def chat_stream(request: Request, r, prompt, params, cid, created, model):
         def chunk(delta, finish=None, **extra):
             return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                          "system_fingerprint": f"nanochat_hf-{VERSION}",
+                                          "system_fingerprint": f"nanochat_hf-{__version__}",
                                           "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
                                           **extra}) + "\n\n"
 
@@ -630,8 +630,8 @@ def _logprob_entry(server: Server, ev: Event) -> dict:
 class Parts:
     """Completion tokens -> readable content (tool call as `[calculator: expr = result]`) and nanochat parts."""
 
-    MARK_OPEN = {"python": "[calculator: ", "python_output": " = "}
-    MARK_CLOSE = {"python": "", "python_output": "]"}
+    MARK_OPEN = {kind: TOOL_MARKERS[start] for kind, (start, _) in TOOL_PARTS.items()}
+    MARK_CLOSE = {kind: TOOL_MARKERS[end] for kind, (_, end) in TOOL_PARTS.items()}
 
     def __init__(self, server: Server):
         self.server = server
