@@ -208,10 +208,13 @@ def main(argv=None) -> int:
             g = best["generate"]
             print(f"[decode] batch-1, {DECODE_TOKENS} tokens, greedy: model.generate() {g:.1f} tok/s | "
                   f"Engine {best['engine']:.1f} tok/s ({best['engine'] / g:.2f}x) | "
-                  f"Engine through model.forward {best['engine_forward']:.1f} tok/s ({best['engine_forward'] / g:.2f}x)")
+                  f"Engine through model.forward {best['engine_forward']:.1f} tok/s "
+                  f"({best['engine_forward'] / g:.2f}x)")
             if "engine_compiled" in best:
-                print(f"[decode] Engine(compile=True) {best['engine_compiled']:.1f} tok/s ({best['engine_compiled'] / g:.2f}x "
-                      f"model.generate(), {best['engine_compiled'] / best['engine']:.2f}x eager), compiled in {best['compile_s']:.0f} s")
+                print(f"[decode] Engine(compile=True) {best['engine_compiled']:.1f} tok/s "
+                      f"({best['engine_compiled'] / g:.2f}x "
+                      f"model.generate(), {best['engine_compiled'] / best['engine']:.2f}x eager), compiled in "
+                      f"{best['compile_s']:.0f} s")
         if args.skip == "serve":
             return 0
         port = free_port()

@@ -77,7 +77,8 @@ def main() -> None:
     split = max(1, len(docs) // 10)
     train_docs, heldout = docs[:-split], docs[-split:]  # last 10% of documents: bytes/token on unseen text
     V = args.vocab_size
-    print(f"corpus: {len(train_docs)} train docs ({sum(map(len, train_docs)) / 1e6:.1f}M chars), {len(heldout)} held-out; "
+    print(f"corpus: {len(train_docs)} train docs ({sum(map(len, train_docs)) / 1e6:.1f}M chars), "
+          f"{len(heldout)} held-out; "
           f"vocab {V}; {args.threads} threads; best of {args.repeats}")
 
     # ---- 1. training time, alternating so that background load hits both; CPU seconds too (robust to load)
@@ -111,8 +112,10 @@ def main() -> None:
     (w_r, c_r), (w_o, c_o), (w_c, c_c) = best.values()
     print("\n== training time (best wall / best CPU seconds)")
     print(f"rustbpe                 {w_r:7.2f} s wall {c_r:7.2f} s CPU")
-    print(f"ours                    {w_o:7.2f} s wall {c_o:7.2f} s CPU   ratio {w_o / w_r:.2f}x wall, {c_o / c_r:.2f}x CPU (goal <= 1.3)")
-    print(f"ours, split+count only  {w_c:7.2f} s wall {c_c:7.2f} s CPU   = {c_c / c_o:.0%} of ours' CPU (the rest: merges)")
+    print(f"ours                    {w_o:7.2f} s wall {c_o:7.2f} s CPU   ratio {w_o / w_r:.2f}x wall, "
+          f"{c_o / c_r:.2f}x CPU (goal <= 1.3)")
+    print(f"ours, split+count only  {w_c:7.2f} s wall {c_c:7.2f} s CPU   = {c_c / c_o:.0%} of ours' "
+          "CPU (the rest: merges)")
 
     # ---- 2. bytes/token (nanochat encodes with tiktoken on rustbpe's merges)
     rust_enc = tiktoken.Encoding("rustbpe", pat_str=SPLIT_PATTERN,
@@ -138,7 +141,8 @@ def main() -> None:
             wall, cpu, _ = timed(fn)
             enc_best[name] = (min(enc_best[name][0], wall), min(enc_best[name][1], cpu))
     (w_t, c_t), (w_e, c_e) = enc_best.values()
-    print(f"\n== batch encode, {len(docs)} docs ({n_chars / 1e6:.1f}M chars), {args.threads} threads (best wall / best CPU)")
+    print(f"\n== batch encode, {len(docs)} docs ({n_chars / 1e6:.1f}M chars), {args.threads} threads "
+          "(best wall / best CPU)")
     print(f"tiktoken  {n_chars / w_t / 1e6:7.2f} M chars/s   {c_t:6.2f} s CPU")
     print(f"ours      {n_chars / w_e / 1e6:7.2f} M chars/s   {c_e:6.2f} s CPU   "
           f"ratio {w_t / w_e:.2f}x wall, {c_t / c_e:.2f}x CPU (goal >= 1.0)")

@@ -72,7 +72,8 @@ def check_conversation(messages, dataset: str = "dataset", row: int | str = "?")
     if isinstance(messages, dict) and "messages" in messages:
         messages = messages["messages"]
     if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}} dicts, got {messages!r:.80}")
+        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}} dicts, "
+                         f"got {messages!r:.80}")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
@@ -120,7 +121,8 @@ def mmlu_to_messages(row: dict) -> list[dict]:
         row = row["train"]
     choices, answer = row["choices"], row["answer"]
     if len(choices) != len(MMLU_LETTERS) or not 0 <= int(answer) < len(MMLU_LETTERS):
-        raise ValueError(f"an MMLU row needs 4 choices and an answer in 0..3, got {len(choices)} choices, answer {answer!r}")
+        raise ValueError(f"an MMLU row needs 4 choices and an answer in 0..3, got {len(choices)} "
+                         f"choices, answer {answer!r}")
     return [{"role": "user", "content": render_mc(row["question"], MMLU_LETTERS, choices)},
             {"role": "assistant", "content": MMLU_LETTERS[int(answer)]}]
 
@@ -184,7 +186,8 @@ def load_words(source: str | None = None) -> list[str]:
             words = re.findall(r"[A-Za-z]+", embedded_corpus_path().read_text(encoding="utf-8"))
     words = sorted({w.lower() for w in words if w.isascii() and w.isalpha() and MIN_WORD_LEN <= len(w) <= MAX_WORD_LEN})
     if not words:
-        raise ValueError(f"the word list {source or '(default)'} has no alphabetic words of {MIN_WORD_LEN}-{MAX_WORD_LEN} letters")
+        raise ValueError(f"the word list {source or '(default)'} has no alphabetic words of "
+                         f"{MIN_WORD_LEN}-{MAX_WORD_LEN} letters")
     return words
 
 
@@ -323,7 +326,8 @@ def corpus_qa(size: int, seed: int = 0) -> list[list[dict]]:
             messages = [{"role": "user", "content": f'In the play, who says: "{line}"'},
                         {"role": "assistant", "content": f"That line is spoken by {speaker.title()}."}]
         else:
-            messages = [{"role": "user", "content": f"Quote the first line {speaker.title()} speaks here, starting with "
+            messages = [{"role": "user", "content": f"Quote the first line {speaker.title()} speaks "
+                                                    "here, starting with "
                                                     f'"{" ".join(line.split()[:3])}".'},
                         {"role": "assistant", "content": line}]
         out.append(messages)
@@ -450,7 +454,8 @@ class SourceSpec:
         spec = cls(**{k: v for k, v in obj.items() if k in known},
                    options={k: v for k, v in obj.items() if k not in known})
         if spec.source not in HUB_SOURCES and spec.source not in SYNTHETIC:
-            raise ValueError(f"{where}: unknown source {spec.source!r}; use one of {', '.join([*HUB_SOURCES, *SYNTHETIC])}")
+            raise ValueError(f"{where}: unknown source {spec.source!r}; use one of "
+                             f"{', '.join([*HUB_SOURCES, *SYNTHETIC])}")
         if spec.repeat < 1 or (spec.size is not None and spec.size < 0):
             raise ValueError(f"{where}: repeat must be >= 1 and size >= 0 (got repeat={spec.repeat}, size={spec.size})")
         if spec.source == "conversations" and not spec.path:
@@ -532,7 +537,8 @@ class Mixture:
                 if not isinstance(obj, dict):
                     raise ValueError(f"mixture must be a preset ({', '.join(PRESETS)}), a YAML file, or a YAML mapping")
         if not isinstance(obj, dict) or not obj.get("train"):
-            raise ValueError("a mixture needs a non-empty 'train' list of sources, e.g. train: [{source: arithmetic, size: 100}]")
+            raise ValueError("a mixture needs a non-empty 'train' list of sources, e.g. train: [{source: "
+                             "arithmetic, size: 100}]")
         unknown = set(obj) - {"train", "validation", "val_fraction", "seed"}
         if unknown:
             raise ValueError(f"unknown mixture keys {sorted(unknown)}; use train, validation, val_fraction, seed")

@@ -46,7 +46,8 @@ def find_step(src: Path, step: int | None) -> tuple[Path, Path, int]:
         if m:
             found[int(m.group(1))] = path
     if not found:
-        raise FileNotFoundError(f"no model_<step>.pt in {src}; point at a nanochat checkpoint folder (e.g. base_checkpoints/d20)")
+        raise FileNotFoundError(f"no model_<step>.pt in {src}; point at a nanochat checkpoint folder (e.g. "
+                                "base_checkpoints/d20)")
     step = max(found) if step is None else step
     if step not in found:
         raise FileNotFoundError(f"no model_<step>.pt for step {step} in {src}; available steps: {sorted(found)}")
@@ -63,7 +64,8 @@ def detect_arch(state: dict[str, torch.Tensor]) -> str:
         return "classic"
     missing = [k for k in MODERN_MARKERS if k not in state]
     if missing:
-        raise ValueError(f"checkpoint has some 2026-architecture tensors ({', '.join(present)}) but lacks {', '.join(missing)}; "
+        raise ValueError(f"checkpoint has some 2026-architecture tensors ({', '.join(present)}) but lacks "
+                         f"{', '.join(missing)}; "
                          "only nanochat's October 2025 and 2026 layouts can be imported")
     return "modern"
 

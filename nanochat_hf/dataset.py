@@ -181,7 +181,8 @@ def list_files(data: str | os.PathLike | None) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in TEXT_SUFFIXES and not p.name.startswith("."))
         if not files:
-            raise FileNotFoundError(f"no .parquet/.jsonl/.txt files in {path}; download shards with `nanochat-hf data download -n 8 --dir {path}`")
+            raise FileNotFoundError(f"no .parquet/.jsonl/.txt files in {path}; download shards with `nanochat-hf data "
+                                    f"download -n 8 --dir {path}`")
         return files
     try:
         alias, repo_id, _ = resolve_hub_dataset(str(data))
@@ -205,13 +206,15 @@ def load_splits(data: str | os.PathLike | None) -> tuple[Split, Split]:
     if len(shards) == 1 and shards[0].is_parquet:
         n = shards[0].num_row_groups
         if n < 2:
-            raise ValueError(f"{files[0]} is too small to hold out validation (one row group); give it more text or a second file")
+            raise ValueError(f"{files[0]} is too small to hold out validation (one row group); give it more "
+                             "text or a second file")
         return Split(shards, [(0, i) for i in range(n - 1)]), Split(shards, [(0, n - 1)])
     if len(shards) == 1:  # one text file: its last VAL_FRACTION of documents is validation
         n = len(shards[0]._text_docs())
         n_val = max(1, round(VAL_FRACTION * n))
         if n - n_val < 1:
-            raise ValueError(f"{files[0]} is too small to hold out validation ({n} document(s)); give it more text or a second file")
+            raise ValueError(f"{files[0]} is too small to hold out validation ({n} document(s)); give it more "
+                             "text or a second file")
         train_shard, val_shard = Shard(files[0], (0, n - n_val)), Shard(files[0], (n - n_val, n))
         train_shard._docs, val_shard._docs = shards[0]._docs[: n - n_val], shards[0]._docs[n - n_val:]
         return (Split([train_shard], [(0, i) for i in range(train_shard.num_row_groups)]),

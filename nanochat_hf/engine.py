@@ -401,7 +401,8 @@ class Engine:
         names = TOOL_TOKENS + STOP_TOKENS
         missing = [n for n in names if n not in vocab]
         if missing:
-            raise ValueError(f"the tokenizer lacks {', '.join(missing)}; use a nanochat tokenizer (nanochat_hf.tokenization)")
+            raise ValueError(f"the tokenizer lacks {', '.join(missing)}; use a nanochat tokenizer "
+                             "(nanochat_hf.tokenization)")
         self.ids = {n: vocab[n] for n in names}
         self.stop_ids = {self.ids[n] for n in STOP_TOKENS}
         self.pad_id = self.ids["<|bos|>"]
@@ -775,7 +776,8 @@ def load_engine(model_path: str, device: str | None = None, dtype: str | None = 
         raise FileNotFoundError(f"{model_path} has no config.json; pass a model folder written by a training stage "
                                 "(e.g. runs/tiny/sft) or a Hub id like user/nanochat-d20")
     if not local.exists() and (model_path.startswith((".", "/", "~")) or model_path.count("/") != 1):
-        raise FileNotFoundError(f"model {model_path!r} not found; pass a model folder or a Hub id like user/nanochat-d20")
+        raise FileNotFoundError(f"model {model_path!r} not found; pass a model folder or a Hub id "
+                                "like user/nanochat-d20")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     source = str(local) if local.exists() else model_path

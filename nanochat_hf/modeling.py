@@ -564,7 +564,8 @@ def check_tokenizer_fits(config: NanoChatConfig, tokenizer) -> None:
     """A tokenizer whose ids run past the embedding table would index out of range mid-run: refuse it now."""
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}; "
-                         "use the tokenizer the model was trained with (or build the model with vocab_size=len(tokenizer))")
+                         "use the tokenizer the model was trained with (or build the model with "
+                         "vocab_size=len(tokenizer))")
 
 
 def _register() -> None:

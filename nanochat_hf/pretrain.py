@@ -61,15 +61,18 @@ class PretrainError(UserError):
 @dataclass
 class PretrainConfig:
     # Model
-    arch: str = field(default="modern", metadata={"help": "modern (nanochat 2026) or classic (transformers' native nanochat)"})
+    arch: str = field(default="modern", metadata={"help": "modern (nanochat 2026) or classic "
+                                                          "(transformers' native nanochat)"})
     depth: int = field(default=20, metadata={"help": "number of transformer layers: the one dial of model size"})
     aspect_ratio: int = field(default=64, metadata={"help": "model_dim = depth * aspect_ratio, rounded up to head_dim"})
     head_dim: int = field(default=128, metadata={"help": "attention head dimension"})
     max_seq_len: int = field(default=2048, metadata={"help": "context length of the training rows"})
-    window_pattern: str = field(default="SSSL", metadata={"help": "sliding-window pattern tiled over layers (modern): L=full, S=a quarter of the context"})
+    window_pattern: str = field(default="SSSL", metadata={"help": "sliding-window pattern tiled over layers (modern): "
+                                                                  "L=full, S=a quarter of the context"})
     # Data
     tokenizer: str = field(default="runs/tiny/tokenizer", metadata={"help": "tokenizer folder or Hub id"})
-    data: str | None = field(default=None, metadata={"help": "file, folder, or Hub dataset (climbmix, fineweb-edu); default: embedded Shakespeare"})
+    data: str | None = field(default=None, metadata={"help": "file, folder, or Hub dataset (climbmix, fineweb-edu); "
+                                                             "default: embedded Shakespeare"})
     buffer_size: int = field(default=1000, metadata={"help": "documents in the best-fit packing buffer"})
     tokenizer_batch_size: int = field(default=128, metadata={"help": "documents tokenised per batch"})
     # Training horizon (first one set wins)
@@ -77,8 +80,10 @@ class PretrainConfig:
     target_flops: float = field(default=-1.0, metadata={"help": "derive steps from total training FLOPs (-1 = off)"})
     target_param_data_ratio: float = field(default=12.0, metadata={"help": "tokens per scaling parameter"})
     # Optimization
-    device_batch_size: int = field(default=32, metadata={"help": "rows per device per micro-step; lower it if out of memory"})
-    total_batch_size: int = field(default=-1, metadata={"help": "tokens per optimizer step (-1 = nanochat's automatic rule)"})
+    device_batch_size: int = field(default=32, metadata={"help": "rows per device per micro-step; "
+                                                                 "lower it if out of memory"})
+    total_batch_size: int = field(default=-1, metadata={"help": "tokens per optimizer step (-1 = "
+                                                                "nanochat's automatic rule)"})
     embedding_lr: float = 0.3
     unembedding_lr: float = 0.008
     matrix_lr: float = 0.02
@@ -93,18 +98,21 @@ class PretrainConfig:
     eval_tokens: int = field(default=80 * 524288, metadata={"help": "validation tokens per evaluation"})
     sample_max_tokens: int = 16
     log_every: int = 1
-    report_to: str = field(default="none", metadata={"help": "accelerate trackers: none, trackio, wandb, tensorboard (comma list)"})
+    report_to: str = field(default="none", metadata={"help": "accelerate trackers: none, trackio, wandb, "
+                                                             "tensorboard (comma list)"})
     run_name: str = "pretrain"
     # Runtime
     output_dir: str = "runs/tiny/base"
-    save_every: int = field(default=-1, metadata={"help": "checkpoint every N steps (-1 = never; the final model is always saved)"})
+    save_every: int = field(default=-1, metadata={"help": "checkpoint every N steps (-1 = never; the final "
+                                                          "model is always saved)"})
     save_total_limit: int = field(default=-1, metadata={"help": "keep only the newest N checkpoints (-1 = all)"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest or a checkpoint folder"})
     seed: int = 42
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bf16, no"})
     compile: str = field(default="auto", metadata={"help": "torch.compile: auto (on GPU), true, false"})
     fp8: bool = field(default=False, metadata={"help": "FP8 matmuls via torchao (H100+ only)"})
-    max_steps_this_run: int = field(default=-1, metadata={"help": "stop (after saving) once this many steps ran in this process; for preemptible jobs and tests"})
+    max_steps_this_run: int = field(default=-1, metadata={"help": "stop (after saving) once this many steps ran in "
+                                                                  "this process; for preemptible jobs and tests"})
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -130,7 +138,8 @@ def load_tokenizer_and_bytes(path: str):
         raise UserError(f"{tb_file} cannot be read ({type(err).__name__}); delete it (it is recomputed from "
                         "tokenizer.json) or save the tokenizer again") from None
     if len(token_bytes) < len(tok):
-        raise ValueError(f"{tb_file} has {len(token_bytes)} entries but the tokenizer has {len(tok)}; re-save the tokenizer")
+        raise ValueError(f"{tb_file} has {len(token_bytes)} entries but the tokenizer has {len(tok)}; "
+                         "re-save the tokenizer")
     return tok, token_bytes
 
 
@@ -256,23 +265,28 @@ def _manifest(folder: Path) -> dict[str, dict]:
 def verify_checkpoint(folder: Path) -> dict:
     """The checkpoint's trainer state, after checking every file against its manifest."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint {folder} does not exist; pass `latest` or an existing checkpoint-<step> folder")
+        raise FileNotFoundError(f"checkpoint {folder} does not exist; pass `latest` or an existing "
+                                "checkpoint-<step> folder")
     state_file = folder / STATE_NAME
     if not state_file.is_file():
-        raise ValueError(f"checkpoint {folder} is partial (no {STATE_NAME}: its save was interrupted); delete it and resume from an older one")
+        raise ValueError(f"checkpoint {folder} is partial (no {STATE_NAME}: its save was interrupted); delete it and "
+                         "resume from an older one")
     try:
         state = json.loads(state_file.read_text())
     except json.JSONDecodeError:
-        raise ValueError(f"checkpoint {folder} is corrupt ({STATE_NAME} is not valid JSON); delete it and resume from an older one") from None
+        raise ValueError(f"checkpoint {folder} is corrupt ({STATE_NAME} is not valid JSON); delete it and "
+                         "resume from an older one") from None
     for name, meta in state.get("manifest", {}).items():
         f = folder / name
         if not f.is_file() or f.stat().st_size != meta["size"]:
-            raise ValueError(f"checkpoint {folder} is corrupt ({name} is missing or truncated); delete it and resume from an older one")
+            raise ValueError(f"checkpoint {folder} is corrupt ({name} is missing or truncated); delete it and "
+                             "resume from an older one")
     if os.environ.get("NANOCHAT_HF_SKIP_CHECKSUM") != "1":
         actual = _manifest(folder)
         bad = [n for n, m in state.get("manifest", {}).items() if actual.get(n, {}).get("sha256") != m["sha256"]]
         if bad:
-            raise ValueError(f"checkpoint {folder} is corrupt ({bad[0]} fails its sha256); delete it and resume from an older one")
+            raise ValueError(f"checkpoint {folder} is corrupt ({bad[0]} fails its sha256); delete it and "
+                             "resume from an older one")
     return state
 
 
@@ -401,7 +415,8 @@ def train(cfg: PretrainConfig) -> dict:
     say(f"attention: {model.config._attn_implementation}")
     plan = training_plan(cfg, model, len(tokenizer), accelerator.num_processes)
     if plan["device_batch_size"] != cfg.device_batch_size:
-        say(f"device_batch_size {cfg.device_batch_size} -> {plan['device_batch_size']}: {plan['total_batch_size']} tokens "
+        say(f"device_batch_size {cfg.device_batch_size} -> {plan['device_batch_size']}: "
+            f"{plan['total_batch_size']} tokens "
             f"per step do not split into whole micro-steps of {cfg.device_batch_size}x{cfg.max_seq_len} on "
             f"{accelerator.num_processes} processes")
         cfg.device_batch_size = plan["device_batch_size"]

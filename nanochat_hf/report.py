@@ -391,7 +391,8 @@ def build_report(run: Path, gpu_hour_cost: float = DEFAULT_GPU_HOUR_COST) -> str
         for metric in SUMMARY_METRICS:
             lines.append(f"| {metric} | " + " | ".join(_fmt(table[metric].get(s)) for s in present) + " |")
         if any(isinstance(v, PartialScore) for v in table["ChatCORE"].values()):
-            lines += ["", "\\* ChatCORE over the chat tasks that ran (the full set needs MMLU and GSM8K data, not available offline)."]
+            lines += ["", "\\* ChatCORE over the chat tasks that ran (the full set needs MMLU and GSM8K data, "
+                          "not available offline)."]
     else:
         lines.append("No evaluation results found (expected `eval/<stage>.json`).")
     lines.append("")
@@ -418,9 +419,11 @@ def write_report(run: str | Path, gpu_hour_cost: float = DEFAULT_GPU_HOUR_COST) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nanochat-hf report", description="Write report.md and plots for a run folder.")
+    parser = argparse.ArgumentParser(prog="nanochat-hf report", description="Write report.md and "
+                                                                            "plots for a run folder.")
     parser.add_argument("--run", required=True, help="run folder (e.g. runs/tiny)")
-    parser.add_argument("--gpu-hour-cost", type=float, default=DEFAULT_GPU_HOUR_COST, help="$ per GPU-hour for the cost line")
+    parser.add_argument("--gpu-hour-cost", type=float, default=DEFAULT_GPU_HOUR_COST, help="$ per GPU-hour for the "
+                                                                                           "cost line")
     args = parser.parse_args(argv)
     try:
         path = write_report(args.run, args.gpu_hour_cost)

@@ -78,7 +78,8 @@ class RLArguments:
     use_calculator: bool = field(default=True, metadata={
         "help": "run the calculator tool inside rollouts (nanochat's Engine); false: plain TRL generation"})
     # periodic pass@k on held-out questions (nanochat: every 60 steps, 400 questions, k up to 8)
-    eval_every: int = field(default=60, metadata={"help": "measure pass@k every N steps (and at 0 and the end); <=0: never"})
+    eval_every: int = field(default=60, metadata={"help": "measure pass@k every N steps (and at 0 and "
+                                                          "the end); <=0: never"})
     eval_examples: int = field(default=400, metadata={"help": "held-out questions per pass@k measurement"})
     pass_k: int = field(default=8, metadata={"help": "samples per held-out question: logs pass@1..pass@k"})
     eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the pass@k samples"})
@@ -493,7 +494,8 @@ def check_args(args: RLArguments, config) -> None:
     if unknown or not args.reward_funcs:
         raise ValueError(f"unknown reward_funcs {unknown}; choose from {sorted(REWARD_FUNCS)}")
     if config.reward_weights is not None and len(config.reward_weights) != len(args.reward_funcs):
-        raise ValueError(f"reward_weights has {len(config.reward_weights)} values for {len(args.reward_funcs)} reward_funcs")
+        raise ValueError(f"reward_weights has {len(config.reward_weights)} values for "
+                         f"{len(args.reward_funcs)} reward_funcs")
     if args.optimizer not in ("adamw", "nanochat"):
         raise ValueError(f"optimizer must be 'adamw' or 'nanochat', got {args.optimizer!r}")
     if args.pass_k < 1:

@@ -57,31 +57,43 @@ class ChatArguments:
     """What SFTConfig does not cover: the base model, the data mixture, nanochat's optimizer and schedule."""
 
     stage: str = field(default="sft", metadata={"help": "mid or sft: picks the schedule defaults and the log name"})
-    model_name_or_path: str = field(default="runs/tiny/base", metadata={"help": "base (or mid) checkpoint folder or Hub id"})
-    mixture: str = field(default="synthetic", metadata={"help": "data: a preset (synthetic, nanochat_mid, nanochat_sft), "
+    model_name_or_path: str = field(default="runs/tiny/base", metadata={"help": "base (or mid) "
+                                                                                "checkpoint folder or Hub id"})
+    mixture: str = field(default="synthetic", metadata={"help": "data: a preset (synthetic, "
+                                                                "nanochat_mid, nanochat_sft), "
                                                                "a YAML file, or (in a recipe) an inline mapping"})
-    optimizer: str = field(default="nanochat", metadata={"help": "nanochat (Muon + AdamW groups) or trainer (SFTConfig.optim)"})
+    optimizer: str = field(default="nanochat", metadata={"help": "nanochat (Muon + AdamW groups) or "
+                                                                 "trainer (SFTConfig.optim)"})
     embedding_lr: float = 0.3
     unembedding_lr: float = 0.004
     matrix_lr: float = 0.02
     scalar_lr: float = 0.5
     muon_weight_decay: float = field(default=0.0, metadata={"help": "pretraining decays it to zero; SFT keeps it there"})
-    batch_lr_scale: float = field(default=-1.0, metadata={"help": "lr multiplier; -1 = sqrt(tokens per step / 2^19), nanochat's rule"})
-    init_lr_frac: float | None = field(default=None, metadata={"help": "initial lr as a fraction of the base lr (mid 1.0, sft 0.8)"})
-    warmup_frac: float | None = field(default=None, metadata={"help": "first share of steps with linear lr warmup (nanochat: 0)"})
-    warmdown_ratio: float | None = field(default=None, metadata={"help": "final share of steps with linear lr decay (mid 0.2, sft 0.5)"})
+    batch_lr_scale: float = field(default=-1.0, metadata={"help": "lr multiplier; -1 = sqrt(tokens per step / "
+                                                                  "2^19), nanochat's rule"})
+    init_lr_frac: float | None = field(default=None, metadata={"help": "initial lr as a fraction of the base "
+                                                                       "lr (mid 1.0, sft 0.8)"})
+    warmup_frac: float | None = field(default=None, metadata={"help": "first share of steps with linear lr "
+                                                                      "warmup (nanochat: 0)"})
+    warmdown_ratio: float | None = field(default=None, metadata={"help": "final share of steps with linear lr "
+                                                                         "decay (mid 0.2, sft 0.5)"})
     final_lr_frac: float | None = field(default=None, metadata={"help": "lr at the end as a fraction of the initial lr"})
-    packed_layout: str = field(default="rows", metadata={"help": "rows: batch of packed rows, position_ids restart per "
-                                                            "conversation (SDPA, any device); flat: TRL's padding-free "
+    packed_layout: str = field(default="rows", metadata={"help": "rows: batch of packed rows, "
+                                                                 "position_ids restart per "
+                                                            "conversation (SDPA, any device); "
+                                                            "flat: TRL's padding-free "
                                                             "single row (flash-attention varlen kernels)"})
     resume: str | None = field(default=None, metadata={"help": "latest, or a checkpoint folder, to resume from"})
     # A quick ChatCORE subset while training (nanochat's chat_sft evaluates MMLU/ARC every eval_every steps).
     chatcore_every: int = field(default=-1, metadata={"help": "ChatCORE subset every N steps and at the end (-1 = off)"})
-    chatcore_tasks: str = field(default="ARC-Easy,SpellingBee", metadata={"help": "comma list of chat tasks for the subset"})
+    chatcore_tasks: str = field(default="ARC-Easy,SpellingBee", metadata={"help": "comma list of chat "
+                                                                                  "tasks for the subset"})
     chatcore_examples: int = field(default=32, metadata={"help": "examples per task in the subset"})
     chatcore_max_new_tokens: int = field(default=128, metadata={"help": "generation budget of generative subset tasks"})
-    chatcore_data: str | None = field(default=None, metadata={"help": "folder of chat-task JSONL (arc_easy.jsonl, ...); "
-                                                                      "default: the small offline set shipped in the package, "
+    chatcore_data: str | None = field(default=None, metadata={"help": "folder of chat-task JSONL "
+                                                                      "(arc_easy.jsonl, ...); "
+                                                                      "default: the small offline set "
+                                                                      "shipped in the package, "
                                                                       "'hub' for the Hub datasets"})
 
     def __post_init__(self):
@@ -108,18 +120,26 @@ class ChatArguments:
 class ChatSFTConfig(SFTConfig):
     """TRL's SFTConfig with nanochat's defaults (each still a flag)."""
 
-    output_dir: str | None = field(default=None, metadata={"help": "where the chat model goes (default runs/tiny/<stage>)"})
-    max_length: int | None = field(default=2048, metadata={"help": "tokens per packed row; longer conversations are cropped"})
-    packing: bool = field(default=True, metadata={"help": "best-fit pack conversations into rows (no cross-document attention)"})
-    packing_strategy: str = field(default="bfd", metadata={"help": "bfd: best-fit decreasing, position_ids restart per conversation"})
-    assistant_only_loss: bool = field(default=True, metadata={"help": "loss only on assistant tokens (chat template generation spans)"})
+    output_dir: str | None = field(default=None, metadata={"help": "where the chat model goes "
+                                                                   "(default runs/tiny/<stage>)"})
+    max_length: int | None = field(default=2048, metadata={"help": "tokens per packed row; longer "
+                                                                   "conversations are cropped"})
+    packing: bool = field(default=True, metadata={"help": "best-fit pack conversations into rows (no "
+                                                          "cross-document attention)"})
+    packing_strategy: str = field(default="bfd", metadata={"help": "bfd: best-fit decreasing, position_ids "
+                                                                   "restart per conversation"})
+    assistant_only_loss: bool = field(default=True, metadata={"help": "loss only on assistant tokens (chat "
+                                                                      "template generation spans)"})
     num_train_epochs: float = field(default=1.0, metadata={"help": "nanochat trains one epoch of its mixture"})
     per_device_train_batch_size: int = 8
     per_device_eval_batch_size: int = 8
     # TRL turns checkpointing on by default; nanochat does not (small models fit). Both names stay flags.
-    activation_checkpointing: bool | None = field(default=None, metadata={"help": "recompute activations in backward to save memory"})
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "deprecated alias of activation_checkpointing"})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; default: on when a bf16 GPU is there, off on CPU"})
+    activation_checkpointing: bool | None = field(default=None, metadata={"help": "recompute activations in "
+                                                                                  "backward to save memory"})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "deprecated alias of "
+                                                                                "activation_checkpointing"})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; default: on when a bf16 GPU "
+                                                              "is there, off on CPU"})
     max_grad_norm: float = field(default=0.0, metadata={"help": "gradient clipping (0 = off, as nanochat)"})
     logging_steps: float = 1
     eval_strategy: str = field(default="steps", metadata={"help": "steps: validation loss every eval_steps; no: never"})
@@ -411,7 +431,8 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
         if resume is None:
             print(f"no checkpoint in {output_dir}: starting from {chat_args.model_name_or_path}", file=sys.stderr)
     elif resume and not Path(resume).is_dir():
-        raise FileNotFoundError(f"checkpoint {resume} not found; pass --resume latest or a {output_dir}/checkpoint-N folder")
+        raise FileNotFoundError(f"checkpoint {resume} not found; pass --resume latest or a "
+                                f"{output_dir}/checkpoint-N folder")
 
     model, tokenizer = load_model_and_tokenizer(chat_args.model_name_or_path)
     if getattr(model.config, "max_position_embeddings", None) and cfg.max_length > model.config.max_position_embeddings:

@@ -186,7 +186,8 @@ class Speedrun:
     def recipe(self, name: str) -> str:
         path = RECIPES_DIR / self.preset.recipe_dir / f"{name}.yaml"
         if not path.exists():
-            raise FileNotFoundError(f"recipe {path} not found; the speedrun runs from a clone of the repository (pip install -e .)")
+            raise FileNotFoundError(f"recipe {path} not found; the speedrun runs from a clone of the "
+                                    "repository (pip install -e .)")
         return str(path)
 
     # ------------------------------------------------------------------ launching
@@ -314,11 +315,15 @@ class Speedrun:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nanochat-hf speedrun", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="tiny", choices=list(PRESETS), help="tier: tiny/smoke on CPU, d20..d32 on 8 GPUs")
+    parser.add_argument("--preset", default="tiny", choices=list(PRESETS), help="tier: tiny/smoke on "
+                                                                                "CPU, d20..d32 on 8 GPUs")
     parser.add_argument("--output", default=None, help="run folder (default: runs/<preset>)")
-    parser.add_argument("--num-gpus", type=int, default=8, help="GPUs for the GPU tiers (accelerate launch --num_processes)")
-    parser.add_argument("--data", default=None, help="pretraining text: folder/file of parquet/jsonl/txt or a Hub dataset (default: embedded corpus on CPU tiers)")
-    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the final model to USER/NAME at the end")
+    parser.add_argument("--num-gpus", type=int, default=8, help="GPUs for the GPU tiers (accelerate "
+                                                                "launch --num_processes)")
+    parser.add_argument("--data", default=None, help="pretraining text: folder/file of parquet/jsonl/txt or a Hub "
+                                                     "dataset (default: embedded corpus on CPU tiers)")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the final model to "
+                                                                            "USER/NAME at the end")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     args = parser.parse_args(argv)
     try:

@@ -233,7 +233,8 @@ def train_tokenizer(inputs=None, vocab_size: int = DEFAULT_VOCAB_SIZE, max_chars
                     doc_cap: int = DEFAULT_DOC_CAP, progress: bool = True):
     """Train nanochat's BPE on `inputs` (txt/jsonl/parquet files, folders, 'hub:<id>'; None = embedded corpus)."""
     if vocab_size - len(SPECIAL_TOKENS) < 256:
-        raise ValueError(f"--vocab-size {vocab_size} is too small: it needs 256 bytes + {len(SPECIAL_TOKENS)} special tokens (>= 265)")
+        raise ValueError(f"--vocab-size {vocab_size} is too small: it needs 256 bytes + {len(SPECIAL_TOKENS)} "
+                         "special tokens (>= 265)")
     if max_chars <= 0 or doc_cap <= 0:
         raise ValueError("--max-chars and --doc-cap must be positive")
     check_inputs(inputs)  # fail on a bad path now, not after reading half of the corpus
@@ -302,7 +303,8 @@ def load_tokenizer(path_or_hub_id: str | os.PathLike):
     path = str(path_or_hub_id)
     local = Path(path).expanduser()
     if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
-        raise FileNotFoundError(f"tokenizer {path!r} not found; train one with `nanochat-hf tokenizer train --output {path}`")
+        raise FileNotFoundError(f"tokenizer {path!r} not found; train one with `nanochat-hf tokenizer "
+                                f"train --output {path}`")
     if not local.exists():  # a Hub id
         tok = AutoTokenizer.from_pretrained(path)
     else:
@@ -322,7 +324,8 @@ def load_tokenizer(path_or_hub_id: str | os.PathLike):
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise ValueError(f"{path} is not a nanochat tokenizer: it lacks {', '.join(missing)}; "
-                         "train one with `nanochat-hf tokenizer train` or import a tokenizer.pkl with `nanochat-hf convert tokenizer`")
+                         "train one with `nanochat-hf tokenizer train` or import a tokenizer.pkl with "
+                         "`nanochat-hf convert tokenizer`")
     return tok
 
 
@@ -365,7 +368,8 @@ def _messages_of(conversation) -> list[dict]:
     if isinstance(conversation, dict) and "messages" in conversation:
         conversation = conversation["messages"]
     if not isinstance(conversation, (list, tuple)):
-        raise ValueError(f"a conversation is a list of {{'role', 'content'}} messages, got {type(conversation).__name__}")
+        raise ValueError(f"a conversation is a list of {{'role', 'content'}} messages, got "
+                         f"{type(conversation).__name__}")
     for i, m in enumerate(conversation):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
@@ -442,10 +446,12 @@ def convert_tiktoken_tokenizer(pkl_path: str | os.PathLike, output_dir: str | os
     if ranks is None or specials is None:
         raise ValueError(f"{path} does not hold a tiktoken Encoding")
     if enc._pat_str != SPLIT_PATTERN:
-        raise ValueError(f"{path} uses a different split pattern than nanochat's; it cannot be imported as a nanochat tokenizer")
+        raise ValueError(f"{path} uses a different split pattern than nanochat's; it cannot be imported as "
+                         "a nanochat tokenizer")
     expected = {t: len(ranks) + i for i, t in enumerate(SPECIAL_TOKENS)}
     if specials != expected:
-        raise ValueError(f"{path} has special tokens {specials}, expected nanochat's 9 right after the {len(ranks)} merged tokens")
+        raise ValueError(f"{path} has special tokens {specials}, expected nanochat's 9 right after the "
+                         f"{len(ranks)} merged tokens")
     # By hand rather than transformers' convert_tiktoken_to_fast (which needs blobfile): the same
     # builder as training, so an imported tokenizer and a trained one are the same kind of folder.
     tokenizer = tokenizer_from_ranks(dict(ranks))
@@ -508,15 +514,21 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a tokenizer and save it as a transformers tokenizer folder")
     t.add_argument("--input", nargs="+", default=None,
                    help="txt/jsonl/parquet files or folders (a folder's last file is held out as validation), "
-                        "a downloaded dataset alias (climbmix), or hub:<dataset id> to stream; default: embedded Shakespeare")
-    t.add_argument("--vocab-size", type=_parse_int, default=DEFAULT_VOCAB_SIZE, help="total vocabulary incl. 9 special tokens")
-    t.add_argument("--max-chars", type=_parse_int, default=DEFAULT_MAX_CHARS, help="train on at most this many characters")
-    t.add_argument("--doc-cap", type=_parse_int, default=DEFAULT_DOC_CAP, help="crop each document to this many characters")
+                        "a downloaded dataset alias (climbmix), or hub:<dataset id> to stream; default: "
+                        "embedded Shakespeare")
+    t.add_argument("--vocab-size", type=_parse_int, default=DEFAULT_VOCAB_SIZE, help="total vocabulary "
+                                                                                     "incl. 9 special tokens")
+    t.add_argument("--max-chars", type=_parse_int, default=DEFAULT_MAX_CHARS, help="train on at most "
+                                                                                   "this many characters")
+    t.add_argument("--doc-cap", type=_parse_int, default=DEFAULT_DOC_CAP, help="crop each document to "
+                                                                               "this many characters")
     t.add_argument("--output", required=True, help="output folder")
     e = sub.add_parser("eval", help="bytes/token on texts (vs GPT-2/GPT-4 when available); writes token_bytes.pt")
     e.add_argument("path", help="tokenizer folder (or Hub id)")
-    e.add_argument("--input", nargs="+", default=None, help="texts to evaluate on (as for train); default: embedded Shakespeare")
-    e.add_argument("--max-chars", type=_parse_int, default=DEFAULT_EVAL_CHARS, help="evaluate on at most this many characters")
+    e.add_argument("--input", nargs="+", default=None, help="texts to evaluate on (as for train); default: "
+                                                            "embedded Shakespeare")
+    e.add_argument("--max-chars", type=_parse_int, default=DEFAULT_EVAL_CHARS, help="evaluate on at most "
+                                                                                    "this many characters")
     e.add_argument("--output", default=None, help="also write the results as JSON here")
     return p
 

@@ -39,7 +39,8 @@ def test_every_stage_resolves_to_a_function():
 
 def test_missing_dependency_inside_a_stage_is_not_hidden(monkeypatch, tmp_path):
     # an ImportError of a third-party package surfaces as itself
-    (tmp_path / "stage_with_bad_import.py").write_text("import package_that_is_not_installed_xyz\ndef main(argv): return 0\n")
+    (tmp_path / "stage_with_bad_import.py").write_text("import package_that_is_not_installed_xyz\ndef "
+                                                       "main(argv): return 0\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setitem(cli.STAGES, "report", ("stage_with_bad_import:main", "broken"))
     with pytest.raises(ModuleNotFoundError, match="package_that_is_not_installed_xyz"):

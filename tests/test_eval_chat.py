@@ -31,7 +31,8 @@ def test_mc_prompts_and_shuffle_follow_nanochat():
     order = [r["question"] for r in load_dataset("json", data_files=str(CHAT / "arc_easy.jsonl"), split="train").shuffle(seed=42)]
     assert [c["messages"][0]["content"].split("\n")[0] for c in convs] == [f"Multiple Choice question: {q}" for q in order]
     conv = next(c for c in convs if c["letters"] == ["1", "2", "3", "4"])
-    assert conv["messages"][0]["content"] == ("Multiple Choice question: Which object is a good conductor of electricity?\n"
+    assert conv["messages"][0]["content"] == ("Multiple Choice question: Which object is a good "
+                                              "conductor of electricity?\n"
                                               "- wooden spoon=1\n- rubber band=2\n- copper wire=3\n- plastic cup=4\n\n"
                                               "Respond only with the letter of the correct answer.")
     assert conv["messages"][1]["content"] == "3"

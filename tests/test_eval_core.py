@@ -68,7 +68,8 @@ def test_rows_are_shuffled_with_nanochat_seed_and_cut():
 def test_prompt_rendering_matches_nanochat_templates():
     mc = {"query": "Q1", "choices": ["a", "b"], "gold": 1}
     shot = {"query": "S", "choices": ["x", "y"], "gold": 0}
-    assert core.render_mc(mc, "\nAnswer: ", [shot]) == ["S\nAnswer: x\n\nQ1\nAnswer: a", "S\nAnswer: x\n\nQ1\nAnswer: b"]
+    assert core.render_mc(mc, "\nAnswer: ", [shot]) == ["S\nAnswer: x\n\nQ1\nAnswer: a", "S\nAnswer: x\n\nQ1\nAnswer: "
+                                                                                         "b"]
     sc = {"context_options": ["c1", "c2"], "continuation": "end.", "gold": 0}
     assert core.render_schema(sc, " ", [{"context_options": ["p", "q"], "continuation": "z", "gold": 1}]) == \
         ["q z\n\nc1 end.", "q z\n\nc2 end."]

@@ -14,7 +14,8 @@ from nanochat_hf.rewards import (
 # Rows in GSM8K's schema (`question`, `answer` with <<calculator>> annotations and `#### N`).
 GSM8K_ROWS = [
     {"question": "A baker sells 48 muffins in the morning and half as many in the afternoon. How many in total?",
-     "answer": "In the afternoon he sells 48/2 = <<48/2=24>>24 muffins.\nIn total he sells 48+24 = <<48+24=72>>72.\n#### 72"},
+     "answer": "In the afternoon he sells 48/2 = <<48/2=24>>24 muffins.\nIn total he sells 48+24 = "
+               "<<48+24=72>>72.\n#### 72"},
     {"question": "Tom earns $12 an hour and works 50 minutes. How much does he earn?",
      "answer": "Per minute he earns 12/60 = $<<12/60=0.2>>0.2.\nFor 50 minutes: 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10"},
     {"question": "A house costs $1,250,000 and the price falls by $50,000. What is the new price?",

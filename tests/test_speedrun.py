@@ -59,7 +59,8 @@ def test_final_model_loads_with_plain_transformers(smoke_run):
         f"path = {str(run / 'rl')!r}\n"
         "tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n"
         "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)\n"
-        "ids = tok.apply_chat_template([{'role': 'user', 'content': 'What is 2+3?'}], add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
+        "ids = tok.apply_chat_template([{'role': 'user', 'content': 'What is 2+3?'}], add_generation_prompt=True, "
+        "return_tensors='pt', return_dict=True)\n"
         "out = model.generate(**ids, max_new_tokens=8, do_sample=False)\n"
         "print('generated', out.shape[1] - ids['input_ids'].shape[1])\n"
     )

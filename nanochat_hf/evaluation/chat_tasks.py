@@ -80,7 +80,8 @@ def _load_dataset(task: str, data_dir: str | None):
         try:
             ds = load_dataset(hub_id, config, split=split)
         except Exception as err:  # offline, or the Hub refused
-            raise FileNotFoundError(f"{task}: could not load {hub_id} ({config}, {split}) from the Hub ({type(err).__name__}); "
+            raise FileNotFoundError(f"{task}: could not load {hub_id} ({config}, {split}) from the Hub "
+                                    f"({type(err).__name__}); "
                                     f"offline, pass --chat-data DIR with {filename} in the Hub schema") from None
     return ds.shuffle(seed=SHUFFLE_SEED)
 
@@ -235,7 +236,8 @@ def _context_length(model) -> int | None:
 
 def _warn_too_long(desc: str, too_long: int, total: int, context: int | None) -> None:
     if too_long:
-        print(f"{desc or 'eval'}: {too_long} of {total} prompts do not fit the model's {context}-token context; scored as wrong",
+        print(f"{desc or 'eval'}: {too_long} of {total} prompts do not fit the model's {context}-token "
+              "context; scored as wrong",
               file=sys.stderr)
 
 

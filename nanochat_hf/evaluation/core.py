@@ -358,7 +358,8 @@ def evaluate_task(model, tokenizer, rows: list[dict], task: CoreTask, batch_toke
     if max_seq_len == -1:
         max_seq_len = prompt_crop_length(getattr(model, "config", None))
     if task.num_fewshot >= len(rows):
-        raise ValueError(f"{task.label}: {task.num_fewshot}-shot needs more than {len(rows)} rows; raise --max-per-task")
+        raise ValueError(f"{task.label}: {task.num_fewshot}-shot needs more than {len(rows)} rows; "
+                         "raise --max-per-task")
     examples = [prepare_example(i, rows, task, tokenizer, max_seq_len) for i in range(len(rows))]
     return score_examples(model, examples, bos_id(tokenizer), batch_tokens, progress, desc=task.label)
 

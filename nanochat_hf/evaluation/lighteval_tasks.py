@@ -82,7 +82,8 @@ def _tokenizer_source() -> str:
         i = sys.argv.index("custom")
         if len(sys.argv) > i + 1:
             return sys.argv[i + 1]
-    raise ValueError("set NANOCHAT_HF_EVAL_TOKENIZER to the model's folder or Hub id (no model_name= on the command line)")
+    raise ValueError("set NANOCHAT_HF_EVAL_TOKENIZER to the model's folder or Hub id (no model_name= "
+                     "on the command line)")
 
 
 @lru_cache(maxsize=1)

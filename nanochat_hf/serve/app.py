@@ -319,7 +319,8 @@ class Server:
         until the end; cancels the request if we stop early. A stream writes each list as one chunk."""
         capacity = self.limits.max_concurrent + self.limits.max_queue
         if self.in_flight >= capacity:
-            raise ApiError(503, f"the server is busy ({self.in_flight} requests in flight, limit {capacity}); retry later",
+            raise ApiError(503, f"the server is busy ({self.in_flight} requests in flight, limit "
+                                f"{capacity}); retry later",
                            "overloaded")
         self.in_flight += 1
         q: asyncio.Queue = asyncio.Queue()
