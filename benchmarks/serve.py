@@ -194,7 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads, here and in the server (fair on a busy box)")
     p.add_argument("--skip", choices=["decode", "serve"], default=None)
-    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile'd Engine (it compiles first)")
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile'd "
+                                                             "Engine (it compiles first)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)

@@ -457,7 +457,8 @@ class SourceSpec:
             raise ValueError(f"{where}: unknown source {spec.source!r}; use one of "
                              f"{', '.join([*HUB_SOURCES, *SYNTHETIC])}")
         if spec.repeat < 1 or (spec.size is not None and spec.size < 0):
-            raise ValueError(f"{where}: repeat must be >= 1 and size >= 0 (got repeat={spec.repeat}, size={spec.size})")
+            raise ValueError(f"{where}: repeat must be >= 1 and size >= 0 (got "
+                             f"repeat={spec.repeat}, size={spec.size})")
         if spec.source == "conversations" and not spec.path:
             raise ValueError(f"{where}: source 'conversations' needs a path (JSONL/parquet file, folder or Hub id)")
         return spec
@@ -535,7 +536,8 @@ class Mixture:
                 except yaml.YAMLError:
                     obj = None
                 if not isinstance(obj, dict):
-                    raise ValueError(f"mixture must be a preset ({', '.join(PRESETS)}), a YAML file, or a YAML mapping")
+                    raise ValueError(f"mixture must be a preset ({', '.join(PRESETS)}), a YAML "
+                                     "file, or a YAML mapping")
         if not isinstance(obj, dict) or not obj.get("train"):
             raise ValueError("a mixture needs a non-empty 'train' list of sources, e.g. train: [{source: "
                              "arithmetic, size: 100}]")

@@ -53,7 +53,8 @@ def find_step(src: Path, step: int | None) -> tuple[Path, Path, int]:
         raise FileNotFoundError(f"no model_<step>.pt for step {step} in {src}; available steps: {sorted(found)}")
     meta = found[step].with_name(found[step].name.replace("model_", "meta_").replace(".pt", ".json"))
     if not meta.exists():
-        raise FileNotFoundError(f"{meta.name} is missing next to {found[step].name}; nanochat writes both, copy it too")
+        raise FileNotFoundError(f"{meta.name} is missing next to {found[step].name}; nanochat "
+                                "writes both, copy it too")
     return found[step], meta, step
 
 
@@ -168,5 +169,6 @@ def convert_nanochat_checkpoint(src_dir, output_dir, step: int | None = None, to
     model.save_pretrained(out_dir)
     (out_dir / "nanochat_meta.json").write_text(json.dumps({"source": str(src.name), "step": step, **{
         k: v for k, v in meta.items() if k in ("val_bpb", "model_config", "user_config")}}, indent=2, default=str))
-    print(f"imported {arch} nanochat step {step}: {sum(v.numel() for v in weights.values()):,} parameters -> {out_dir}")
+    print(f"imported {arch} nanochat step {step}: {sum(v.numel() for v in weights.values()):,} "
+          f"parameters -> {out_dir}")
     return out_dir

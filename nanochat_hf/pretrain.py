@@ -64,7 +64,8 @@ class PretrainConfig:
     arch: str = field(default="modern", metadata={"help": "modern (nanochat 2026) or classic "
                                                           "(transformers' native nanochat)"})
     depth: int = field(default=20, metadata={"help": "number of transformer layers: the one dial of model size"})
-    aspect_ratio: int = field(default=64, metadata={"help": "model_dim = depth * aspect_ratio, rounded up to head_dim"})
+    aspect_ratio: int = field(default=64, metadata={"help": "model_dim = depth * aspect_ratio, "
+                                                            "rounded up to head_dim"})
     head_dim: int = field(default=128, metadata={"help": "attention head dimension"})
     max_seq_len: int = field(default=2048, metadata={"help": "context length of the training rows"})
     window_pattern: str = field(default="SSSL", metadata={"help": "sliding-window pattern tiled over layers (modern): "

@@ -91,7 +91,8 @@ class RLArguments:
     unembedding_lr: float = field(default=0.004, metadata={"help": "nanochat optimizer: lm_head lr (AdamW)"})
     matrix_lr: float = field(default=0.02, metadata={"help": "nanochat optimizer: block matrices lr (Muon)"})
     scalar_lr: float = field(default=0.5, metadata={"help": "nanochat optimizer: scalars lr (AdamW)"})
-    init_lr_frac: float = field(default=0.05, metadata={"help": "nanochat optimizer: start at this fraction of the lrs"})
+    init_lr_frac: float = field(default=0.05, metadata={"help": "nanochat optimizer: start at "
+                                                                "this fraction of the lrs"})
 
 
 @dataclass

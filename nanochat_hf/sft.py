@@ -68,7 +68,8 @@ class ChatArguments:
     unembedding_lr: float = 0.004
     matrix_lr: float = 0.02
     scalar_lr: float = 0.5
-    muon_weight_decay: float = field(default=0.0, metadata={"help": "pretraining decays it to zero; SFT keeps it there"})
+    muon_weight_decay: float = field(default=0.0, metadata={"help": "pretraining decays it to "
+                                                                    "zero; SFT keeps it there"})
     batch_lr_scale: float = field(default=-1.0, metadata={"help": "lr multiplier; -1 = sqrt(tokens per step / "
                                                                   "2^19), nanochat's rule"})
     init_lr_frac: float | None = field(default=None, metadata={"help": "initial lr as a fraction of the base "
@@ -85,11 +86,13 @@ class ChatArguments:
                                                             "single row (flash-attention varlen kernels)"})
     resume: str | None = field(default=None, metadata={"help": "latest, or a checkpoint folder, to resume from"})
     # A quick ChatCORE subset while training (nanochat's chat_sft evaluates MMLU/ARC every eval_every steps).
-    chatcore_every: int = field(default=-1, metadata={"help": "ChatCORE subset every N steps and at the end (-1 = off)"})
+    chatcore_every: int = field(default=-1, metadata={"help": "ChatCORE subset every N steps and "
+                                                              "at the end (-1 = off)"})
     chatcore_tasks: str = field(default="ARC-Easy,SpellingBee", metadata={"help": "comma list of chat "
                                                                                   "tasks for the subset"})
     chatcore_examples: int = field(default=32, metadata={"help": "examples per task in the subset"})
-    chatcore_max_new_tokens: int = field(default=128, metadata={"help": "generation budget of generative subset tasks"})
+    chatcore_max_new_tokens: int = field(default=128, metadata={"help": "generation budget of "
+                                                                        "generative subset tasks"})
     chatcore_data: str | None = field(default=None, metadata={"help": "folder of chat-task JSONL "
                                                                       "(arc_easy.jsonl, ...); "
                                                                       "default: the small offline set "
@@ -142,7 +145,8 @@ class ChatSFTConfig(SFTConfig):
                                                               "is there, off on CPU"})
     max_grad_norm: float = field(default=0.0, metadata={"help": "gradient clipping (0 = off, as nanochat)"})
     logging_steps: float = 1
-    eval_strategy: str = field(default="steps", metadata={"help": "steps: validation loss every eval_steps; no: never"})
+    eval_strategy: str = field(default="steps", metadata={"help": "steps: validation loss every "
+                                                                  "eval_steps; no: never"})
     eval_steps: float | None = field(default=100, metadata={"help": "validation loss every N steps (and at the end)"})
     save_strategy: str = "steps"
     save_steps: float = 500
@@ -180,7 +184,8 @@ def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32):
         tokenizer = load_tokenizer(path)
     except ValueError as err:
         raise ChatTrainingError(f"{err}. The base checkpoint's tokenizer lacks nanochat's chat tokens, so it cannot "
-                                "learn conversations: pretrain with a tokenizer from `nanochat-hf tokenizer train`") from None
+                                "learn conversations: pretrain with a tokenizer from "
+                                "`nanochat-hf tokenizer train`") from None
     if not tokenizer.chat_template or "{% generation %}" not in tokenizer.chat_template:
         # The tokens are there, only the template is missing or has no loss spans: ours fits them.
         tokenizer.chat_template = CHAT_TEMPLATE

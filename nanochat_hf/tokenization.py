@@ -91,7 +91,8 @@ def _resolve_files(path: str) -> list[Path]:
     try:
         files = list_files(path)
     except ValueError:  # a file of another type
-        raise ValueError(f"unsupported input {path}; use .parquet (column 'text'), .jsonl (field 'text') or .txt") from None
+        raise ValueError(f"unsupported input {path}; use .parquet (column 'text'), .jsonl "
+                         "(field 'text') or .txt") from None
     except FileNotFoundError as err:
         raise FileNotFoundError(f"--input {path!r}: {err}; or stream it with --input hub:<repo_id>") from None
     return files[:-1] if len(files) > 1 else files

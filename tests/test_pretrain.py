@@ -188,7 +188,8 @@ def test_two_process_ddp_on_cpu(tokenizer_dir, tmp_path):
     assert "Num processes: 2" in res.stdout + res.stderr
     rows = read_log(out)
     start = rows[0]
-    assert start["world_size"] == 2 and start["plan"]["grad_accum_steps"] == 2  # 512 tokens = 2 x (2 ranks x 2 rows x 64)
+    # 512 tokens = 2 x (2 ranks x 2 rows x 64)
+    assert start["world_size"] == 2 and start["plan"]["grad_accum_steps"] == 2
     steps = [r for r in rows if "train_loss" in r]
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.5
     state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())

@@ -170,7 +170,8 @@ class NanochatMeanLossChoice(SampleLevelComputation):
         lps, toks = model_response.logprobs, model_response.output_tokens
         losses = []
         for i in range(n):
-            full, prefix = [t for t in toks[i] if t >= 0], [t for t in toks[n + i] if t >= 0]  # -1 = lighteval's padding
+            # -1 = lighteval's padding
+            full, prefix = [t for t in toks[i] if t >= 0], [t for t in toks[n + i] if t >= 0]
             if full[:len(prefix)] != prefix:
                 logger.warning("%s: prefix tokens differ from the full prompt's; the score may differ from nanochat's",
                                doc.task_name)

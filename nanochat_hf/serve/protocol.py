@@ -52,7 +52,8 @@ def parse_json_body(raw: bytes) -> dict:
     try:
         body = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ApiError(400, f"the request body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        raise ApiError(400, f"the request body is not valid JSON: {err.msg} at line "
+                            f"{err.lineno} column {err.colno}") from None
     if not isinstance(body, dict):
         raise bad(f"the request body must be a JSON object, got {type(body).__name__}")
     return body
@@ -192,7 +193,8 @@ def _content(message: dict, i: int):
             kind = part.get("type", "text")
             allowed = ASSISTANT_PART_TYPES if role == "assistant" else ("text",)
             if kind not in allowed:
-                raise bad(f"messages[{i}].content[{j}] has type {kind!r}; a {role} message allows {', '.join(allowed)}")
+                raise bad(f"messages[{i}].content[{j}] has type {kind!r}; a {role} message allows "
+                          f"{', '.join(allowed)}")
             parts.append({"type": kind, "text": part["text"]})
         if role != "assistant":  # user/system: OpenAI's list of text parts is just the joined text
             return "".join(p["text"] for p in parts)
