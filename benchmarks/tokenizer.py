@@ -98,7 +98,8 @@ def main() -> None:
 
     runs = {"rustbpe": rust,
             "ours": lambda: train_from_documents(train_docs, V, progress=False),
-            "ours, split+count only": lambda: train_from_documents(train_docs, 256 + len(SPECIAL_TOKENS), progress=False)}
+            "ours, split+count only": lambda: train_from_documents(train_docs,
+                                                                   256 + len(SPECIAL_TOKENS), progress=False)}
     train_from_documents(train_docs[:10], 300, progress=False)  # warm-up: imports, not part of any timing
     best = {name: (float("inf"), float("inf")) for name in runs}
     for _ in range(args.repeats):

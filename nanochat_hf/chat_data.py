@@ -159,7 +159,8 @@ def messages_of_row(row: dict) -> list[dict]:
         return row["messages"]
     if "conversations" in row:  # ShareGPT-style {from, value}
         role = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
-        return [{"role": role.get(m.get("from"), m.get("from")), "content": m.get("value")} for m in row["conversations"]]
+        return [{"role": role.get(m.get("from"), m.get("from")),
+                 "content": m.get("value")} for m in row["conversations"]]
     raise ValueError(f"no 'messages' column (columns: {sorted(row)})")
 
 
@@ -545,7 +546,8 @@ class Mixture:
         if unknown:
             raise ValueError(f"unknown mixture keys {sorted(unknown)}; use train, validation, val_fraction, seed")
         mix = cls(train=[SourceSpec.parse(s, f"mixture.train[{i}]") for i, s in enumerate(obj["train"])],
-                  validation=[SourceSpec.parse(s, f"mixture.validation[{i}]") for i, s in enumerate(obj.get("validation") or [])],
+                  validation=[SourceSpec.parse(s,
+                                               f"mixture.validation[{i}]") for i, s in enumerate(obj.get("validation") or [])],
                   val_fraction=float(obj.get("val_fraction", 0.0)), seed=int(obj.get("seed", MIXTURE_SEED)))
         if not 0.0 <= mix.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {mix.val_fraction}")

@@ -86,7 +86,8 @@ def config_from_meta(model_config: dict, arch: str) -> NanoChatConfig:
     return NanoChatConfig(arch=arch, vocab_size=int(model_config["vocab_size"]), hidden_size=n_embd,
                           intermediate_size=4 * n_embd, num_hidden_layers=int(model_config["n_layer"]),
                           num_attention_heads=n_head, num_key_value_heads=int(model_config.get("n_kv_head", n_head)),
-                          head_dim=n_embd // n_head, max_position_embeddings=int(model_config["sequence_len"]), **extra)
+                          head_dim=n_embd // n_head,
+                          max_position_embeddings=int(model_config["sequence_len"]), **extra)
 
 
 def map_state_dict(state: dict[str, torch.Tensor], config: NanoChatConfig) -> dict[str, torch.Tensor]:

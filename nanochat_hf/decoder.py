@@ -104,7 +104,8 @@ class FastDecoder:
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
     @torch.inference_mode()
-    def step(self, ids: torch.Tensor, positions: torch.Tensor, cache, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, positions: torch.Tensor, cache,
+             attention_mask: torch.Tensor | None) -> torch.Tensor:
         """ids (B, 1), positions (B,), `cache` a transformers Cache holding every earlier position,
         attention_mask (B, T_cache + 1) with 0 on padding or None -> next-token logits (B, V) in fp32."""
         lambdas = self._layer_lambdas() if self.modern else None

@@ -60,9 +60,11 @@ MIN_CACHE_CAPACITY = 64  # first KV buffer length; it doubles when full
 STOP_TOKENS = ("<|assistant_end|>", "<|bos|>")
 TOOL_TOKENS = ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")  # what ToolState reads
 # nanochat's message parts of a tool call: part type -> (the special token opening it, the one closing it).
-TOOL_PARTS = {"python": ("<|python_start|>", "<|python_end|>"), "python_output": ("<|output_start|>", "<|output_end|>")}
+TOOL_PARTS = {"python": ("<|python_start|>", "<|python_end|>"),
+              "python_output": ("<|output_start|>", "<|output_end|>")}
 # How a tool call reads as text, `[calculator: 12*3 = 36]`: in the terminal chat and the server's `content`.
-TOOL_MARKERS = {"<|python_start|>": "[calculator: ", "<|python_end|>": "", "<|output_start|>": " = ", "<|output_end|>": "]"}
+TOOL_MARKERS = {"<|python_start|>": "[calculator: ", "<|python_end|>": "",
+                "<|output_start|>": " = ", "<|output_end|>": "]"}
 
 
 # ----------------------------------------------------------------------------- the KV cache
@@ -451,7 +453,8 @@ class Engine:
                 return
             batch.step(column)
 
-    def generate_batch(self, tokens: list[int], num_samples: int = 1, **kwargs) -> tuple[list[list[int]], list[list[int]]]:
+    def generate_batch(self, tokens: list[int],
+                       num_samples: int = 1, **kwargs) -> tuple[list[list[int]], list[list[int]]]:
         """Full sequences (prompt + completion, without the stop token) and masks (0 on the prompt)."""
         results = [list(tokens) for _ in range(num_samples)]
         masks = [[0] * len(tokens) for _ in range(num_samples)]
@@ -594,7 +597,8 @@ class Scheduler:
                 continue
             if logits is not None:
                 req = group[0]
-                lp = logits[0, :-1].log_softmax(-1).gather(-1, torch.tensor(req.prompt[1:], device=logits.device)[:, None])
+                lp = logits[0, :-1].log_softmax(-1).gather(-1,
+                                                           torch.tensor(req.prompt[1:], device=logits.device)[:, None])
                 self._emit(req, Event(prompt_logprobs=[None] + lp.squeeze(-1).tolist()))
             rows.extend(_Row(r, self.engine) for r in group)
 
@@ -649,7 +653,9 @@ class Scheduler:
     def _step(self, batch: DecodeBatch, rows: list[_Row]):
         sampled = self._sample_rows(batch.logits, rows)
         chosen = [row.tool.next_token(t) for row, t in zip(rows, sampled)]
-        logprobs = batch.logits.log_softmax(-1).gather(-1, torch.tensor([[t] for t, _ in chosen], device=batch.logits.device))
+        logprobs = batch.logits.log_softmax(-1).gather(-1,
+                                                       torch.tensor([[t] for t, _ in chosen],
+                                                                    device=batch.logits.device))
         logprobs = logprobs.squeeze(-1).tolist()
         column, keep = [], []
         for i, (row, (token, mask)) in enumerate(zip(rows, chosen)):

@@ -161,7 +161,8 @@ def build_model_card(run: Path, stage: str, repo_id: str):
     return ModelCard(content)
 
 
-def push_stage(run: str | Path, stage: str, repo_id: str, private: bool = False, api=None, token: str | None = None) -> str:
+def push_stage(run: str | Path, stage: str, repo_id: str, private: bool = False, api=None,
+               token: str | None = None) -> str:
     """Create the repo and upload the stage folder + card + report in one commit; returns the commit URL."""
     from huggingface_hub import HfApi
 

@@ -417,7 +417,8 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Optimizer groups by role: embeddings (AdamW), head (AdamW), block matrices (Muon), scalars (AdamW)."""
         m = self.model
-        groups = {"embedding": [m.embed_tokens.weight], "unembedding": [self.lm_head.weight], "matrix": [], "scalar": []}
+        groups = {"embedding": [m.embed_tokens.weight], "unembedding": [self.lm_head.weight],
+                  "matrix": [], "scalar": []}
         if self.config.arch == "modern":
             groups["embedding"] += [e.weight for e in m.value_embeds.values()]
             groups["scalar"] += [m.resid_lambdas, m.x0_lambdas, m.smear_gate.weight, m.smear_lambda, m.backout_lambda]

@@ -424,7 +424,8 @@ def train(cfg: PretrainConfig) -> dict:
     if cfg.fp8:
         say(f"fp8: {enable_fp8(model, on_gpu)} linear layers train in fp8")
     optimizer = build_optimizer(model, embedding_lr=cfg.embedding_lr, unembedding_lr=cfg.unembedding_lr,
-                                matrix_lr=cfg.matrix_lr, scalar_lr=cfg.scalar_lr, weight_decay=plan["weight_decay_scaled"],
+                                matrix_lr=cfg.matrix_lr, scalar_lr=cfg.scalar_lr,
+                                weight_decay=plan["weight_decay_scaled"],
                                 batch_lr_scale=plan["batch_lr_scale"])
     num_iterations, accum = plan["num_iterations"], plan["grad_accum_steps"]
     schedule = TrainingSchedule(optimizer, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio,
@@ -438,7 +439,8 @@ def train(cfg: PretrainConfig) -> dict:
     # Loop state: restored from the checkpoint when resuming.
     step, val_bpb, min_val_bpb, smooth_loss, train_time = 0, None, float("inf"), 0.0, 0.0
     loader_state = None
-    model_shape = {"arch": cfg.arch, "depth": cfg.depth, "hidden_size": config.hidden_size, "vocab_size": len(tokenizer),
+    model_shape = {"arch": cfg.arch, "depth": cfg.depth, "hidden_size": config.hidden_size,
+                   "vocab_size": len(tokenizer),
                    "max_seq_len": cfg.max_seq_len}
     if resume_state is not None:
         saved = resume_state.get("model_shape", model_shape)
@@ -458,9 +460,11 @@ def train(cfg: PretrainConfig) -> dict:
         log.truncate_after(step)
         say(f"resumed from {resume_dir} at step {step}")
     log.write(event="start", step=step, config=asdict(cfg), plan=plan, world_size=accelerator.num_processes,
-              distributed_type=str(accelerator.distributed_type), mixed_precision=mp, resumed_from=str(resume_dir) if resume_dir else None)
+              distributed_type=str(accelerator.distributed_type), mixed_precision=mp,
+              resumed_from=str(resume_dir) if resume_dir else None)
     if trackers:
-        accelerator.init_trackers("nanochat_hf", config={**asdict(cfg), **plan}, init_kwargs={"wandb": {"name": cfg.run_name}})
+        accelerator.init_trackers("nanochat_hf", config={**asdict(cfg), **plan},
+                                  init_kwargs={"wandb": {"name": cfg.run_name}})
 
     rank, world = accelerator.process_index, accelerator.num_processes
     loader = BestFitLoader(train_split, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank, world,
@@ -477,7 +481,8 @@ def train(cfg: PretrainConfig) -> dict:
     trainer_state = lambda: {"plan": plan, "config": asdict(cfg), "model_shape": model_shape, "loop": {  # noqa: E731
         "val_bpb": val_bpb, "min_val_bpb": min_val_bpb, "smooth_loss": smooth_loss, "train_time": train_time}}
     start_step, steps_this_run = step, 0
-    bar = tqdm(total=num_iterations, initial=step, desc="pretrain", unit="step", disable=not main_proc, dynamic_ncols=True)
+    bar = tqdm(total=num_iterations, initial=step, desc="pretrain", unit="step",
+               disable=not main_proc, dynamic_ncols=True)
     model.train()
     while True:
         last = step == num_iterations
@@ -532,7 +537,8 @@ def train(cfg: PretrainConfig) -> dict:
             log.write(**row)
             accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
         bar.update(1)
-        bar.set_postfix(loss=f"{debiased:.4f}", tok_s=f"{tok_per_sec:,.0f}", **({"mfu": f"{mfu:.1f}%"} if on_gpu else {}))
+        bar.set_postfix(loss=f"{debiased:.4f}", tok_s=f"{tok_per_sec:,.0f}",
+                        **({"mfu": f"{mfu:.1f}%"} if on_gpu else {}))
         if cfg.save_every > 0 and step % cfg.save_every == 0 and step != num_iterations:
             save_checkpoint(accelerator, output_dir, step, trainer_state(), loader, cfg.save_total_limit)
     bar.close()
@@ -553,7 +559,8 @@ def train(cfg: PretrainConfig) -> dict:
         say(f"{prompt!r} -> {completion!r}")
     save_final(accelerator, model, tokenizer, output_dir)
     summary = {"step": step, "finished": True, "val_bpb": val_bpb, "min_val_bpb": min_val_bpb,
-               "total_training_time": train_time, "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None}
+               "total_training_time": train_time,
+               "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None}
     log.write(event="end", **summary)
     say(f"done: val bpb {val_bpb:.4f} | training time {train_time / 60:.2f} min | model in {output_dir}")
     loader.close()

@@ -147,12 +147,14 @@ def stage_effects(run: Path) -> list[Effect]:
     teaches the calculator and spelling, SFT moves the chat evals, RL raises pass@1."""
     logs = {stage: stage_log(run, stage) for stage in MODEL_STAGES}
     effects = [Effect("pretrain", "val bpb", *_first_last(logs["base"], "val_bpb"), higher_is_better=False)]
-    for key, label in (("chatcore/Arithmetic/tool_calls", "calculator-call rate"), ("chatcore/SpellingBee", "SpellingBee")):
+    for key, label in (("chatcore/Arithmetic/tool_calls", "calculator-call rate"),
+                       ("chatcore/SpellingBee", "SpellingBee")):
         effects.append(Effect("mid", label, *_first_last(logs["mid"], key)))
     mid_chat, sft_chat = (partial_chatcore(read_json(run / "eval" / f"{s}.json")) for s in ("mid", "sft"))
     effects.append(Effect("sft", "chat evals (mean centered accuracy)", mid_chat, sft_chat))
     effects.append(Effect("rl", "pass@1 (RL log, held-out problems)", *_first_last(logs["rl"], "pass@1")))
-    effects.append(Effect("rl", "Arithmetic (greedy, held-out)", _task(run, "sft", "Arithmetic"), _task(run, "rl", "Arithmetic")))
+    effects.append(Effect("rl", "Arithmetic (greedy, held-out)", _task(run, "sft", "Arithmetic"),
+                          _task(run, "rl", "Arithmetic")))
     return [e for e in effects if e.before is not None or e.after is not None]
 
 
@@ -331,7 +333,8 @@ def _model_facts(run: Path, stage: str) -> dict:
     rows = stage_log(run, stage)
     for row in rows:  # pretraining: the derived plan, then the end-of-run totals
         if isinstance(row.get("plan"), dict):
-            for key in ("num_params", "num_scaling_params", "flops_per_token", "total_batch_size", "num_iterations", "total_tokens"):
+            for key in ("num_params", "num_scaling_params", "flops_per_token", "total_batch_size",
+                        "num_iterations", "total_tokens"):
                 if key in row["plan"]:
                     facts[key] = row["plan"][key]
         for key in ("total_training_time", "total_training_flops", "min_val_bpb"):

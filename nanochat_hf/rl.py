@@ -160,7 +160,8 @@ def load_prompts(args: RLArguments):
     if args.dataset_name == "synthetic":
         from nanochat_hf.chat_data import VAL_SEED_OFFSET
 
-        train = synthetic_rows(args.synthetic_train_size, seed=args.synthetic_seed, max_operand=args.synthetic_max_operand)
+        train = synthetic_rows(args.synthetic_train_size, seed=args.synthetic_seed,
+                               max_operand=args.synthetic_max_operand)
         test = synthetic_rows(args.synthetic_test_size, seed=VAL_SEED_OFFSET, max_operand=args.synthetic_max_operand)
     else:
         # Hub id (openai/gsm8k + config main) or local files in the same schema; chat_data knows both.
@@ -389,7 +390,8 @@ class JsonlLogCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str)) or v is None}}
+        row = {"step": state.global_step,
+               **{k: v for k, v in logs.items() if isinstance(v, (int, float, str)) or v is None}}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 

@@ -78,7 +78,8 @@ class ChatArguments:
                                                                       "warmup (nanochat: 0)"})
     warmdown_ratio: float | None = field(default=None, metadata={"help": "final share of steps with linear lr "
                                                                          "decay (mid 0.2, sft 0.5)"})
-    final_lr_frac: float | None = field(default=None, metadata={"help": "lr at the end as a fraction of the initial lr"})
+    final_lr_frac: float | None = field(default=None,
+                                        metadata={"help": "lr at the end as a fraction of the initial lr"})
     packed_layout: str = field(default="rows", metadata={"help": "rows: batch of packed rows, "
                                                                  "position_ids restart per "
                                                             "conversation (SDPA, any device); "
@@ -286,7 +287,8 @@ class ChatSFTTrainer(AtomicCheckpoints, SFTTrainer):
 
             c = self.chat_args
             scale = c.batch_lr_scale if c.batch_lr_scale > 0 else math.sqrt(self.tokens_per_step() / REFERENCE_BATCH)
-            groups = build_param_groups(model or self.model, embedding_lr=c.embedding_lr, unembedding_lr=c.unembedding_lr,
+            groups = build_param_groups(model or self.model, embedding_lr=c.embedding_lr,
+                                        unembedding_lr=c.unembedding_lr,
                                         matrix_lr=c.matrix_lr, scalar_lr=c.scalar_lr, weight_decay=c.muon_weight_decay,
                                         batch_lr_scale=scale * c.init_lr_frac)
             self.optimizer = MuonAdamW(groups)
@@ -336,7 +338,8 @@ class JsonlLogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            self._write({"step": state.global_step, "epoch": state.epoch, "time": round(time.time() - self.t0, 3), **logs})
+            self._write({"step": state.global_step, "epoch": state.epoch,
+                         "time": round(time.time() - self.t0, 3), **logs})
 
     def _write(self, row: dict) -> None:
         with open(self.path, "a") as f:
@@ -368,7 +371,8 @@ class ChatCoreCallback(TrainerCallback):
         results = {}
         with torch.no_grad():
             for task in self.tasks:
-                results[task] = evaluate_chat_task(task, model, self.tokenizer, self.data_dir, self.args.chatcore_examples,
+                results[task] = evaluate_chat_task(task, model, self.tokenizer, self.data_dir,
+                                                   self.args.chatcore_examples,
                                                    max_new_tokens=self.args.chatcore_max_new_tokens, progress=False)
         self.last_step = step  # (evaluate_chat_task puts the model back in train mode)
         row = {f"chatcore/{task}": r["accuracy"] for task, r in results.items()}
@@ -440,12 +444,14 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
                                 f"{output_dir}/checkpoint-N folder")
 
     model, tokenizer = load_model_and_tokenizer(chat_args.model_name_or_path)
-    if getattr(model.config, "max_position_embeddings", None) and cfg.max_length > model.config.max_position_embeddings:
+    if getattr(model.config,
+               "max_position_embeddings", None) and cfg.max_length > model.config.max_position_embeddings:
         print(f"note: max_length {cfg.max_length} > the model's max_position_embeddings "
               f"{model.config.max_position_embeddings}", file=sys.stderr)
 
     splits = build_mixture(mixture)
-    train_ds, train_stats = tokenize_conversations(splits["train"], tokenizer, cfg.max_length, "train", cfg.dataset_num_proc)
+    train_ds, train_stats = tokenize_conversations(splits["train"], tokenizer, cfg.max_length,
+                                                   "train", cfg.dataset_num_proc)
     eval_ds, eval_stats = None, None
     if len(splits["validation"]):
         eval_ds, eval_stats = tokenize_conversations(splits["validation"], tokenizer, cfg.max_length, "validation",

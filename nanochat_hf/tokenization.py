@@ -510,7 +510,8 @@ def _parse_int(value: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nanochat-hf tokenizer", description="Train or evaluate nanochat's BPE tokenizer.")
+    p = argparse.ArgumentParser(prog="nanochat-hf tokenizer",
+                                description="Train or evaluate nanochat's BPE tokenizer.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a tokenizer and save it as a transformers tokenizer folder")
     t.add_argument("--input", nargs="+", default=None,

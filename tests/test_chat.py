@@ -87,5 +87,6 @@ def test_tool_calls_render_and_parse(tiny_tokenizer):
     # the parts re-render to the same tokens through the chat template
     from nanochat_hf.tokenization import render_conversation
 
-    full, _ = render_conversation(tiny_tokenizer, [{"role": "user", "content": "q"}, {"role": "assistant", "content": parts}])
+    full, _ = render_conversation(tiny_tokenizer, [{"role": "user", "content": "q"},
+                                                   {"role": "assistant", "content": parts}])
     assert full[-len(ids):] == ids

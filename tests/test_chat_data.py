@@ -183,7 +183,8 @@ def test_mixture_sizes_repeats_and_validation():
 def test_long_rows_are_cropped_and_counted(tiny_tokenizer):
     from datasets import Dataset
 
-    long = [{"role": "user", "content": "Count: " + " ".join(map(str, range(200)))}, {"role": "assistant", "content": "ok"}]
+    long = [{"role": "user", "content": "Count: " + " ".join(map(str, range(200)))},
+            {"role": "assistant", "content": "ok"}]
     short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
     ds = Dataset.from_dict({"messages": [long, short, short]}, features=cd.messages_features())
     out, stats = cd.tokenize_conversations(ds, tiny_tokenizer, max_length=32)

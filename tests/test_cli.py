@@ -8,7 +8,8 @@ import pytest
 
 from nanochat_hf import cli
 
-STAGES = ["data", "tokenizer", "plan", "pretrain", "mid", "sft", "rl", "eval", "chat", "serve", "report", "push", "convert",
+STAGES = ["data", "tokenizer", "plan", "pretrain", "mid", "sft", "rl", "eval", "chat", "serve", "report", "push",
+          "convert",
           "speedrun"]
 
 

@@ -28,7 +28,8 @@ def test_mc_prompts_and_shuffle_follow_nanochat():
     convs = chat_tasks.load_conversations("ARC-Easy", str(CHAT))
     from datasets import load_dataset
 
-    order = [r["question"] for r in load_dataset("json", data_files=str(CHAT / "arc_easy.jsonl"), split="train").shuffle(seed=42)]
+    order = [r["question"] for r in load_dataset("json",
+                                                 data_files=str(CHAT / "arc_easy.jsonl"), split="train").shuffle(seed=42)]
     assert [c["messages"][0]["content"].split("\n")[0] for c in convs] == [f"Multiple Choice question: {q}" for q in order]
     conv = next(c for c in convs if c["letters"] == ["1", "2", "3", "4"])
     assert conv["messages"][0]["content"] == ("Multiple Choice question: Which object is a good "

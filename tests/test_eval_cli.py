@@ -24,7 +24,8 @@ def tiny_model_dir(tiny_tokenizer_dir, tmp_path_factory):
 
     tok = load_tokenizer(tiny_tokenizer_dir)
     torch.manual_seed(0)
-    model = NanoChatForCausalLM(NanoChatConfig.from_depth(2, arch="classic", vocab_size=len(tok), max_position_embeddings=512))
+    model = NanoChatForCausalLM(NanoChatConfig.from_depth(2, arch="classic", vocab_size=len(tok),
+                                                          max_position_embeddings=512))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # decisive (non-uniform) predictions, so that scores are not decided by float noise
         for p in model.parameters():
@@ -100,14 +101,16 @@ def test_unknown_task_lists_every_name_and_downloads_nothing(tiny_model_dir, tmp
     assert run.main(["--model", str(tiny_model_dir), "--tasks", "gsm8k,hellaswag-10shot"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("nanochat-hf eval: error: unknown task 'hellaswag-10shot'") and "\n" not in err
-    for name in (*core.CORE_LABELS, "core", "chatcore", "bpb", "ARC-Easy", "MMLU", "GSM8K", "HumanEval", "SpellingBee"):
+    for name in (*core.CORE_LABELS, "core", "chatcore", "bpb", "ARC-Easy", "MMLU", "GSM8K",
+                 "HumanEval", "SpellingBee"):
         assert f" {name}," in err or f" {name};" in err or err.endswith(f" {name}"), name
     # with a local bundle its core.yaml says which CORE names there are
     assert run.main(["--model", str(tiny_model_dir), "--tasks", "hellaswag", "--bundle", str(BUNDLE)]) == 2
     assert "CORE: arc_easy, copa, lambada_openai, winograd;" in capsys.readouterr().err
     # a chat task asked for in lower case runs offline, under its own name
     out = tmp_path / "gsm8k.json"
-    assert run.main(["--model", str(tiny_model_dir), "--tasks", "gsm8k", "--chat-data", str(CHAT), "--max-per-task", "2",
+    assert run.main(["--model", str(tiny_model_dir), "--tasks", "gsm8k", "--chat-data", str(CHAT), "--max-per-task",
+                     "2",
                      "--max-new-tokens", "4", "--output", str(out), "--no-progress"]) == 0
     assert {k: v["n"] for k, v in json.loads(out.read_text())["tasks"].items()} == {"GSM8K": 2}
 
@@ -117,7 +120,8 @@ def test_cli_missing_model_folder(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
 
 
-def run_lighteval(model_dir, tmp_path, tasks: str, backend: str = "accelerate", extra_args=(), **env_vars) -> tuple[dict, str]:
+def run_lighteval(model_dir, tmp_path, tasks: str, backend: str = "accelerate",
+                  extra_args=(), **env_vars) -> tuple[dict, str]:
     """lighteval's own CLI with our --custom-tasks module, offline: (results by task, its output).
 
     backend "accelerate": lighteval's transformers backend; "custom": our Engine backend (lighteval_model.py)."""
@@ -180,7 +184,8 @@ def test_speedrun_checks_its_eval_tasks_before_any_stage(tmp_path, monkeypatch, 
         for spec in (preset.base_tasks, preset.chat_tasks):
             run.resolve_tasks(spec, labels)  # raises on a name eval would refuse
     smoke = speedrun.PRESETS["smoke"]
-    monkeypatch.setitem(speedrun.PRESETS, "smoke", speedrun.Preset(**{**vars(smoke), "chat_tasks": "gsm8k,Spelling-Bee"}))
+    monkeypatch.setitem(speedrun.PRESETS, "smoke",
+                        speedrun.Preset(**{**vars(smoke), "chat_tasks": "gsm8k,Spelling-Bee"}))
     assert speedrun.main(["--preset", "smoke", "--output", str(tmp_path / "ok"), "--dry-run"]) == 0
     assert "--tasks gsm8k,Spelling-Bee" in capsys.readouterr().out
     monkeypatch.setitem(speedrun.PRESETS, "smoke", speedrun.Preset(**{**vars(smoke), "chat_tasks": "gsm8k,spelling"}))

@@ -29,7 +29,8 @@ def test_custom_backend_gives_the_same_replies_and_scores(tiny_model_dir, tmp_pa
     """`lighteval custom` with our backend: every reply, token for token, and every accuracy equal
     `nanochat-hf eval`'s (generative tasks, a ChatCORE letter task, CORE multiple choice and LM)."""
     core_labels = ["copa", "lambada_openai"]
-    tasks = ",".join([*(f"chat_{t}|0" for t in [*GENERATIVE, "arc_easy"]), *(f"core_{label}|0" for label in core_labels)])
+    tasks = ",".join([*(f"chat_{t}|0" for t in [*GENERATIVE, "arc_easy"]),
+                      *(f"core_{label}|0" for label in core_labels)])
     results, output = run_lighteval(tiny_model_dir, tmp_path, tasks, backend="custom", extra_args=["--save-details"],
                                     NANOCHAT_HF_CHAT_DATA=str(CHAT), NANOCHAT_HF_EVAL_MAX_PER_TASK=str(ROWS),
                                     NANOCHAT_HF_EVAL_MAX_NEW_TOKENS=str(NEW_TOKENS))
@@ -37,7 +38,8 @@ def test_custom_backend_gives_the_same_replies_and_scores(tiny_model_dir, tmp_pa
     model, tok = run.load_model(str(tiny_model_dir), "cpu")
     for name, task in GENERATIVE.items():
         convs = chat_tasks.load_conversations(task, str(CHAT), ROWS)
-        ours = chat_tasks.evaluate_chat_task(task, model, tok, str(CHAT), ROWS, max_new_tokens=NEW_TOKENS, progress=False)
+        ours = chat_tasks.evaluate_chat_task(task, model, tok, str(CHAT), ROWS,
+                                             max_new_tokens=NEW_TOKENS, progress=False)
         assert results[f"chat_{name}|0"]["acc"] == pytest.approx(ours["accuracy"]), name
         # The replies themselves, row by row: a backend that prompted or decoded differently shows here even
         # when a random model scores 0 both ways (test_a_wrong_prompt_changes_the_replies: it would).
@@ -121,7 +123,8 @@ def test_backend_gives_an_empty_reply_to_a_prompt_longer_than_the_context(backen
                    specific={"prompt_ids": fits.specific["prompt_ids"] * 40})
     short, long = backend.greedy_until([fits, too_long])
     assert long.text == [""] and short.output_tokens[0]
-    want, _ = backend.engine.generate_batch(fits.specific["prompt_ids"], max_tokens=fits.generation_size, temperature=0.0)
+    want, _ = backend.engine.generate_batch(fits.specific["prompt_ids"],
+                                            max_tokens=fits.generation_size, temperature=0.0)
     assert short.output_tokens[0] == want[0][len(fits.specific["prompt_ids"]):]
     assert json.dumps(short.text)  # plain strings lighteval can save
 

@@ -24,7 +24,8 @@ def tokenizer_dir(tiny_tokenizer_dir):
 
 def tiny_args(tok, out, *extra):
     """depth 2, width 64, seq 64, vocab 1024: about a second per 10 steps on one core."""
-    return ["--tokenizer", str(tok), "--output_dir", str(out), "--arch", "modern", "--window_pattern", "SL", "--depth", "2",
+    return ["--tokenizer", str(tok), "--output_dir", str(out), "--arch", "modern", "--window_pattern", "SL", "--depth",
+            "2",
             "--aspect_ratio", "32", "--head_dim", "32", "--max_seq_len", "64", "--device_batch_size", "4",
             "--total_batch_size", "512", "--num_iterations", "16", "--eval_every", "8", "--eval_tokens", "1024",
             "--buffer_size", "64", "--warmup_steps", "2", "--matrix_lr", "0.3", "--embedding_lr", "3.0",
@@ -89,7 +90,8 @@ def test_kill_and_resume_is_bit_identical(tokenizer_dir, tmp_path, kill_mid_run)
     assert pretrain.main(tiny_args(tokenizer_dir, ref, "--save_every", "3")) == 0
     # SIGKILLed during step 4, after checkpoint-3 landed (returncode -9, no model.safetensors yet).
     kill_mid_run("nanochat_hf.pretrain", tiny_args(tokenizer_dir, killed, "--save_every", "3"), killed, 3)
-    assert pretrain.main(tiny_args(tokenizer_dir, killed, "--save_every", "3", "--resume_from_checkpoint", "latest")) == 0
+    assert pretrain.main(tiny_args(tokenizer_dir, killed, "--save_every", "3",
+                                   "--resume_from_checkpoint", "latest")) == 0
     a, b = load_file(ref / "model.safetensors"), load_file(killed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     starts = [r for r in read_log(killed) if r.get("event") == "start"]
@@ -135,7 +137,8 @@ def test_bad_input_fails_fast_with_the_fix(tokenizer_dir, tmp_path, capsys):
     assert "neither a file, a folder nor a known Hub dataset" in capsys.readouterr().err
     assert pretrain.main(tiny_args(tokenizer_dir, tmp_path / "o", "--total_batch_size", "100")) == 2
     assert "not a multiple of device_batch_size*max_seq_len*world_size" in capsys.readouterr().err
-    assert pretrain.main(tiny_args(tokenizer_dir, tmp_path / "o", "--resume_from_checkpoint", str(tmp_path / "nope"))) == 2
+    assert pretrain.main(tiny_args(tokenizer_dir, tmp_path / "o",
+                                   "--resume_from_checkpoint", str(tmp_path / "nope"))) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

@@ -67,7 +67,8 @@ def test_reward_on_a_completion_with_tool_call_text():
 
 
 def test_format_reward():
-    assert format_reward(completions=["#### 5", "5", [{"role": "assistant", "content": "x #### -2.5"}]]) == [1.0, 0.0, 1.0]
+    assert format_reward(completions=["#### 5", "5",
+                                      [{"role": "assistant", "content": "x #### -2.5"}]]) == [1.0, 0.0, 1.0]
 
 
 def test_completion_text_and_registry():

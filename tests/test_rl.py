@@ -322,7 +322,8 @@ def test_truncate_log_drops_rows_after_the_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("tier", ["tiny", "d20", "d24", "d26", "d32"])
 def test_recipes_hold_nanochats_objective(tier):
-    args, config = parse_args(["--config", str(REPO / f"recipes/{tier}/grpo.yaml"), "--bf16", "false", "--use_cpu", "true"])
+    args, config = parse_args(["--config", str(REPO / f"recipes/{tier}/grpo.yaml"), "--bf16",
+                               "false", "--use_cpu", "true"])
     assert (config.beta, config.num_iterations, config.loss_type, config.scale_rewards) == (0.0, 1, "dapo", "none")
     assert (config.temperature, config.top_k) == (1.0, 50)
     assert args.reward_funcs == ["correctness"] and args.use_calculator
@@ -349,7 +350,8 @@ def test_every_flag_overrides_the_recipe():
 
 def test_bad_input_is_one_line_error(tmp_path, sft_model_dir, capsys):
     recipe = str(REPO / "recipes/tiny/grpo.yaml")
-    assert main(["--config", recipe, "--model_name_or_path", str(tmp_path / "nope"), "--output_dir", str(tmp_path)]) == 2
+    assert main(["--config", recipe, "--model_name_or_path", str(tmp_path / "nope"),
+                 "--output_dir", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
     assert main(["--config", recipe, "--model_name_or_path", str(sft_model_dir), "--output_dir", str(tmp_path),
                  "--reward_funcs", "vibes"]) == 2
@@ -369,7 +371,8 @@ def test_rl_horizon_follows_the_data_when_max_steps_is_unset():
     _, config = parse_args(["--config", str(REPO / "recipes/d20/grpo.yaml"), "--bf16", "false", "--use_cpu", "true"])
     # GSM8K's 7473 training questions; one process takes 2 per step (on 8 GPUs: 16 per step, 467 steps)
     assert config.generation_batch_size // config.num_generations == 2 and rl_horizon(config, 7473) == 3736
-    _, config = parse_args([*recipe, "--max_steps", "0", "--num_train_epochs", "2", "--per_device_train_batch_size", "16"])
+    _, config = parse_args([*recipe, "--max_steps", "0", "--num_train_epochs", "2",
+                            "--per_device_train_batch_size", "16"])
     assert rl_horizon(config, 2000) == 2000  # 2 questions per step, two passes
     assert rl_horizon(config, 1) == 1  # never zero steps
     _, config = parse_args(recipe)

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow
 def smoke_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("speedrun") / "smoke"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    result = subprocess.run([sys.executable, "-m", "nanochat_hf", "speedrun", "--preset", "smoke", "--output", str(run)],
+    result = subprocess.run([sys.executable, "-m", "nanochat_hf", "speedrun", "--preset",
+                             "smoke", "--output", str(run)],
                             capture_output=True, text=True, env=env, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run, result.stdout
@@ -71,7 +72,8 @@ def test_final_model_loads_with_plain_transformers(smoke_run):
 
 def test_rerun_skips_finished_stages(smoke_run):
     run, _ = smoke_run
-    result = subprocess.run([sys.executable, "-m", "nanochat_hf", "speedrun", "--preset", "smoke", "--output", str(run)],
+    result = subprocess.run([sys.executable, "-m", "nanochat_hf", "speedrun", "--preset",
+                             "smoke", "--output", str(run)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     for stage in ("tokenizer", "pretrain", "base_eval", "mid", "sft", "rl", "mid_eval", "sft_eval", "rl_eval"):

@@ -110,12 +110,14 @@ def load_conversations(task: str, data_dir: str | None = None, max_problems: int
             letters = list(row["choices"]["label"])
             if row["answerKey"] not in letters:
                 raise ValueError(f"{task}: answer {row['answerKey']!r} is not one of {letters}")
-            out.append({"messages": [{"role": "user", "content": render_mc(row["question"], letters, row["choices"]["text"])},
+            out.append({"messages": [{"role": "user",
+                                      "content": render_mc(row["question"], letters, row["choices"]["text"])},
                                      {"role": "assistant", "content": row["answerKey"]}], "letters": letters})
     elif task == "MMLU":
         ds = _load_dataset(task, data_dir)
         for row in ds.select(range(min(n or len(ds), len(ds)))):
-            out.append({"messages": [{"role": "user", "content": render_mc(row["question"], MMLU_LETTERS, row["choices"])},
+            out.append({"messages": [{"role": "user",
+                                      "content": render_mc(row["question"], MMLU_LETTERS, row["choices"])},
                                      {"role": "assistant", "content": MMLU_LETTERS[int(row["answer"])]}],
                         "letters": list(MMLU_LETTERS)})
     elif task == "GSM8K":

@@ -238,7 +238,8 @@ def chat_prompt_fn(line: dict, task_name: str) -> Doc:
     tok = _tokenizer()
     query, prompt = _chat_query(tok, conv)
     letters = list(conv["letters"])
-    return Doc(task_name=task_name, query=query, choices=letters, gold_index=letters.index(conv["messages"][-1]["content"]),
+    return Doc(task_name=task_name, query=query, choices=letters,
+               gold_index=letters.index(conv["messages"][-1]["content"]),
                specific={"letter_ids": [tok.convert_tokens_to_ids(letter) for letter in letters], "prompt_ids": prompt})
 
 
@@ -287,7 +288,8 @@ class NanochatGenerativeScore(SampleLevelComputation):
         return float(chat_tasks.score_completion(doc.specific["task"], conv, completion))
 
 
-chat_generative_metric = SampleLevelMetric(metric_name="acc", higher_is_better=True, category=SamplingMethod.GENERATIVE,
+chat_generative_metric = SampleLevelMetric(metric_name="acc", higher_is_better=True,
+                                           category=SamplingMethod.GENERATIVE,
                                            sample_level_fn=NanochatGenerativeScore(), corpus_level_fn=np.mean)
 
 

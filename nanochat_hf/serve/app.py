@@ -458,7 +458,8 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
         tokens, finish, prefill, stop_text, assembler = [], None, None, None, TextAssembler(server)
         async for ev in server.events(request, prompt, params, prompt_logprobs=r.decoder_input_details):
             if ev.prompt_logprobs is not None:
-                prefill = [{"id": t, "text": server.token_text(t), "logprob": lp} for t, lp in zip(prompt, ev.prompt_logprobs)]
+                prefill = [{"id": t,
+                            "text": server.token_text(t), "logprob": lp} for t, lp in zip(prompt, ev.prompt_logprobs)]
             if ev.token is not None:
                 tokens.append((ev.token, ev.logprob))
                 assembler.push(ev.token, final=ev.finish_reason is not None)
@@ -475,7 +476,8 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
         out = {"generated_text": (r.inputs + text) if r.return_full_text else text}
         if r.details:
             out["details"] = {
-                "finish_reason": finish, "generated_tokens": len(tokens), "seed": params.seed if params.temperature > 0 else None,
+                "finish_reason": finish, "generated_tokens": len(tokens),
+                "seed": params.seed if params.temperature > 0 else None,
                 "prefill": prefill or [], "top_tokens": None, "best_of_sequences": None,
                 "tokens": [{"id": t, "text": server.token_text(t), "logprob": lp, "special": t in server.special_ids}
                            for t, lp in tokens],
@@ -497,12 +499,14 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
                     stop_text = _stop_hit(text, r.stop) if r.stop else None
                     if stop_text is not None:
                         text, finish = text[: text.index(stop_text) + len(stop_text)], "stop_sequence"
-                    event = {"index": len(tokens), "token": {"id": ev.token, "text": piece, "logprob": ev.logprob, "special": special},
+                    event = {"index": len(tokens),
+                             "token": {"id": ev.token, "text": piece, "logprob": ev.logprob, "special": special},
                              "top_tokens": None, "generated_text": None, "details": None}
                     if finish is not None:
                         event["generated_text"] = (r.inputs + text) if r.return_full_text else text
                         event["details"] = {"finish_reason": finish, "generated_tokens": len(tokens),
-                                            "seed": params.seed if params.temperature > 0 else None, "input_length": len(prompt)}
+                                            "seed": params.seed if params.temperature > 0 else None,
+                                            "input_length": len(prompt)}
                     out.append(f"data:{json.dumps(event)}\n\n")
                     if finish is not None:
                         yield "".join(out)
@@ -566,9 +570,11 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
 
     async def chat_stream(request: Request, r, prompt, params, cid, created, model):
         def chunk(delta, finish=None, **extra):
-            return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+            return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                          "model": model,
                                           "system_fingerprint": f"nanochat_hf-{__version__}",
-                                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+                                          "choices": [{"index": 0, "delta": delta,
+                                                       "finish_reason": finish, "logprobs": None}],
                                           **extra}) + "\n\n"
 
         parts = Parts(server)
@@ -590,7 +596,8 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
                         if r.include_usage:
                             usage = {"prompt_tokens": len(prompt), "completion_tokens": parts.count,
                                      "total_tokens": len(prompt) + parts.count}
-                            out.append("data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                            out.append("data: " + json.dumps({"id": cid, "object": "chat.completion.chunk",
+                                                              "created": created,
                                                               "model": model, "choices": [], "usage": usage}) + "\n\n")
                         out.append("data: [DONE]\n\n")
                         yield "".join(out)
@@ -598,7 +605,8 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
                 if out:
                     yield "".join(out)
         except ApiError as err:
-            yield "data: " + json.dumps({"error": {"message": err.message, "type": err.kind, "code": err.status}}) + "\n\n"
+            yield "data: " + json.dumps({"error": {"message": err.message,
+                                                   "type": err.kind, "code": err.status}}) + "\n\n"
 
     return app
 
