@@ -440,8 +440,7 @@ def train(cfg: PretrainConfig) -> dict:
     step, val_bpb, min_val_bpb, smooth_loss, train_time = 0, None, float("inf"), 0.0, 0.0
     loader_state = None
     model_shape = {"arch": cfg.arch, "depth": cfg.depth, "hidden_size": config.hidden_size,
-                   "vocab_size": len(tokenizer),
-                   "max_seq_len": cfg.max_seq_len}
+                   "vocab_size": len(tokenizer), "max_seq_len": cfg.max_seq_len}
     if resume_state is not None:
         saved = resume_state.get("model_shape", model_shape)
         diff = [f"{k} {saved[k]} vs {model_shape[k]}" for k in model_shape if saved.get(k) != model_shape[k]]

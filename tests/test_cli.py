@@ -9,8 +9,7 @@ import pytest
 from nanochat_hf import cli
 
 STAGES = ["data", "tokenizer", "plan", "pretrain", "mid", "sft", "rl", "eval", "chat", "serve", "report", "push",
-          "convert",
-          "speedrun"]
+          "convert", "speedrun"]
 
 
 def test_help_lists_every_stage_in_pipeline_order():

@@ -110,8 +110,7 @@ def test_unknown_task_lists_every_name_and_downloads_nothing(tiny_model_dir, tmp
     # a chat task asked for in lower case runs offline, under its own name
     out = tmp_path / "gsm8k.json"
     assert run.main(["--model", str(tiny_model_dir), "--tasks", "gsm8k", "--chat-data", str(CHAT), "--max-per-task",
-                     "2",
-                     "--max-new-tokens", "4", "--output", str(out), "--no-progress"]) == 0
+                     "2", "--max-new-tokens", "4", "--output", str(out), "--no-progress"]) == 0
     assert {k: v["n"] for k, v in json.loads(out.read_text())["tasks"].items()} == {"GSM8K": 2}
 
 

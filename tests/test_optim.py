@@ -211,8 +211,7 @@ def test_fsdp2_sharded_parameters_match_unsharded(tmp_path):
     tests_dir = Path(__file__).resolve().parent
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(tests_dir.parent))
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          "29541",
-                          str(script), str(tests_dir)], capture_output=True, text=True, env=env, timeout=300)
+                          "29541", str(script), str(tests_dir)], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     diff = float(res.stdout.split("MAXDIFF")[1].split()[0])
     assert diff < 1e-5

@@ -25,8 +25,7 @@ def tokenizer_dir(tiny_tokenizer_dir):
 def tiny_args(tok, out, *extra):
     """depth 2, width 64, seq 64, vocab 1024: about a second per 10 steps on one core."""
     return ["--tokenizer", str(tok), "--output_dir", str(out), "--arch", "modern", "--window_pattern", "SL", "--depth",
-            "2",
-            "--aspect_ratio", "32", "--head_dim", "32", "--max_seq_len", "64", "--device_batch_size", "4",
+            "2", "--aspect_ratio", "32", "--head_dim", "32", "--max_seq_len", "64", "--device_batch_size", "4",
             "--total_batch_size", "512", "--num_iterations", "16", "--eval_every", "8", "--eval_tokens", "1024",
             "--buffer_size", "64", "--warmup_steps", "2", "--matrix_lr", "0.3", "--embedding_lr", "3.0",
             "--unembedding_lr", "0.1", "--sample_max_tokens", "4", "--seed", "7", *extra]

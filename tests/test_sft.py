@@ -76,8 +76,7 @@ def test_output_is_a_hub_ready_chat_model(runs):
 
     out = runs["sft"]
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "generation_config.json",
-                 "token_bytes.pt"):
+                 "generation_config.json", "token_bytes.pt"):
         assert (out / name).is_file(), name
     tok = AutoTokenizer.from_pretrained(out)
     assert "{% generation %}" in tok.chat_template

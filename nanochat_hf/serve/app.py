@@ -571,8 +571,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
     async def chat_stream(request: Request, r, prompt, params, cid, created, model):
         def chunk(delta, finish=None, **extra):
             return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                          "model": model,
-                                          "system_fingerprint": f"nanochat_hf-{__version__}",
+                                          "model": model, "system_fingerprint": f"nanochat_hf-{__version__}",
                                           "choices": [{"index": 0, "delta": delta,
                                                        "finish_reason": finish, "logprobs": None}],
                                           **extra}) + "\n\n"
