@@ -120,7 +120,8 @@ def main() -> None:
 
     # ---- 2. bytes/token (nanochat encodes with tiktoken on rustbpe's merges)
     rust_enc = tiktoken.Encoding("rustbpe", pat_str=SPLIT_PATTERN,
-                                 mergeable_ranks={bytes(k): v for k, v in rtok.get_mergeable_ranks()}, special_tokens={})
+                                 mergeable_ranks={bytes(k): v for k, v in rtok.get_mergeable_ranks()},
+                                 special_tokens={})
     backend = tok.backend_tokenizer
     n_bytes = sum(len(d.encode("utf-8")) for d in heldout)
     n_ours = sum(len(e.ids) for e in backend.encode_batch_fast(heldout, add_special_tokens=False))

@@ -83,7 +83,8 @@ def check_conversation(messages, dataset: str = "dataset", row: int | str = "?")
             raise ValueError(f"{where}: message {i} has role {role!r}; use one of {', '.join(ROLES)}")
         if role == "assistant" and isinstance(content, (list, tuple)):
             for part in content:
-                if not isinstance(part, dict) or part.get("type") not in PART_TYPES or not isinstance(part.get("text"), str):
+                if (not isinstance(part, dict) or part.get("type") not in PART_TYPES
+                        or not isinstance(part.get("text"), str)):
                     raise ValueError(f"{where}: message {i} has a bad part {part!r:.80}; parts are "
                                      f"{{'type': {'|'.join(PART_TYPES)}, 'text': str}}")
             content = [{"type": p["type"], "text": p["text"]} for p in content]
@@ -185,7 +186,8 @@ def load_words(source: str | None = None) -> list[str]:
             words = get_english_words_set(["web2"], lower=True, alpha=True)
         except ImportError:
             words = re.findall(r"[A-Za-z]+", embedded_corpus_path().read_text(encoding="utf-8"))
-    words = sorted({w.lower() for w in words if w.isascii() and w.isalpha() and MIN_WORD_LEN <= len(w) <= MAX_WORD_LEN})
+    words = sorted({w.lower() for w in words
+                    if w.isascii() and w.isalpha() and MIN_WORD_LEN <= len(w) <= MAX_WORD_LEN})
     if not words:
         raise ValueError(f"the word list {source or '(default)'} has no alphabetic words of "
                          f"{MIN_WORD_LEN}-{MAX_WORD_LEN} letters")
@@ -546,8 +548,8 @@ class Mixture:
         if unknown:
             raise ValueError(f"unknown mixture keys {sorted(unknown)}; use train, validation, val_fraction, seed")
         mix = cls(train=[SourceSpec.parse(s, f"mixture.train[{i}]") for i, s in enumerate(obj["train"])],
-                  validation=[SourceSpec.parse(s,
-                                               f"mixture.validation[{i}]") for i, s in enumerate(obj.get("validation") or [])],
+                  validation=[SourceSpec.parse(s, f"mixture.validation[{i}]")
+                              for i, s in enumerate(obj.get("validation") or [])],
                   val_fraction=float(obj.get("val_fraction", 0.0)), seed=int(obj.get("seed", MIXTURE_SEED)))
         if not 0.0 <= mix.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {mix.val_fraction}")

@@ -83,7 +83,9 @@ class NanoChatConfig(PretrainedConfig):
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
         self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
-        self.head_dim = head_dim if head_dim is not None else (hidden_size // num_attention_heads if num_attention_heads else 0)
+        if head_dim is None:
+            head_dim = hidden_size // num_attention_heads if num_attention_heads else 0
+        self.head_dim = head_dim
         self.max_position_embeddings = max_position_embeddings
         self.hidden_act = hidden_act
         self.rms_norm_eps = rms_norm_eps
@@ -180,7 +182,10 @@ class NanoChatConfig(PretrainedConfig):
         width = math.ceil(depth * aspect_ratio / head_dim) * head_dim
         heads = width // head_dim
         kwargs.setdefault("num_key_value_heads", heads)
-        target = NanoChatClassicConfig if arch == "classic" else cls if cls is not NanoChatClassicConfig else NanoChatConfig
+        if arch == "classic":
+            target = NanoChatClassicConfig
+        else:
+            target = cls if cls is not NanoChatClassicConfig else NanoChatConfig
         return target(arch=arch, vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width,
                       num_hidden_layers=depth, num_attention_heads=heads, head_dim=head_dim,
                       max_position_embeddings=max_position_embeddings, **kwargs)

@@ -1,6 +1,7 @@
 """Import an original karpathy/nanochat checkpoint folder into a Hugging Face model folder.
 
-    nanochat-hf convert checkpoint ~/.cache/nanochat/base_checkpoints/d20 --output out/d20-hf [--step N] [--tokenizer tokenizer.pkl]
+    nanochat-hf convert checkpoint ~/.cache/nanochat/base_checkpoints/d20 --output out/d20-hf \\
+        [--step N] [--tokenizer tokenizer.pkl]
 
 nanochat writes `model_<step>.pt` (a state dict, keys `transformer.wte.weight`,
 `transformer.h.{i}.attn.c_q.weight`, ..., `lm_head.weight`; the 2026 model adds `value_embeds.{i}.weight`,
@@ -116,7 +117,8 @@ def map_state_dict(state: dict[str, torch.Tensor], config: NanoChatConfig) -> di
 
 
 def convert_nanochat_checkpoint(src_dir, output_dir, step: int | None = None, tokenizer_path=None) -> Path:
-    """nanochat checkpoint folder -> Hub-ready folder (config.json, model.safetensors, generation_config.json, tokenizer)."""
+    """nanochat checkpoint folder -> Hub-ready folder (config.json, model.safetensors, generation_config.json,
+    tokenizer)."""
     from nanochat_hf.modeling import NanoChatForCausalLM, check_tokenizer_fits
 
     src, out_dir = Path(src_dir), Path(output_dir)

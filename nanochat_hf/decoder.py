@@ -55,7 +55,8 @@ class FastDecoder:
         self.head = model.lm_head.weight
         if self.modern:
             self.resid, self.x0 = m.resid_lambdas, m.x0_lambdas
-            self.smear_gate, self.smear_lambda, self.backout_lambda = m.smear_gate.weight, m.smear_lambda, m.backout_lambda
+            self.smear_gate = m.smear_gate.weight
+            self.smear_lambda, self.backout_lambda = m.smear_lambda, m.backout_lambda
             self.backout_layer = m.backout_layer
             self.ve_channels, self.smear_channels = cfg.value_embed_gate_channels, cfg.smear_gate_channels
         self.inv_freq = m.rotary_emb.inv_freq

@@ -21,9 +21,10 @@ criteria and the model inputs at every step, and the model's forward itself goes
 calls and transformers' mask builders -- on a small model on CPU that Python overhead is most of the
 time per token. Here a decode step of a nanochat_hf model is `decoder.FastDecoder.step` (the same
 arithmetic as the forward for one new position, as straight-line tensor code; `compile=True` runs
-it through torch.compile), any other model gets one forward over the new column, then a sampler. The KV cache is our `SlotCache`: transformers'
-DynamicCache grows with `torch.cat` (a copy of the whole cache per token); ours writes into a
-preallocated buffer that doubles when full, and supports the row surgery continuous batching needs.
+it through torch.compile), any other model gets one forward over the new column, then a sampler.
+The KV cache is our `SlotCache`: transformers' DynamicCache grows with `torch.cat` (a copy of the whole
+cache per token); ours writes into a preallocated buffer that doubles when full, and supports the row
+surgery continuous batching needs.
 
 Why not transformers' own continuous batching (`model.generate_batch` / `ContinuousBatchingManager`,
 as of transformers 5.23): it serves the classic architecture, but on the modern one it runs and gives
@@ -176,8 +177,10 @@ class SlotCache(DynamicCache):
         ta, tb = a.get_seq_length(), b.get_seq_length()
         out = SlotCache(len(a.layers))
         for la, lb, lo in zip(a.layers, b.layers, out.layers):
-            ka, va = F.pad(la.keys, (0, 0, tb - ta, 0)) if tb > ta else la.keys, F.pad(la.values, (0, 0, tb - ta, 0)) if tb > ta else la.values
-            kb, vb = F.pad(lb.keys, (0, 0, ta - tb, 0)) if ta > tb else lb.keys, F.pad(lb.values, (0, 0, ta - tb, 0)) if ta > tb else lb.values
+            ka, va = (F.pad(la.keys, (0, 0, tb - ta, 0)), F.pad(la.values, (0, 0, tb - ta, 0))) if tb > ta \
+                else (la.keys, la.values)
+            kb, vb = (F.pad(lb.keys, (0, 0, ta - tb, 0)), F.pad(lb.values, (0, 0, ta - tb, 0))) if ta > tb \
+                else (lb.keys, lb.values)
             lo.dtype, lo.device, lo.is_initialized = ka.dtype, ka.device, True
             lo._set(torch.cat([ka, kb]), torch.cat([va, vb]))
         sa, sb = a.row_state(), b.row_state()
@@ -299,7 +302,8 @@ class DecodeBatch:
 
     @_without_grad
     def prefill(self, prompts: list[list[int]], want_prompt_logits: bool = False) -> torch.Tensor | None:
-        """Prefill `prompts` together (left-padded) and append them as new rows; returns all-position logits if asked."""
+        """Prefill `prompts` together (left-padded) and append them as new rows; returns all-position logits if
+        asked."""
         dev = self.engine.device
         t = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), t), self.engine.pad_id, dtype=torch.long, device=dev)

@@ -1,7 +1,8 @@
 """nanochat's GPT as a transformers causal LM, in both architectures (see configuration.py).
 
     from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
-    model = NanoChatForCausalLM(NanoChatConfig.from_depth(4, arch="modern", vocab_size=4096, max_position_embeddings=512))
+    config = NanoChatConfig.from_depth(4, arch="modern", vocab_size=4096, max_position_embeddings=512)
+    model = NanoChatForCausalLM(config)
     out = model(input_ids, labels=input_ids)          # labels are shifted inside, -100 ignored
     model.generate(input_ids, max_new_tokens=32)      # KV cache (and smear state) kept in the Cache object
 
@@ -272,7 +273,8 @@ class NanoChatModel(NanoChatPreTrainedModel):
         self.has_sliding_layers = "sliding_attention" in config.layer_types
         if self.modern:
             kv_dim = config.num_key_value_heads * config.head_dim
-            self.value_embeds = nn.ModuleDict({str(i): _tag(nn.Embedding(config.padded_vocab_size, kv_dim), "value_embed")
+            self.value_embeds = nn.ModuleDict({str(i): _tag(nn.Embedding(config.padded_vocab_size, kv_dim),
+                                                            "value_embed")
                                                for i in range(n) if has_value_embed(i, n)})
             self.resid_lambdas = nn.Parameter(torch.ones(n))  # scales the residual stream entering each layer
             self.x0_lambdas = nn.Parameter(torch.zeros(n))  # mixes the (smeared) embedding back in at each layer

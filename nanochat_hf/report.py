@@ -89,7 +89,8 @@ def partial_chatcore(evaluation: dict) -> float | None:
     """Mean centered accuracy over the chat tasks that ran, when the full ChatCORE set did not
     (offline CPU runs have no MMLU/GSM8K data): shown in the report marked with an asterisk."""
     tasks = evaluation.get("tasks", {})
-    centered = [tasks[t]["centered"] for t in CHAT_TASK_LABELS if isinstance(tasks.get(t), dict) and "centered" in tasks[t]]
+    centered = [tasks[t]["centered"] for t in CHAT_TASK_LABELS
+                if isinstance(tasks.get(t), dict) and "centered" in tasks[t]]
     return sum(centered) / len(centered) if centered else None
 
 

@@ -13,7 +13,8 @@ one of GRPOConfig's knobs (set in the recipes):
   advantage = reward - group mean         scale_rewards: none
   16 samples per question, 256 tokens     num_generations: 16, max_completion_length: 256
   temperature 1.0, top-k 50               temperature: 1.0, top_k: 50
-  lr = 5% of base, linear decay to 0      init_lr_frac: 0.05 (nanochat optimizer) / learning_rate, lr_scheduler_type: linear
+  lr = 5% of base, linear decay to 0      init_lr_frac: 0.05 (nanochat optimizer) / learning_rate,
+                                          lr_scheduler_type: linear
 
 Rollouts use the calculator tool as the model was taught in SFT: when it writes
 `<|python_start|>expr<|python_end|>`, `nanochat_hf.engine.Engine` evaluates `expr` with the safe
@@ -134,7 +135,8 @@ def synthetic_rows(size: int, seed: int = 0, max_operand: int = 99) -> list[dict
         for i, part in enumerate(parts):
             if part["type"] == "python":
                 following = parts[i + 1] if i + 1 < len(parts) else {}
-                answer += f"<<{part['text']}={following.get('text', '') if following.get('type') == 'python_output' else ''}>>"
+                result = following.get("text", "") if following.get("type") == "python_output" else ""
+                answer += f"<<{part['text']}={result}>>"
             elif part["type"] == "text":
                 answer += part["text"]
         rows.append({"question": question, "answer": answer})
@@ -490,7 +492,8 @@ def check_args(args: RLArguments, config) -> None:
     if not args.model_name_or_path:
         raise ValueError("--model_name_or_path is required: the SFT model folder (e.g. runs/tiny/sft) or a Hub id")
     local = Path(args.model_name_or_path).expanduser()
-    if (local.exists() or args.model_name_or_path.startswith((".", "/", "~"))) and not (local / "config.json").is_file():
+    looks_local = local.exists() or args.model_name_or_path.startswith((".", "/", "~"))
+    if looks_local and not (local / "config.json").is_file():
         raise FileNotFoundError(f"{local} is not a model folder (no config.json); run `nanochat-hf sft` first or "
                                 "pass the right --model_name_or_path")
     unknown = [r for r in args.reward_funcs if r not in REWARD_FUNCS]

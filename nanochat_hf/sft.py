@@ -314,7 +314,8 @@ class ChatSFTTrainer(AtomicCheckpoints, SFTTrainer):
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Every Trainer log (loss, eval_loss, learning_rate, ...) as one JSON line in `<output_dir>/logs/<stage>.jsonl`."""
+    """Every Trainer log (loss, eval_loss, learning_rate, ...) as one JSON line in
+    `<output_dir>/logs/<stage>.jsonl`."""
 
     def __init__(self, path: Path, header: dict, resume_step: int = 0):
         self.path, self.header, self.resume_step = path, header, resume_step
@@ -360,7 +361,8 @@ class ChatCoreCallback(TrainerCallback):
         from nanochat_hf.evaluation.chat_tasks import OFFLINE_CHAT_DATA
 
         data = chat_args.chatcore_data
-        self.data_dir = None if data == "hub" else (data or (str(OFFLINE_CHAT_DATA) if OFFLINE_CHAT_DATA.is_dir() else None))
+        offline = str(OFFLINE_CHAT_DATA) if OFFLINE_CHAT_DATA.is_dir() else None
+        self.data_dir = None if data == "hub" else (data or offline)
         self.last_step = -1
         self.pending: dict | None = None
 
@@ -376,7 +378,8 @@ class ChatCoreCallback(TrainerCallback):
                                                    max_new_tokens=self.args.chatcore_max_new_tokens, progress=False)
         self.last_step = step  # (evaluate_chat_task puts the model back in train mode)
         row = {f"chatcore/{task}": r["accuracy"] for task, r in results.items()}
-        row.update({f"chatcore/{task}/tool_calls": r["tool_calls"] for task, r in results.items() if "tool_calls" in r})
+        row.update({f"chatcore/{task}/tool_calls": r["tool_calls"]
+                    for task, r in results.items() if "tool_calls" in r})
         row["chatcore"] = sum(r["centered"] for r in results.values()) / len(results)
         return row
 
@@ -405,7 +408,8 @@ class ChatCoreCallback(TrainerCallback):
 
 
 def save_chat_model(trainer, tokenizer, output_dir: Path) -> None:
-    """Hub-ready folder: model, tokenizer (+ chat template, token_bytes.pt), generation config stopping on <|assistant_end|>."""
+    """Hub-ready folder: model, tokenizer (+ chat template, token_bytes.pt), generation config stopping on
+    <|assistant_end|>."""
     from transformers import GenerationConfig
 
     from nanochat_hf.distributed import save_trainer_model
@@ -463,7 +467,8 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
               "world_size": cfg.world_size}
     print(f"[{chat_args.stage}] train: {train_stats} | validation: {eval_stats}", file=sys.stderr)
 
-    resume_step = int(Path(resume).name.split("-")[-1]) if resume and Path(resume).name.startswith("checkpoint-") else 0
+    resumes_a_checkpoint = resume and Path(resume).name.startswith("checkpoint-")
+    resume_step = int(Path(resume).name.split("-")[-1]) if resumes_a_checkpoint else 0
     log = JsonlLogCallback(output_dir / "logs" / f"{chat_args.stage}.jsonl", header, resume_step)
     chatcore = ChatCoreCallback(chat_args, tokenizer)
     trainer = ChatSFTTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -480,7 +485,8 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     if eval_ds is not None:  # the validation loss of the final model (unless the last step just measured it)
-        last = [r for r in trainer.state.log_history if "eval_loss" in r and r.get("step") == trainer.state.global_step]
+        last = [r for r in trainer.state.log_history
+                if "eval_loss" in r and r.get("step") == trainer.state.global_step]
         metrics.update(last[-1] if last else trainer.evaluate())
     save_chat_model(trainer, tokenizer, output_dir)
     return {"output_dir": str(output_dir), "steps": trainer.state.global_step, **metrics,

@@ -202,7 +202,8 @@ class Speedrun:
     def python_module(self, module: str, args: list[str], distributed: bool = False) -> list[str]:
         """`accelerate launch` on GPU tiers (one process per GPU), plain python on CPU."""
         if self.preset.gpu and distributed:
-            config = RECIPES_DIR / "accelerate_configs" / ("multi_gpu.yaml" if self.num_gpus > 1 else "single_gpu.yaml")
+            name = "multi_gpu.yaml" if self.num_gpus > 1 else "single_gpu.yaml"
+            config = RECIPES_DIR / "accelerate_configs" / name
             return ["accelerate", "launch", "--config_file", str(config), "--num_processes",
                     str(self.num_gpus), "-m", module, *args]
         return [sys.executable, "-m", module, *args]

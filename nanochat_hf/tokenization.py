@@ -43,7 +43,7 @@ SPECIAL_TOKENS = [
     "<|output_end|>",
 ]
 # GPT-4's pattern with \p{N}{1,2} instead of {1,3}: fewer number tokens wasted at small vocabularies.
-SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""  # noqa: E501  (one regex, kept whole)
 DEFAULT_VOCAB_SIZE = 32768  # nanochat's 2**15
 DEFAULT_MAX_CHARS = 2_000_000_000  # train on the first 2B characters
 DEFAULT_DOC_CAP = 10_000  # crop each document to 10k characters (long docs would dominate the counts)
@@ -57,7 +57,7 @@ CHAT_TEMPLATE = (Path(__file__).resolve().parent / "chat_template.jinja").read_t
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     table, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -99,7 +99,8 @@ def _resolve_files(path: str) -> list[Path]:
 
 
 def _file_documents(path: Path) -> Iterator[str]:
-    """Documents of one file, streamed: parquet one row group at a time, jsonl line by line, txt split on blank lines."""
+    """Documents of one file, streamed: parquet one row group at a time, jsonl line by line, txt split on blank
+    lines."""
     from nanochat_hf.dataset import read_jsonl, read_parquet
 
     if path.suffix == ".parquet":
@@ -144,7 +145,8 @@ def check_inputs(inputs: Iterable[str] | None) -> list[str | Path]:
 
 def iter_documents(inputs=None, max_chars: int = DEFAULT_MAX_CHARS, doc_cap: int | None = DEFAULT_DOC_CAP,
                    progress: bool = True) -> Iterator[str]:
-    """Documents cropped to `doc_cap` characters, until `max_chars` characters were yielded (as nanochat's tok_train)."""
+    """Documents cropped to `doc_cap` characters, until `max_chars` characters were yielded (as nanochat's
+    tok_train)."""
     from tqdm.auto import tqdm
 
     sources = check_inputs(inputs)
@@ -199,7 +201,8 @@ def tokenizer_from_ranks(mergeable_ranks: dict[bytes, int], merges: list[tuple[b
             if len(tok) < 2:
                 continue
             splits = [(tok[:i], tok[i:]) for i in range(1, len(tok))]
-            splits = [(a, b) for a, b in splits if mergeable_ranks.get(a, rank) < rank and mergeable_ranks.get(b, rank) < rank]
+            splits = [(a, b) for a, b in splits
+                      if mergeable_ranks.get(a, rank) < rank and mergeable_ranks.get(b, rank) < rank]
             splits.sort(key=lambda ab: (mergeable_ranks[ab[0]], mergeable_ranks[ab[1]]))
             merges.extend(splits)
     model = models.BPE(
@@ -422,7 +425,8 @@ def to_tiktoken(tokenizer, name: str = "nanochat_hf"):
     except ImportError:
         raise ValueError("exporting to tiktoken needs tiktoken: pip install tiktoken") from None
     specials = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    ranks = {bytes(CHAR_TO_BYTE[c] for c in token): i for token, i in tokenizer.get_vocab().items() if token not in specials}
+    ranks = {bytes(CHAR_TO_BYTE[c] for c in token): i
+             for token, i in tokenizer.get_vocab().items() if token not in specials}
     return tiktoken.Encoding(name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
 
 

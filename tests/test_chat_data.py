@@ -93,7 +93,8 @@ def test_bad_rows_are_refused_naming_dataset_and_row(tmp_path):
     with pytest.raises(ValueError, match=r"mine.jsonl row 2: .*assistant"):
         cd.read_jsonl_conversations(path)
     bad = tmp_path / "talk.jsonl"
-    bad.write_text(json.dumps({"messages": good}) + "\n" + json.dumps({"messages": [{"role": "robot", "content": "x"}]}))
+    robot = {"messages": [{"role": "robot", "content": "x"}]}
+    bad.write_text(json.dumps({"messages": good}) + "\n" + json.dumps(robot))
     with pytest.raises(ValueError, match=r"talk.jsonl row 1: .*role 'robot'"):
         cd.load_source(cd.SourceSpec("conversations", path=str(bad)))
     rows = tmp_path / "gsm.jsonl"

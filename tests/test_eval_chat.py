@@ -28,9 +28,10 @@ def test_mc_prompts_and_shuffle_follow_nanochat():
     convs = chat_tasks.load_conversations("ARC-Easy", str(CHAT))
     from datasets import load_dataset
 
-    order = [r["question"] for r in load_dataset("json",
-                                                 data_files=str(CHAT / "arc_easy.jsonl"), split="train").shuffle(seed=42)]
-    assert [c["messages"][0]["content"].split("\n")[0] for c in convs] == [f"Multiple Choice question: {q}" for q in order]
+    rows = load_dataset("json", data_files=str(CHAT / "arc_easy.jsonl"), split="train").shuffle(seed=42)
+    order = [r["question"] for r in rows]
+    firsts = [c["messages"][0]["content"].split("\n")[0] for c in convs]
+    assert firsts == [f"Multiple Choice question: {q}" for q in order]
     conv = next(c for c in convs if c["letters"] == ["1", "2", "3", "4"])
     assert conv["messages"][0]["content"] == ("Multiple Choice question: Which object is a good "
                                               "conductor of electricity?\n"
@@ -50,7 +51,8 @@ def test_categorical_scoring_equals_one_by_one_letter_argmax(tiny_tokenizer):
             assert ids[-1] == tiny_tokenizer.convert_tokens_to_ids("<|assistant_start|>")
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
             letter_ids = [tiny_tokenizer.convert_tokens_to_ids(letter) for letter in c["letters"]]
-            expected.append(c["letters"][int(torch.stack([logits[i] for i in letter_ids]).argmax())] == c["messages"][-1]["content"])
+            best = c["letters"][int(torch.stack([logits[i] for i in letter_ids]).argmax())]
+            expected.append(best == c["messages"][-1]["content"])
         got = chat_tasks.run_categorical(model, tiny_tokenizer, convs, batch_size=3, progress=False)
         assert got == expected
         res = chat_tasks.evaluate_chat_task(task, model, tiny_tokenizer, str(CHAT), progress=False)

@@ -136,8 +136,8 @@ def run_lighteval(model_dir, tmp_path, tasks: str, backend: str = "accelerate",
     if backend == "custom":
         model_args = [str(model_dir), str(TASKS_MODULE.parent / "lighteval_model.py")]
     else:
-        model_args = [f"model_name={model_dir},trust_remote_code=True,override_chat_template=False,batch_size=4,device=cpu,"
-                      f"cache_dir={tmp_path / 'cache'}"]
+        model_args = [f"model_name={model_dir},trust_remote_code=True,override_chat_template=False,"
+                      f"batch_size=4,device=cpu,cache_dir={tmp_path / 'cache'}"]
     cmd = [*lighteval_bin.split(), backend, *model_args, tasks, "--custom-tasks", str(TASKS_MODULE),
            "--output-dir", str(tmp_path / "out"), *extra_args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -190,5 +190,6 @@ def test_speedrun_checks_its_eval_tasks_before_any_stage(tmp_path, monkeypatch, 
     monkeypatch.setitem(speedrun.PRESETS, "smoke", speedrun.Preset(**{**vars(smoke), "chat_tasks": "gsm8k,spelling"}))
     assert speedrun.main(["--preset", "smoke", "--output", str(tmp_path / "bad"), "--dry-run"]) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith("nanochat-hf speedrun: unknown task 'spelling'") and "\n" not in captured.err.strip()
+    assert captured.err.startswith("nanochat-hf speedrun: unknown task 'spelling'")
+    assert "\n" not in captured.err.strip()
     assert "[speedrun] tokenizer" not in captured.out and not (tmp_path / "bad").exists()

@@ -106,8 +106,9 @@ def test_core_scores_equal_hand_computed_bigram_scores(tiny_tokenizer):
         rows = core.load_task_rows(BUNDLE, task)
         correct = []
         for i, item in enumerate(rows):
+            others = [j for j in range(len(rows)) if j != i]
             shots = [] if not task.num_fewshot else \
-                [rows[j] for j in random.Random(1234 + i).sample([j for j in range(len(rows)) if j != i], task.num_fewshot)]
+                [rows[j] for j in random.Random(1234 + i).sample(others, task.num_fewshot)]
             d = task.delimiter
             if task.task_type == "language_modeling":
                 prefix = "".join(f"{s['context'].strip()}{d}{s['continuation']}\n\n" for s in shots)

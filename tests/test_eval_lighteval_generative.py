@@ -52,7 +52,8 @@ def test_custom_backend_gives_the_same_replies_and_scores(tiny_model_dir, tmp_pa
     arc = chat_tasks.evaluate_chat_task("ARC-Easy", model, tok, str(CHAT), ROWS, progress=False)
     assert results["chat_arc_easy|0"]["acc"] == pytest.approx(arc["accuracy"])
     for r in details(tmp_path / "out", "chat_arc_easy"):
-        prompt, letter_ids = [int(t) for t in r["specific"]["prompt_ids"]], [int(t) for t in r["specific"]["letter_ids"]]
+        prompt = [int(t) for t in r["specific"]["prompt_ids"]]
+        letter_ids = [int(t) for t in r["specific"]["letter_ids"]]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([prompt])).logits[0, -1, letter_ids]
         assert int(np.argmax(r["logprobs"])) == int(logits.argmax())

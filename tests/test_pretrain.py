@@ -32,7 +32,8 @@ def tiny_args(tok, out, *extra):
 
 
 def read_log(out):
-    return [json.loads(line) for line in (Path(out) / "logs" / "pretrain.jsonl").read_text().splitlines() if line.strip()]
+    text = (Path(out) / "logs" / "pretrain.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def test_plan_follows_nanochat_rules(tokenizer_dir):

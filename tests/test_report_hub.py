@@ -30,17 +30,16 @@ def run_dir(tmp_path):
     ] + [{"step": 9, "tokens": 9000, "val_bpb": 2.5}])
     _write_jsonl(run / "sft" / "logs" / "sft.jsonl", [{"step": s, "loss": 2.0 - 0.05 * s} for s in range(5)])
     (run / "eval").mkdir()
-    (run / "eval" / "base.json").write_text(json.dumps({"model": "base",
-                                                        "tasks": {"arc_easy": {"accuracy": 0.31,
-                                                                               "centered": 0.08, "n": 10}}, "core": 0.0123}))
-    (run / "eval" / "sft.json").write_text(json.dumps({"model": "sft",
-                                                       "tasks": {"ARC-Easy": {"accuracy": 0.35},
-                                                                 "GSM8K": {"accuracy": 0.02}}, "chatcore": 0.05}))
+    (run / "eval" / "base.json").write_text(json.dumps({
+        "model": "base", "tasks": {"arc_easy": {"accuracy": 0.31, "centered": 0.08, "n": 10}}, "core": 0.0123}))
+    (run / "eval" / "sft.json").write_text(json.dumps({
+        "model": "sft", "tasks": {"ARC-Easy": {"accuracy": 0.35}, "GSM8K": {"accuracy": 0.02}}, "chatcore": 0.05}))
     (run / "rl").mkdir()
     (run / "rl" / "config.json").write_text(json.dumps({"model_type": "nanochat_modern", "auto_map": {}}))
-    (run / "eval" / "rl.json").write_text(json.dumps({"model": "rl",
-                                                      "tasks": {"ARC-Easy": {"accuracy": 0.4, "centered": 0.2},
-                                                                "SpellingBee": {"accuracy": 0.1, "centered": 0.1}}, "chatcore": None}))
+    (run / "eval" / "rl.json").write_text(json.dumps({
+        "model": "rl",
+        "tasks": {"ARC-Easy": {"accuracy": 0.4, "centered": 0.2}, "SpellingBee": {"accuracy": 0.1, "centered": 0.1}},
+        "chatcore": None}))
     (run / "stages.json").write_text(json.dumps({"preset": "smoke", "num_gpus": 0, "stages": {
         "tokenizer": {"status": "done", "run": "fresh", "seconds": 0.0},
         "pretrain": {"status": "done", "run": "completed before", "resumed_from": "checkpoint-10", "seconds": 61.0,

@@ -1,4 +1,5 @@
-"""Mid-training + SFT on CPU with a tiny model: loss drops, tool calls are learned, resume, Hub-ready output, bad input."""
+"""Mid-training + SFT on CPU with a tiny model: loss drops, tool calls are learned, resume, Hub-ready output,
+bad input."""
 
 import json
 import re

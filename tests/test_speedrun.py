@@ -40,7 +40,8 @@ def test_every_stage_ran_and_the_report_has_the_table(smoke_run):
     assert list(stages["stages"]) == expected
     assert all(s["status"] == "done" for s in stages["stages"].values())
     # CPU seconds of the stage's processes next to wall seconds (what a loaded machine cannot inflate)
-    assert 0 < stages["stages"]["pretrain"]["cpu_seconds"] <= 2 * stages["stages"]["pretrain"]["seconds"] * (os.cpu_count() or 1)
+    pre = stages["stages"]["pretrain"]
+    assert 0 < pre["cpu_seconds"] <= 2 * pre["seconds"] * (os.cpu_count() or 1)
     report = (run / "report.md").read_text()
     assert "| Metric | BASE | MID | SFT | RL |" in report
     core_row = next(line for line in report.splitlines() if line.startswith("| CORE |"))

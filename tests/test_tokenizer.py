@@ -157,7 +157,7 @@ def test_autotokenizer_loads_in_a_process_without_nanochat_hf(tiny_tokenizer_dir
                                           {"type": "text", "text": "4"}]}]))
 
 
-# ----------------------------------------------------------------------------- chat template (hand-written expectations)
+# ------------------------------------------------------------------------ chat template (hand-written expectations)
 
 
 def expected(tok, *segments):
@@ -370,7 +370,8 @@ def test_load_tokenizer_errors(tmp_path):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab={"a": 0}, merges=[]))).save_pretrained(tmp_path / "other")
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab={"a": 0}, merges=[])))
+    other.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="lacks <\\|bos\\|>"):
         load_tokenizer(tmp_path / "other")
 
@@ -431,7 +432,8 @@ def _check_import(enc, path, out):
 def test_import_nanochat_tokenizer_pkl_from_our_merges(tmp_path, tok):
     from nanochat_hf.tokenization import CHAR_TO_BYTE
 
-    ranks = {bytes(CHAR_TO_BYTE[c] for c in t): i for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok) - 9))))}
+    tokens = tok.convert_ids_to_tokens(list(range(len(tok) - 9)))
+    ranks = {bytes(CHAR_TO_BYTE[c] for c in t): i for i, t in enumerate(tokens)}
     enc, path = _pickled_encoding(tmp_path, ranks)
     _check_import(enc, path, tmp_path / "imported")
 

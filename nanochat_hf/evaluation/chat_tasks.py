@@ -171,7 +171,8 @@ def extract_imports(prompt: str) -> str:
 
 def humaneval_program(conversation: dict, completion: str) -> str:
     imports = extract_imports(conversation["messages"][0]["content"])
-    return f"{imports}\n\n{extract_program(completion)}\n\n{conversation['test']}\ncheck({conversation['entry_point']})"
+    return (f"{imports}\n\n{extract_program(completion)}\n\n{conversation['test']}\n"
+            f"check({conversation['entry_point']})")
 
 
 # ----------------------------------------------------------------------------- categorical: letter logits

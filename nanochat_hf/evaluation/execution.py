@@ -192,7 +192,8 @@ def execute_code(program: str, timeout: float = TIMEOUT_S,
         rc = proc.returncode
         if rc is not None and rc < 0:
             name = signal.Signals(-rc).name
-            reason = "cpu time limit" if name == "SIGXCPU" else ("memory limit" if name in ("SIGKILL", "SIGSEGV") else name)
+            limit_hit = {"SIGXCPU": "cpu time limit", "SIGKILL": "memory limit", "SIGSEGV": "memory limit"}
+            reason = limit_hit.get(name, name)
             return ExecutionResult(False, f"{reason} (killed by {name})", out, err)
         if rc == 0:
             return ExecutionResult(False, "exited before the tests ran (os._exit)", out, err)

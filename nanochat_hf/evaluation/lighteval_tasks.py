@@ -240,7 +240,8 @@ def chat_prompt_fn(line: dict, task_name: str) -> Doc:
     letters = list(conv["letters"])
     return Doc(task_name=task_name, query=query, choices=letters,
                gold_index=letters.index(conv["messages"][-1]["content"]),
-               specific={"letter_ids": [tok.convert_tokens_to_ids(letter) for letter in letters], "prompt_ids": prompt})
+               specific={"letter_ids": [tok.convert_tokens_to_ids(letter) for letter in letters],
+                         "prompt_ids": prompt})
 
 
 class NanochatLetterChoice(SampleLevelComputation):

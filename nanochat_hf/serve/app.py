@@ -271,7 +271,7 @@ class Server:
         self.in_flight = 0
         self.created = int(time.time())
         vocab = self.tokenizer.get_vocab()
-        self.special_ids = set(self.tokenizer.all_special_ids) | {vocab[t] for t in PART_OF} | {vocab[t] for t in CLOSERS}
+        self.special_ids = set(self.tokenizer.all_special_ids) | {vocab[t] for t in (*PART_OF, *CLOSERS)}
         self.part_of = {vocab[t]: kind for t, kind in PART_OF.items()}
         self.closers = {vocab[t] for t in CLOSERS}
 

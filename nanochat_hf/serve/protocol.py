@@ -153,7 +153,8 @@ def parse_tgi(body: dict, limits: Limits, stream: bool | None = None) -> TGIRequ
     seed = _int(p, "seed", 0, 2**63 - 1, name="parameters.seed")
     do_sample = _bool(p, "do_sample", default=False)
     # TGI: greedy unless sampling is asked for (do_sample, or any sampling knob).
-    sampling = do_sample or any(v is not None for v in (top_k, top_p)) or (temperature not in (None, 1.0) and temperature > 0)
+    sampling = (do_sample or any(v is not None for v in (top_k, top_p))
+                or (temperature not in (None, 1.0) and temperature > 0))
     params = SamplingParams(max_tokens=max_new or min(100, limits.max_new_tokens),
                             temperature=(temperature if temperature is not None else 1.0) if sampling else 0.0,
                             top_k=top_k, top_p=top_p, seed=seed)
