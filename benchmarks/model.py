@@ -118,7 +118,8 @@ def cpu(rounds: int, steps: int) -> None:
               f"(wall rounds: {', '.join(f'{v:.0f}' for v in speed[k])})")
     print(f"  classic / native  = {tps['classic'] / tps['native']:.3f}x wall, "
           f"{cps['classic'] / cps['native']:.3f}x CPU time   (goal >= 1.0)")
-    print(f"  modern  / classic = {tps['modern'] / tps['classic']:.3f}x wall, {cps['modern'] / cps['classic']:.3f}x CPU time")
+    print(f"  modern  / classic = {tps['modern'] / tps['classic']:.3f}x wall, "
+          f"{cps['modern'] / cps['classic']:.3f}x CPU time")
     del models, steps_fn
     mem = {k: peak_step_memory_mb(k) for k in kinds}
     for k in kinds:

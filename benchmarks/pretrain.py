@@ -39,8 +39,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nanochat_hf import plan as planning  # noqa: E402
-from nanochat_hf import pretrain  # noqa: E402
+from nanochat_hf import NanoChatForCausalLM, plan as planning, pretrain  # noqa: E402
 from nanochat_hf.extras import available  # noqa: E402
 from nanochat_hf.optim import TrainingSchedule, build_optimizer  # noqa: E402
 
@@ -56,8 +55,7 @@ def model_step(cfg: pretrain.PretrainConfig, vocab: int, steps: int, warmup: int
     """fwd + bwd + optimizer on one fixed (B, T) batch: the loop's ceiling. Returns tokens/s, plan, peak memory."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(cfg.seed)
-    _, cls = pretrain.model_classes()
-    model = cls(pretrain.model_config(cfg, cfg.depth, vocab)).to(device)
+    model = NanoChatForCausalLM(pretrain.model_config(cfg, cfg.depth, vocab)).to(device)
     model.config.use_cache = False
     plan = pretrain.training_plan(cfg, model, vocab, world_size=1)
     notes = []

@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -195,7 +194,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads, here and in the server (fair on a busy box)")
     p.add_argument("--skip", choices=["decode", "serve"], default=None)
-    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile'd Engine (it compiles first)")
+    p.add_argument("--no-compile", action="store_true", help="leave out the torch.compile'd "
+                                                             "Engine (it compiles first)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -209,10 +209,13 @@ def main(argv=None) -> int:
             g = best["generate"]
             print(f"[decode] batch-1, {DECODE_TOKENS} tokens, greedy: model.generate() {g:.1f} tok/s | "
                   f"Engine {best['engine']:.1f} tok/s ({best['engine'] / g:.2f}x) | "
-                  f"Engine through model.forward {best['engine_forward']:.1f} tok/s ({best['engine_forward'] / g:.2f}x)")
+                  f"Engine through model.forward {best['engine_forward']:.1f} tok/s "
+                  f"({best['engine_forward'] / g:.2f}x)")
             if "engine_compiled" in best:
-                print(f"[decode] Engine(compile=True) {best['engine_compiled']:.1f} tok/s ({best['engine_compiled'] / g:.2f}x "
-                      f"model.generate(), {best['engine_compiled'] / best['engine']:.2f}x eager), compiled in {best['compile_s']:.0f} s")
+                print(f"[decode] Engine(compile=True) {best['engine_compiled']:.1f} tok/s "
+                      f"({best['engine_compiled'] / g:.2f}x "
+                      f"model.generate(), {best['engine_compiled'] / best['engine']:.2f}x eager), compiled in "
+                      f"{best['compile_s']:.0f} s")
         if args.skip == "serve":
             return 0
         port = free_port()

@@ -21,6 +21,7 @@ import os
 import sys
 import sysconfig
 import time
+from functools import partial
 from pathlib import Path
 
 # tokenizers' Rust thread pool reads this once, at first use: set it before importing tokenizers
@@ -64,10 +65,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=NUM_THREADS, help="threads for both sides (sets RAYON_NUM_THREADS)")
     args = p.parse_args()
 
-    import rustbpe
-    import tiktoken
     import random
     import resource
+
+    import rustbpe
+    import tiktoken
 
     docs = (list(iter_documents(args.input, args.max_chars, args.doc_cap, progress=False)) if args.input
             else default_corpus(args.max_chars, args.doc_cap))
@@ -75,7 +77,8 @@ def main() -> None:
     split = max(1, len(docs) // 10)
     train_docs, heldout = docs[:-split], docs[-split:]  # last 10% of documents: bytes/token on unseen text
     V = args.vocab_size
-    print(f"corpus: {len(train_docs)} train docs ({sum(map(len, train_docs)) / 1e6:.1f}M chars), {len(heldout)} held-out; "
+    print(f"corpus: {len(train_docs)} train docs ({sum(map(len, train_docs)) / 1e6:.1f}M chars), "
+          f"{len(heldout)} held-out; "
           f"vocab {V}; {args.threads} threads; best of {args.repeats}")
 
     # ---- 1. training time, alternating so that background load hits both; CPU seconds too (robust to load)
@@ -95,7 +98,8 @@ def main() -> None:
 
     runs = {"rustbpe": rust,
             "ours": lambda: train_from_documents(train_docs, V, progress=False),
-            "ours, split+count only": lambda: train_from_documents(train_docs, 256 + len(SPECIAL_TOKENS), progress=False)}
+            "ours, split+count only": lambda: train_from_documents(train_docs,
+                                                                   256 + len(SPECIAL_TOKENS), progress=False)}
     train_from_documents(train_docs[:10], 300, progress=False)  # warm-up: imports, not part of any timing
     best = {name: (float("inf"), float("inf")) for name in runs}
     for _ in range(args.repeats):
@@ -109,12 +113,15 @@ def main() -> None:
     (w_r, c_r), (w_o, c_o), (w_c, c_c) = best.values()
     print("\n== training time (best wall / best CPU seconds)")
     print(f"rustbpe                 {w_r:7.2f} s wall {c_r:7.2f} s CPU")
-    print(f"ours                    {w_o:7.2f} s wall {c_o:7.2f} s CPU   ratio {w_o / w_r:.2f}x wall, {c_o / c_r:.2f}x CPU (goal <= 1.3)")
-    print(f"ours, split+count only  {w_c:7.2f} s wall {c_c:7.2f} s CPU   = {c_c / c_o:.0%} of ours' CPU (the rest: merges)")
+    print(f"ours                    {w_o:7.2f} s wall {c_o:7.2f} s CPU   ratio {w_o / w_r:.2f}x wall, "
+          f"{c_o / c_r:.2f}x CPU (goal <= 1.3)")
+    print(f"ours, split+count only  {w_c:7.2f} s wall {c_c:7.2f} s CPU   = {c_c / c_o:.0%} of ours' "
+          "CPU (the rest: merges)")
 
     # ---- 2. bytes/token (nanochat encodes with tiktoken on rustbpe's merges)
     rust_enc = tiktoken.Encoding("rustbpe", pat_str=SPLIT_PATTERN,
-                                 mergeable_ranks={bytes(k): v for k, v in rtok.get_mergeable_ranks()}, special_tokens={})
+                                 mergeable_ranks={bytes(k): v for k, v in rtok.get_mergeable_ranks()},
+                                 special_tokens={})
     backend = tok.backend_tokenizer
     n_bytes = sum(len(d.encode("utf-8")) for d in heldout)
     n_ours = sum(len(e.ids) for e in backend.encode_batch_fast(heldout, add_special_tokens=False))
@@ -136,7 +143,8 @@ def main() -> None:
             wall, cpu, _ = timed(fn)
             enc_best[name] = (min(enc_best[name][0], wall), min(enc_best[name][1], cpu))
     (w_t, c_t), (w_e, c_e) = enc_best.values()
-    print(f"\n== batch encode, {len(docs)} docs ({n_chars / 1e6:.1f}M chars), {args.threads} threads (best wall / best CPU)")
+    print(f"\n== batch encode, {len(docs)} docs ({n_chars / 1e6:.1f}M chars), {args.threads} threads "
+          "(best wall / best CPU)")
     print(f"tiktoken  {n_chars / w_t / 1e6:7.2f} M chars/s   {c_t:6.2f} s CPU")
     print(f"ours      {n_chars / w_e / 1e6:7.2f} M chars/s   {c_e:6.2f} s CPU   "
           f"ratio {w_t / w_e:.2f}x wall, {c_t / c_e:.2f}x CPU (goal >= 1.0)")
@@ -153,7 +161,8 @@ def main() -> None:
     for name, pre in stages.items():
         probe = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
         probe.pre_tokenizer = pre
-        best_wall = min(timed(lambda: probe.encode_batch_fast(docs, add_special_tokens=False))[0] for _ in range(args.repeats))
+        encode = partial(probe.encode_batch_fast, docs, add_special_tokens=False)
+        best_wall = min(timed(encode)[0] for _ in range(args.repeats))
         print(f"{name:46s} {best_wall:6.2f} s  {best_wall / w_e:5.0%}")
 
 

@@ -48,7 +48,8 @@ def main():
     chat = OUT / "chat"
     chat.mkdir(parents=True, exist_ok=True)
     for name in ("arc_easy", "arc_challenge"):
-        rows = [json.loads(line) for line in (src / "eval_data" / "world_knowledge" / f"{name}.jsonl").read_text().splitlines() if line.strip()]
+        text = (src / "eval_data" / "world_knowledge" / f"{name}.jsonl").read_text()
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         random.Random(42).shuffle(rows)
         with open(chat / f"{name}.jsonl", "w") as f:
             for i, row in enumerate(rows[: args.rows]):

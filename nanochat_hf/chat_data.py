@@ -72,7 +72,8 @@ def check_conversation(messages, dataset: str = "dataset", row: int | str = "?")
     if isinstance(messages, dict) and "messages" in messages:
         messages = messages["messages"]
     if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}} dicts, got {messages!r:.80}")
+        raise ValueError(f"{where}: 'messages' must be a non-empty list of {{role, content}} dicts, "
+                         f"got {messages!r:.80}")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
@@ -82,7 +83,8 @@ def check_conversation(messages, dataset: str = "dataset", row: int | str = "?")
             raise ValueError(f"{where}: message {i} has role {role!r}; use one of {', '.join(ROLES)}")
         if role == "assistant" and isinstance(content, (list, tuple)):
             for part in content:
-                if not isinstance(part, dict) or part.get("type") not in PART_TYPES or not isinstance(part.get("text"), str):
+                if (not isinstance(part, dict) or part.get("type") not in PART_TYPES
+                        or not isinstance(part.get("text"), str)):
                     raise ValueError(f"{where}: message {i} has a bad part {part!r:.80}; parts are "
                                      f"{{'type': {'|'.join(PART_TYPES)}, 'text': str}}")
             content = [{"type": p["type"], "text": p["text"]} for p in content]
@@ -120,7 +122,8 @@ def mmlu_to_messages(row: dict) -> list[dict]:
         row = row["train"]
     choices, answer = row["choices"], row["answer"]
     if len(choices) != len(MMLU_LETTERS) or not 0 <= int(answer) < len(MMLU_LETTERS):
-        raise ValueError(f"an MMLU row needs 4 choices and an answer in 0..3, got {len(choices)} choices, answer {answer!r}")
+        raise ValueError(f"an MMLU row needs 4 choices and an answer in 0..3, got {len(choices)} "
+                         f"choices, answer {answer!r}")
     return [{"role": "user", "content": render_mc(row["question"], MMLU_LETTERS, choices)},
             {"role": "assistant", "content": MMLU_LETTERS[int(answer)]}]
 
@@ -157,7 +160,8 @@ def messages_of_row(row: dict) -> list[dict]:
         return row["messages"]
     if "conversations" in row:  # ShareGPT-style {from, value}
         role = {"human": "user", "gpt": "assistant", "system": "system", "user": "user", "assistant": "assistant"}
-        return [{"role": role.get(m.get("from"), m.get("from")), "content": m.get("value")} for m in row["conversations"]]
+        return [{"role": role.get(m.get("from"), m.get("from")),
+                 "content": m.get("value")} for m in row["conversations"]]
     raise ValueError(f"no 'messages' column (columns: {sorted(row)})")
 
 
@@ -182,9 +186,11 @@ def load_words(source: str | None = None) -> list[str]:
             words = get_english_words_set(["web2"], lower=True, alpha=True)
         except ImportError:
             words = re.findall(r"[A-Za-z]+", embedded_corpus_path().read_text(encoding="utf-8"))
-    words = sorted({w.lower() for w in words if w.isascii() and w.isalpha() and MIN_WORD_LEN <= len(w) <= MAX_WORD_LEN})
+    words = sorted({w.lower() for w in words
+                    if w.isascii() and w.isalpha() and MIN_WORD_LEN <= len(w) <= MAX_WORD_LEN})
     if not words:
-        raise ValueError(f"the word list {source or '(default)'} has no alphabetic words of {MIN_WORD_LEN}-{MAX_WORD_LEN} letters")
+        raise ValueError(f"the word list {source or '(default)'} has no alphabetic words of "
+                         f"{MIN_WORD_LEN}-{MAX_WORD_LEN} letters")
     return words
 
 
@@ -323,7 +329,8 @@ def corpus_qa(size: int, seed: int = 0) -> list[list[dict]]:
             messages = [{"role": "user", "content": f'In the play, who says: "{line}"'},
                         {"role": "assistant", "content": f"That line is spoken by {speaker.title()}."}]
         else:
-            messages = [{"role": "user", "content": f"Quote the first line {speaker.title()} speaks here, starting with "
+            messages = [{"role": "user", "content": f"Quote the first line {speaker.title()} speaks "
+                                                    "here, starting with "
                                                     f'"{" ".join(line.split()[:3])}".'},
                         {"role": "assistant", "content": line}]
         out.append(messages)
@@ -450,9 +457,11 @@ class SourceSpec:
         spec = cls(**{k: v for k, v in obj.items() if k in known},
                    options={k: v for k, v in obj.items() if k not in known})
         if spec.source not in HUB_SOURCES and spec.source not in SYNTHETIC:
-            raise ValueError(f"{where}: unknown source {spec.source!r}; use one of {', '.join([*HUB_SOURCES, *SYNTHETIC])}")
+            raise ValueError(f"{where}: unknown source {spec.source!r}; use one of "
+                             f"{', '.join([*HUB_SOURCES, *SYNTHETIC])}")
         if spec.repeat < 1 or (spec.size is not None and spec.size < 0):
-            raise ValueError(f"{where}: repeat must be >= 1 and size >= 0 (got repeat={spec.repeat}, size={spec.size})")
+            raise ValueError(f"{where}: repeat must be >= 1 and size >= 0 (got "
+                             f"repeat={spec.repeat}, size={spec.size})")
         if spec.source == "conversations" and not spec.path:
             raise ValueError(f"{where}: source 'conversations' needs a path (JSONL/parquet file, folder or Hub id)")
         return spec
@@ -530,14 +539,17 @@ class Mixture:
                 except yaml.YAMLError:
                     obj = None
                 if not isinstance(obj, dict):
-                    raise ValueError(f"mixture must be a preset ({', '.join(PRESETS)}), a YAML file, or a YAML mapping")
+                    raise ValueError(f"mixture must be a preset ({', '.join(PRESETS)}), a YAML "
+                                     "file, or a YAML mapping")
         if not isinstance(obj, dict) or not obj.get("train"):
-            raise ValueError("a mixture needs a non-empty 'train' list of sources, e.g. train: [{source: arithmetic, size: 100}]")
+            raise ValueError("a mixture needs a non-empty 'train' list of sources, e.g. train: [{source: "
+                             "arithmetic, size: 100}]")
         unknown = set(obj) - {"train", "validation", "val_fraction", "seed"}
         if unknown:
             raise ValueError(f"unknown mixture keys {sorted(unknown)}; use train, validation, val_fraction, seed")
         mix = cls(train=[SourceSpec.parse(s, f"mixture.train[{i}]") for i, s in enumerate(obj["train"])],
-                  validation=[SourceSpec.parse(s, f"mixture.validation[{i}]") for i, s in enumerate(obj.get("validation") or [])],
+                  validation=[SourceSpec.parse(s, f"mixture.validation[{i}]")
+                              for i, s in enumerate(obj.get("validation") or [])],
                   val_fraction=float(obj.get("val_fraction", 0.0)), seed=int(obj.get("seed", MIXTURE_SEED)))
         if not 0.0 <= mix.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {mix.val_fraction}")
@@ -628,7 +640,7 @@ def tokenize_conversations(dataset, tokenizer, max_length: int, name: str = "tra
 
     Done here rather than inside TRL so a bad row fails naming its dataset and row, and so crops
     are counted: nanochat crops a long conversation to its first `max_length` tokens, and so do we.
-    Returns (dataset, stats) with stats = {"rows", "tokens", "supervised_tokens", "truncated_rows"}.
+    Returns (dataset, stats) with stats = {"rows", "tokens", "truncated_rows", "dropped_rows"}.
     """
     from nanochat_hf.tokenization import render_conversation
 

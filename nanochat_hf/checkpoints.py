@@ -13,6 +13,7 @@ that lacks it (a folder copied in part, or left by a version that wrote in place
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -21,6 +22,15 @@ from pathlib import Path
 from nanochat_hf.errors import writing
 
 STATE_NAME = "trainer_state.json"  # the last file both pretraining and the HF Trainer write into a checkpoint
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks (checkpoint files and data shards do not fit in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def checkpoint_step(path: str | os.PathLike) -> int | None:

@@ -47,16 +47,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _load(target: str):
+    """The `main(argv)` a STAGES entry names; imported only when its stage runs (each pulls in its own stack)."""
     module_name, func_name = target.split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as err:
-        # Only "this stage's module does not exist yet" is a not-built stage; a missing
-        # third-party dependency inside a built module must surface as itself.
-        if err.name is not None and (module_name == err.name or module_name.startswith(err.name + ".")):
-            return None
-        raise
-    return getattr(module, func_name, None)
+    return getattr(importlib.import_module(module_name), func_name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,11 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     stage, rest = argv[0], argv[1:]
     if stage not in STAGES:
         parser.error(f"unknown stage {stage!r}; choose one of: {', '.join(STAGES)}")
-    func = _load(STAGES[stage][0])
-    if func is None:
-        print(f"nanochat-hf {stage}: this stage is not built yet in this version of nanochat_hf.", file=sys.stderr)
-        return 3
-    return int(func(rest) or 0)
+    return int(_load(STAGES[stage][0])(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Import an original karpathy/nanochat checkpoint folder into a Hugging Face model folder.
 
-    nanochat-hf convert checkpoint ~/.cache/nanochat/base_checkpoints/d20 --output out/d20-hf [--step N] [--tokenizer tokenizer.pkl]
+    nanochat-hf convert checkpoint ~/.cache/nanochat/base_checkpoints/d20 --output out/d20-hf \\
+        [--step N] [--tokenizer tokenizer.pkl]
 
 nanochat writes `model_<step>.pt` (a state dict, keys `transformer.wte.weight`,
 `transformer.h.{i}.attn.c_q.weight`, ..., `lm_head.weight`; the 2026 model adds `value_embeds.{i}.weight`,
@@ -46,13 +47,15 @@ def find_step(src: Path, step: int | None) -> tuple[Path, Path, int]:
         if m:
             found[int(m.group(1))] = path
     if not found:
-        raise FileNotFoundError(f"no model_<step>.pt in {src}; point at a nanochat checkpoint folder (e.g. base_checkpoints/d20)")
+        raise FileNotFoundError(f"no model_<step>.pt in {src}; point at a nanochat checkpoint folder (e.g. "
+                                "base_checkpoints/d20)")
     step = max(found) if step is None else step
     if step not in found:
         raise FileNotFoundError(f"no model_<step>.pt for step {step} in {src}; available steps: {sorted(found)}")
     meta = found[step].with_name(found[step].name.replace("model_", "meta_").replace(".pt", ".json"))
     if not meta.exists():
-        raise FileNotFoundError(f"{meta.name} is missing next to {found[step].name}; nanochat writes both, copy it too")
+        raise FileNotFoundError(f"{meta.name} is missing next to {found[step].name}; nanochat "
+                                "writes both, copy it too")
     return found[step], meta, step
 
 
@@ -63,7 +66,8 @@ def detect_arch(state: dict[str, torch.Tensor]) -> str:
         return "classic"
     missing = [k for k in MODERN_MARKERS if k not in state]
     if missing:
-        raise ValueError(f"checkpoint has some 2026-architecture tensors ({', '.join(present)}) but lacks {', '.join(missing)}; "
+        raise ValueError(f"checkpoint has some 2026-architecture tensors ({', '.join(present)}) but lacks "
+                         f"{', '.join(missing)}; "
                          "only nanochat's October 2025 and 2026 layouts can be imported")
     return "modern"
 
@@ -83,7 +87,8 @@ def config_from_meta(model_config: dict, arch: str) -> NanoChatConfig:
     return NanoChatConfig(arch=arch, vocab_size=int(model_config["vocab_size"]), hidden_size=n_embd,
                           intermediate_size=4 * n_embd, num_hidden_layers=int(model_config["n_layer"]),
                           num_attention_heads=n_head, num_key_value_heads=int(model_config.get("n_kv_head", n_head)),
-                          head_dim=n_embd // n_head, max_position_embeddings=int(model_config["sequence_len"]), **extra)
+                          head_dim=n_embd // n_head,
+                          max_position_embeddings=int(model_config["sequence_len"]), **extra)
 
 
 def map_state_dict(state: dict[str, torch.Tensor], config: NanoChatConfig) -> dict[str, torch.Tensor]:
@@ -112,7 +117,8 @@ def map_state_dict(state: dict[str, torch.Tensor], config: NanoChatConfig) -> di
 
 
 def convert_nanochat_checkpoint(src_dir, output_dir, step: int | None = None, tokenizer_path=None) -> Path:
-    """nanochat checkpoint folder -> Hub-ready folder (config.json, model.safetensors, generation_config.json, tokenizer)."""
+    """nanochat checkpoint folder -> Hub-ready folder (config.json, model.safetensors, generation_config.json,
+    tokenizer)."""
     from nanochat_hf.modeling import NanoChatForCausalLM, check_tokenizer_fits
 
     src, out_dir = Path(src_dir), Path(output_dir)
@@ -166,5 +172,6 @@ def convert_nanochat_checkpoint(src_dir, output_dir, step: int | None = None, to
     model.save_pretrained(out_dir)
     (out_dir / "nanochat_meta.json").write_text(json.dumps({"source": str(src.name), "step": step, **{
         k: v for k, v in meta.items() if k in ("val_bpb", "model_config", "user_config")}}, indent=2, default=str))
-    print(f"imported {arch} nanochat step {step}: {sum(v.numel() for v in weights.values()):,} parameters -> {out_dir}")
+    print(f"imported {arch} nanochat step {step}: {sum(v.numel() for v in weights.values()):,} "
+          f"parameters -> {out_dir}")
     return out_dir

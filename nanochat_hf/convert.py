@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = sub.add_parser("checkpoint", help="import a nanochat checkpoint folder (model_*.pt, meta_*.json)")
     ckpt.add_argument("path", help="folder with model_<step>.pt and meta_<step>.json")
     ckpt.add_argument("--step", type=int, default=None, help="which step to import (default: the latest)")
-    ckpt.add_argument("--tokenizer", default=None, help="tokenizer.pkl to import alongside (default: PATH/tokenizer.pkl if present)")
+    ckpt.add_argument("--tokenizer", default=None, help="tokenizer.pkl to import alongside (default: "
+                                                        "PATH/tokenizer.pkl if present)")
     ckpt.add_argument("--output", required=True, help="output folder")
     args = parser.parse_args(argv)
 

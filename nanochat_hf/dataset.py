@@ -23,7 +23,6 @@ the loader resumes from.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -33,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nanochat_hf.checkpoints import file_sha256
 from nanochat_hf.errors import UserError, run_main
 
 # The Hub datasets nanochat pretrains on: repo id, index of the last shard (= validation).
@@ -52,8 +52,9 @@ def shard_filename(index: int) -> str:
 
 
 def data_home() -> Path:
-    """Where downloaded shards live: $NANOCHAT_HF_HOME (default ~/.cache/nanochat_hf)."""
-    return Path(os.environ.get("NANOCHAT_HF_HOME", Path.home() / ".cache" / "nanochat_hf"))
+    """Where downloads live (shards, the CORE bundle, lighteval's task indexes): $NANOCHAT_HF_HOME,
+    default ~/.cache/nanochat_hf."""
+    return Path(os.environ.get("NANOCHAT_HF_HOME", Path.home() / ".cache" / "nanochat_hf")).expanduser()
 
 
 def resolve_hub_dataset(name: str) -> tuple[str, str, int]:
@@ -166,10 +167,6 @@ class Split:
         return len(self.units)
 
 
-def _split_from(shards: list[Shard], rows: list[tuple[int, int]]) -> Split:
-    return Split(shards=shards, units=rows)
-
-
 def list_files(data: str | os.PathLike | None) -> list[Path]:
     """The document files of a source (see the module docstring), sorted; the last is validation."""
     if data is None or str(data) in ("", "embedded", "shakespeare"):
@@ -184,7 +181,8 @@ def list_files(data: str | os.PathLike | None) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix in TEXT_SUFFIXES and not p.name.startswith("."))
         if not files:
-            raise FileNotFoundError(f"no .parquet/.jsonl/.txt files in {path}; download shards with `nanochat-hf data download -n 8 --dir {path}`")
+            raise FileNotFoundError(f"no .parquet/.jsonl/.txt files in {path}; download shards with `nanochat-hf data "
+                                    f"download -n 8 --dir {path}`")
         return files
     try:
         alias, repo_id, _ = resolve_hub_dataset(str(data))
@@ -208,32 +206,26 @@ def load_splits(data: str | os.PathLike | None) -> tuple[Split, Split]:
     if len(shards) == 1 and shards[0].is_parquet:
         n = shards[0].num_row_groups
         if n < 2:
-            raise ValueError(f"{files[0]} is too small to hold out validation (one row group); give it more text or a second file")
-        return _split_from(shards, [(0, i) for i in range(n - 1)]), _split_from(shards, [(0, n - 1)])
+            raise ValueError(f"{files[0]} is too small to hold out validation (one row group); give it more "
+                             "text or a second file")
+        return Split(shards, [(0, i) for i in range(n - 1)]), Split(shards, [(0, n - 1)])
     if len(shards) == 1:  # one text file: its last VAL_FRACTION of documents is validation
         n = len(shards[0]._text_docs())
         n_val = max(1, round(VAL_FRACTION * n))
         if n - n_val < 1:
-            raise ValueError(f"{files[0]} is too small to hold out validation ({n} document(s)); give it more text or a second file")
+            raise ValueError(f"{files[0]} is too small to hold out validation ({n} document(s)); give it more "
+                             "text or a second file")
         train_shard, val_shard = Shard(files[0], (0, n - n_val)), Shard(files[0], (n - n_val, n))
         train_shard._docs, val_shard._docs = shards[0]._docs[: n - n_val], shards[0]._docs[n - n_val:]
-        return (_split_from([train_shard], [(0, i) for i in range(train_shard.num_row_groups)]),
-                _split_from([val_shard], [(0, i) for i in range(val_shard.num_row_groups)]))
+        return (Split([train_shard], [(0, i) for i in range(train_shard.num_row_groups)]),
+                Split([val_shard], [(0, i) for i in range(val_shard.num_row_groups)]))
     train = [(s, i) for s, sh in enumerate(shards[:-1]) for i in range(sh.num_row_groups)]
     last = len(shards) - 1
     val = [(last, i) for i in range(shards[-1].num_row_groups)]
-    return _split_from(shards, train), _split_from(shards, val)
+    return Split(shards, train), Split(shards, val)
 
 
 # ----------------------------------------------------------------------------- download
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _expected_checksums(repo_id: str, filenames: list[str]) -> dict[str, str]:
@@ -263,7 +255,7 @@ def download_shard(repo_id: str, filename: str, out_dir: Path, sha256: str | Non
         try:
             path = Path(hf_hub_download(repo_id, filename, repo_type="dataset", local_dir=out_dir))
             if sha256 is not None:
-                got = _sha256(path)
+                got = file_sha256(path)
                 if got != sha256:
                     path.unlink(missing_ok=True)
                     raise OSError(f"checksum mismatch for {filename}: expected {sha256[:12]}…, got {got[:12]}…")

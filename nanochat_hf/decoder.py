@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from nanochat_hf.configuration import has_value_embed
 from nanochat_hf.modeling import SMEAR_CACHE_ATTR, NanoChatForCausalLM
 
+
 def is_sharded(model) -> bool:
     """True for a model whose weights FSDP2 sharded (DTensors, gathered by hooks around each forward)."""
     return any(type(p.data) is not torch.Tensor for p in model.parameters())
@@ -54,7 +55,8 @@ class FastDecoder:
         self.head = model.lm_head.weight
         if self.modern:
             self.resid, self.x0 = m.resid_lambdas, m.x0_lambdas
-            self.smear_gate, self.smear_lambda, self.backout_lambda = m.smear_gate.weight, m.smear_lambda, m.backout_lambda
+            self.smear_gate = m.smear_gate.weight
+            self.smear_lambda, self.backout_lambda = m.smear_lambda, m.backout_lambda
             self.backout_layer = m.backout_layer
             self.ve_channels, self.smear_channels = cfg.value_embed_gate_channels, cfg.smear_gate_channels
         self.inv_freq = m.rotary_emb.inv_freq
@@ -103,7 +105,8 @@ class FastDecoder:
         return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
     @torch.inference_mode()
-    def step(self, ids: torch.Tensor, positions: torch.Tensor, cache, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def step(self, ids: torch.Tensor, positions: torch.Tensor, cache,
+             attention_mask: torch.Tensor | None) -> torch.Tensor:
         """ids (B, 1), positions (B,), `cache` a transformers Cache holding every earlier position,
         attention_mask (B, T_cache + 1) with 0 on padding or None -> next-token logits (B, V) in fp32."""
         lambdas = self._layer_lambdas() if self.modern else None

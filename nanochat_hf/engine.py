@@ -21,12 +21,13 @@ criteria and the model inputs at every step, and the model's forward itself goes
 calls and transformers' mask builders -- on a small model on CPU that Python overhead is most of the
 time per token. Here a decode step of a nanochat_hf model is `decoder.FastDecoder.step` (the same
 arithmetic as the forward for one new position, as straight-line tensor code; `compile=True` runs
-it through torch.compile), any other model gets one forward over the new column, then a sampler. The KV cache is our `SlotCache`: transformers'
-DynamicCache grows with `torch.cat` (a copy of the whole cache per token); ours writes into a
-preallocated buffer that doubles when full, and supports the row surgery continuous batching needs.
+it through torch.compile), any other model gets one forward over the new column, then a sampler.
+The KV cache is our `SlotCache`: transformers' DynamicCache grows with `torch.cat` (a copy of the whole
+cache per token); ours writes into a preallocated buffer that doubles when full, and supports the row
+surgery continuous batching needs.
 
 Why not transformers' own continuous batching (`model.generate_batch` / `ContinuousBatchingManager`,
-tried in 5.23 on CPU): it serves the classic architecture, but on the modern one it runs and gives
+as of transformers 5.23): it serves the classic architecture, but on the modern one it runs and gives
 other tokens than `generate()` (it packs requests into one row of a paged cache; nanochat's smear
 keeps the previous token's embedding per row, which the packed layout does not carry), it has no
 hook to force tool-output tokens into a running sequence (so no calculator). Our scheduler (below)
@@ -59,6 +60,12 @@ DEFAULT_MAX_BATCH = 32  # rows decoded together by the scheduler
 MIN_CACHE_CAPACITY = 64  # first KV buffer length; it doubles when full
 STOP_TOKENS = ("<|assistant_end|>", "<|bos|>")
 TOOL_TOKENS = ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")  # what ToolState reads
+# nanochat's message parts of a tool call: part type -> (the special token opening it, the one closing it).
+TOOL_PARTS = {"python": ("<|python_start|>", "<|python_end|>"),
+              "python_output": ("<|output_start|>", "<|output_end|>")}
+# How a tool call reads as text, `[calculator: 12*3 = 36]`: in the terminal chat and the server's `content`.
+TOOL_MARKERS = {"<|python_start|>": "[calculator: ", "<|python_end|>": "",
+                "<|output_start|>": " = ", "<|output_end|>": "]"}
 
 
 # ----------------------------------------------------------------------------- the KV cache
@@ -170,8 +177,10 @@ class SlotCache(DynamicCache):
         ta, tb = a.get_seq_length(), b.get_seq_length()
         out = SlotCache(len(a.layers))
         for la, lb, lo in zip(a.layers, b.layers, out.layers):
-            ka, va = F.pad(la.keys, (0, 0, tb - ta, 0)) if tb > ta else la.keys, F.pad(la.values, (0, 0, tb - ta, 0)) if tb > ta else la.values
-            kb, vb = F.pad(lb.keys, (0, 0, ta - tb, 0)) if ta > tb else lb.keys, F.pad(lb.values, (0, 0, ta - tb, 0)) if ta > tb else lb.values
+            ka, va = (F.pad(la.keys, (0, 0, tb - ta, 0)), F.pad(la.values, (0, 0, tb - ta, 0))) if tb > ta \
+                else (la.keys, la.values)
+            kb, vb = (F.pad(lb.keys, (0, 0, ta - tb, 0)), F.pad(lb.values, (0, 0, ta - tb, 0))) if ta > tb \
+                else (lb.keys, lb.values)
             lo.dtype, lo.device, lo.is_initialized = ka.dtype, ka.device, True
             lo._set(torch.cat([ka, kb]), torch.cat([va, vb]))
         sa, sb = a.row_state(), b.row_state()
@@ -293,7 +302,8 @@ class DecodeBatch:
 
     @_without_grad
     def prefill(self, prompts: list[list[int]], want_prompt_logits: bool = False) -> torch.Tensor | None:
-        """Prefill `prompts` together (left-padded) and append them as new rows; returns all-position logits if asked."""
+        """Prefill `prompts` together (left-padded) and append them as new rows; returns all-position logits if
+        asked."""
         dev = self.engine.device
         t = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), t), self.engine.pad_id, dtype=torch.long, device=dev)
@@ -397,7 +407,8 @@ class Engine:
         names = TOOL_TOKENS + STOP_TOKENS
         missing = [n for n in names if n not in vocab]
         if missing:
-            raise ValueError(f"the tokenizer lacks {', '.join(missing)}; use a nanochat tokenizer (nanochat_hf.tokenization)")
+            raise ValueError(f"the tokenizer lacks {', '.join(missing)}; use a nanochat tokenizer "
+                             "(nanochat_hf.tokenization)")
         self.ids = {n: vocab[n] for n in names}
         self.stop_ids = {self.ids[n] for n in STOP_TOKENS}
         self.pad_id = self.ids["<|bos|>"]
@@ -446,7 +457,8 @@ class Engine:
                 return
             batch.step(column)
 
-    def generate_batch(self, tokens: list[int], num_samples: int = 1, **kwargs) -> tuple[list[list[int]], list[list[int]]]:
+    def generate_batch(self, tokens: list[int],
+                       num_samples: int = 1, **kwargs) -> tuple[list[list[int]], list[list[int]]]:
         """Full sequences (prompt + completion, without the stop token) and masks (0 on the prompt)."""
         results = [list(tokens) for _ in range(num_samples)]
         masks = [[0] * len(tokens) for _ in range(num_samples)]
@@ -589,7 +601,8 @@ class Scheduler:
                 continue
             if logits is not None:
                 req = group[0]
-                lp = logits[0, :-1].log_softmax(-1).gather(-1, torch.tensor(req.prompt[1:], device=logits.device)[:, None])
+                lp = logits[0, :-1].log_softmax(-1).gather(-1,
+                                                           torch.tensor(req.prompt[1:], device=logits.device)[:, None])
                 self._emit(req, Event(prompt_logprobs=[None] + lp.squeeze(-1).tolist()))
             rows.extend(_Row(r, self.engine) for r in group)
 
@@ -644,7 +657,9 @@ class Scheduler:
     def _step(self, batch: DecodeBatch, rows: list[_Row]):
         sampled = self._sample_rows(batch.logits, rows)
         chosen = [row.tool.next_token(t) for row, t in zip(rows, sampled)]
-        logprobs = batch.logits.log_softmax(-1).gather(-1, torch.tensor([[t] for t, _ in chosen], device=batch.logits.device))
+        logprobs = batch.logits.log_softmax(-1).gather(-1,
+                                                       torch.tensor([[t] for t, _ in chosen],
+                                                                    device=batch.logits.device))
         logprobs = logprobs.squeeze(-1).tolist()
         column, keep = [], []
         for i, (row, (token, mask)) in enumerate(zip(rows, chosen)):
@@ -706,16 +721,13 @@ class StreamDecoder:
 class ChatRenderer:
     """Generated token ids -> display text with the tool call made visible, streamed piece by piece.
 
-    Plain tokens go through a StreamDecoder; the tool's special tokens become `markers` (the CLI
-    shows `[calculator: 12*3 = 36]`, the server can pass its own).
+    Plain tokens go through a StreamDecoder; the tool's special tokens become TOOL_MARKERS
+    (`[calculator: 12*3 = 36]`), the stop tokens nothing.
     """
 
-    DEFAULT_MARKERS = {"<|python_start|>": "[calculator: ", "<|python_end|>": "", "<|output_start|>": " = ",
-                       "<|output_end|>": "]", "<|assistant_end|>": "", "<|bos|>": ""}
-
-    def __init__(self, tokenizer, markers: dict[str, str] | None = None):
+    def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        markers = self.DEFAULT_MARKERS if markers is None else markers
+        markers = {**TOOL_MARKERS, **dict.fromkeys(STOP_TOKENS, "")}
         vocab = tokenizer.get_vocab()
         self.markers = {vocab[k]: v for k, v in markers.items() if k in vocab}
         self.special = set(tokenizer.all_special_ids) | set(self.markers)
@@ -735,8 +747,8 @@ def parse_assistant(tokenizer, tokens: list[int]) -> list[dict]:
     stored as messages and re-rendered exactly (the stop token, if present, is dropped).
     """
     vocab = tokenizer.get_vocab()
-    kinds = {vocab["<|python_start|>"]: "python", vocab["<|output_start|>"]: "python_output"}
-    closers = {vocab["<|python_end|>"], vocab["<|output_end|>"]}
+    kinds = {vocab[start]: kind for kind, (start, _) in TOOL_PARTS.items()}
+    closers = {vocab[end] for _, end in TOOL_PARTS.values()}
     stops = {vocab[t] for t in STOP_TOKENS}
     parts, kind, buf = [], "text", []
 
@@ -764,9 +776,9 @@ def load_engine(model_path: str, device: str | None = None, dtype: str | None = 
     """Model + tokenizer from a stage's output folder or a Hub id -> Engine (bf16 on GPU, fp32 on CPU)."""
     from pathlib import Path
 
-    import nanochat_hf.modeling  # noqa: F401  (registers our architectures with the Auto classes)
     from transformers import AutoModelForCausalLM
 
+    import nanochat_hf.modeling  # noqa: F401  (registers our architectures with the Auto classes)
     from nanochat_hf.tokenization import load_tokenizer
 
     local = Path(model_path).expanduser()
@@ -774,7 +786,8 @@ def load_engine(model_path: str, device: str | None = None, dtype: str | None = 
         raise FileNotFoundError(f"{model_path} has no config.json; pass a model folder written by a training stage "
                                 "(e.g. runs/tiny/sft) or a Hub id like user/nanochat-d20")
     if not local.exists() and (model_path.startswith((".", "/", "~")) or model_path.count("/") != 1):
-        raise FileNotFoundError(f"model {model_path!r} not found; pass a model folder or a Hub id like user/nanochat-d20")
+        raise FileNotFoundError(f"model {model_path!r} not found; pass a model folder or a Hub id "
+                                "like user/nanochat-d20")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     source = str(local) if local.exists() else model_path

@@ -21,7 +21,8 @@ def require(module: str, feature: str):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ValueError(f"{feature} needs {module.split('.')[0]}, which is not installed: {install_hint(module)}") from None
+        raise ValueError(f"{feature} needs {module.split('.')[0]}, which is not installed: "
+                         f"{install_hint(module)}") from None
 
 
 def available(module: str) -> bool:

@@ -107,7 +107,6 @@ def build_model_card(run: Path, stage: str, repo_id: str):
     model_dir = run / stage
     config = read_json(model_dir / "config.json")
     stages = read_json(run / "stages.json")
-    summary = read_json(model_dir / "training_summary.json")
     model_name = repo_id.split("/")[-1]
     needs_remote_code = "auto_map" in config
 
@@ -119,9 +118,6 @@ def build_model_card(run: Path, stage: str, repo_id: str):
         "vocabulary": config.get("vocab_size", "-"),
         "hardware": stages.get("hardware", "-"),
     }
-    for key, value in summary.items():
-        if isinstance(value, (int, float, str)):
-            training[key] = value
     for name, info in stages.get("stages", {}).items():
         if isinstance(info, dict) and "seconds" in info:
             training[f"time: {name}"] = f"{info['seconds'] / 60:.1f} min"
@@ -165,7 +161,8 @@ def build_model_card(run: Path, stage: str, repo_id: str):
     return ModelCard(content)
 
 
-def push_stage(run: str | Path, stage: str, repo_id: str, private: bool = False, api=None, token: str | None = None) -> str:
+def push_stage(run: str | Path, stage: str, repo_id: str, private: bool = False, api=None,
+               token: str | None = None) -> str:
     """Create the repo and upload the stage folder + card + report in one commit; returns the commit URL."""
     from huggingface_hub import HfApi
 

@@ -1,7 +1,8 @@
 """nanochat's GPT as a transformers causal LM, in both architectures (see configuration.py).
 
     from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
-    model = NanoChatForCausalLM(NanoChatConfig.from_depth(4, arch="modern", vocab_size=4096, max_position_embeddings=512))
+    config = NanoChatConfig.from_depth(4, arch="modern", vocab_size=4096, max_position_embeddings=512)
+    model = NanoChatForCausalLM(config)
     out = model(input_ids, labels=input_ids)          # labels are shifted inside, -100 ignored
     model.generate(input_ids, max_new_tokens=32)      # KV cache (and smear state) kept in the Cache object
 
@@ -26,8 +27,7 @@ import os
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import GenerationMixin, PreTrainedModel
-from transformers import initialization as init
+from transformers import GenerationMixin, PreTrainedModel, initialization as init
 from transformers.cache_utils import DynamicCache
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -273,7 +273,8 @@ class NanoChatModel(NanoChatPreTrainedModel):
         self.has_sliding_layers = "sliding_attention" in config.layer_types
         if self.modern:
             kv_dim = config.num_key_value_heads * config.head_dim
-            self.value_embeds = nn.ModuleDict({str(i): _tag(nn.Embedding(config.padded_vocab_size, kv_dim), "value_embed")
+            self.value_embeds = nn.ModuleDict({str(i): _tag(nn.Embedding(config.padded_vocab_size, kv_dim),
+                                                            "value_embed")
                                                for i in range(n) if has_value_embed(i, n)})
             self.resid_lambdas = nn.Parameter(torch.ones(n))  # scales the residual stream entering each layer
             self.x0_lambdas = nn.Parameter(torch.zeros(n))  # mixes the (smeared) embedding back in at each layer
@@ -418,7 +419,8 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Optimizer groups by role: embeddings (AdamW), head (AdamW), block matrices (Muon), scalars (AdamW)."""
         m = self.model
-        groups = {"embedding": [m.embed_tokens.weight], "unembedding": [self.lm_head.weight], "matrix": [], "scalar": []}
+        groups = {"embedding": [m.embed_tokens.weight], "unembedding": [self.lm_head.weight],
+                  "matrix": [], "scalar": []}
         if self.config.arch == "modern":
             groups["embedding"] += [e.weight for e in m.value_embeds.values()]
             groups["scalar"] += [m.resid_lambdas, m.x0_lambdas, m.smear_gate.weight, m.smear_lambda, m.backout_lambda]
@@ -565,13 +567,14 @@ def check_tokenizer_fits(config: NanoChatConfig, tokenizer) -> None:
     """A tokenizer whose ids run past the embedding table would index out of range mid-run: refuse it now."""
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}; "
-                         "use the tokenizer the model was trained with (or build the model with vocab_size=len(tokenizer))")
+                         "use the tokenizer the model was trained with (or build the model with "
+                         "vocab_size=len(tokenizer))")
 
 
 def _register() -> None:
     """`AutoConfig` / `AutoModelForCausalLM` resolve both model types to these classes (classic overrides
     transformers' native mapping: same weights and logits, plus nanochat's init and accounting)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModel
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
     AutoConfig.register("nanochat_modern", NanoChatConfig, exist_ok=True)
     AutoConfig.register("nanochat", NanoChatClassicConfig, exist_ok=True)

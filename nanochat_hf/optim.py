@@ -361,7 +361,8 @@ class TrainingSchedule:
 
     def values(self, step: int) -> dict[str, float]:
         return {
-            "lrm": lr_multiplier(step, self.num_iterations, self.warmup_steps, self.warmdown_ratio, self.final_lr_frac),
+            "lrm": lr_multiplier(step, self.num_iterations, self.warmup_steps,
+                                 self.warmdown_ratio, self.final_lr_frac),
             "muon_momentum": muon_momentum(step, self.num_iterations, self.warmdown_ratio, self.momentum_warmup_steps),
             "muon_wd_multiplier": weight_decay_multiplier(step, self.num_iterations),
         }

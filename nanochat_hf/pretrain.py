@@ -22,7 +22,6 @@ What is derived from what (nanochat's recipe, muP-style transfer from a d12 refe
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -35,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nanochat_hf.checkpoints import STATE_NAME, latest_checkpoint, publish, rotate, staging_dir
+from nanochat_hf.checkpoints import STATE_NAME, file_sha256, latest_checkpoint, publish, rotate, staging_dir
 from nanochat_hf.errors import UserError, ensure_writable, run_main, writing
 from nanochat_hf.extras import require
 
@@ -62,15 +61,19 @@ class PretrainError(UserError):
 @dataclass
 class PretrainConfig:
     # Model
-    arch: str = field(default="modern", metadata={"help": "modern (nanochat 2026) or classic (transformers' native nanochat)"})
+    arch: str = field(default="modern", metadata={"help": "modern (nanochat 2026) or classic "
+                                                          "(transformers' native nanochat)"})
     depth: int = field(default=20, metadata={"help": "number of transformer layers: the one dial of model size"})
-    aspect_ratio: int = field(default=64, metadata={"help": "model_dim = depth * aspect_ratio, rounded up to head_dim"})
+    aspect_ratio: int = field(default=64, metadata={"help": "model_dim = depth * aspect_ratio, "
+                                                            "rounded up to head_dim"})
     head_dim: int = field(default=128, metadata={"help": "attention head dimension"})
     max_seq_len: int = field(default=2048, metadata={"help": "context length of the training rows"})
-    window_pattern: str = field(default="SSSL", metadata={"help": "sliding-window pattern tiled over layers (modern): L=full, S=a quarter of the context"})
+    window_pattern: str = field(default="SSSL", metadata={"help": "sliding-window pattern tiled over layers (modern): "
+                                                                  "L=full, S=a quarter of the context"})
     # Data
     tokenizer: str = field(default="runs/tiny/tokenizer", metadata={"help": "tokenizer folder or Hub id"})
-    data: str | None = field(default=None, metadata={"help": "file, folder, or Hub dataset (climbmix, fineweb-edu); default: embedded Shakespeare"})
+    data: str | None = field(default=None, metadata={"help": "file, folder, or Hub dataset (climbmix, fineweb-edu); "
+                                                             "default: embedded Shakespeare"})
     buffer_size: int = field(default=1000, metadata={"help": "documents in the best-fit packing buffer"})
     tokenizer_batch_size: int = field(default=128, metadata={"help": "documents tokenised per batch"})
     # Training horizon (first one set wins)
@@ -78,8 +81,10 @@ class PretrainConfig:
     target_flops: float = field(default=-1.0, metadata={"help": "derive steps from total training FLOPs (-1 = off)"})
     target_param_data_ratio: float = field(default=12.0, metadata={"help": "tokens per scaling parameter"})
     # Optimization
-    device_batch_size: int = field(default=32, metadata={"help": "rows per device per micro-step; lower it if out of memory"})
-    total_batch_size: int = field(default=-1, metadata={"help": "tokens per optimizer step (-1 = nanochat's automatic rule)"})
+    device_batch_size: int = field(default=32, metadata={"help": "rows per device per micro-step; "
+                                                                 "lower it if out of memory"})
+    total_batch_size: int = field(default=-1, metadata={"help": "tokens per optimizer step (-1 = "
+                                                                "nanochat's automatic rule)"})
     embedding_lr: float = 0.3
     unembedding_lr: float = 0.008
     matrix_lr: float = 0.02
@@ -94,18 +99,21 @@ class PretrainConfig:
     eval_tokens: int = field(default=80 * 524288, metadata={"help": "validation tokens per evaluation"})
     sample_max_tokens: int = 16
     log_every: int = 1
-    report_to: str = field(default="none", metadata={"help": "accelerate trackers: none, trackio, wandb, tensorboard (comma list)"})
+    report_to: str = field(default="none", metadata={"help": "accelerate trackers: none, trackio, wandb, "
+                                                             "tensorboard (comma list)"})
     run_name: str = "pretrain"
     # Runtime
     output_dir: str = "runs/tiny/base"
-    save_every: int = field(default=-1, metadata={"help": "checkpoint every N steps (-1 = never; the final model is always saved)"})
+    save_every: int = field(default=-1, metadata={"help": "checkpoint every N steps (-1 = never; the final "
+                                                          "model is always saved)"})
     save_total_limit: int = field(default=-1, metadata={"help": "keep only the newest N checkpoints (-1 = all)"})
     resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest or a checkpoint folder"})
     seed: int = 42
     mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bf16, no"})
     compile: str = field(default="auto", metadata={"help": "torch.compile: auto (on GPU), true, false"})
     fp8: bool = field(default=False, metadata={"help": "FP8 matmuls via torchao (H100+ only)"})
-    max_steps_this_run: int = field(default=-1, metadata={"help": "stop (after saving) once this many steps ran in this process; for preemptible jobs and tests"})
+    max_steps_this_run: int = field(default=-1, metadata={"help": "stop (after saving) once this many steps ran in "
+                                                                  "this process; for preemptible jobs and tests"})
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -131,32 +139,19 @@ def load_tokenizer_and_bytes(path: str):
         raise UserError(f"{tb_file} cannot be read ({type(err).__name__}); delete it (it is recomputed from "
                         "tokenizer.json) or save the tokenizer again") from None
     if len(token_bytes) < len(tok):
-        raise ValueError(f"{tb_file} has {len(token_bytes)} entries but the tokenizer has {len(tok)}; re-save the tokenizer")
+        raise ValueError(f"{tb_file} has {len(token_bytes)} entries but the tokenizer has {len(tok)}; "
+                         "re-save the tokenizer")
     return tok, token_bytes
 
 
-def model_classes():
-    """(NanoChatConfig.from_depth, NanoChatForCausalLM): our two architectures."""
-    from nanochat_hf.modeling import NanoChatConfig, NanoChatForCausalLM
-
-    return NanoChatConfig.from_depth, NanoChatForCausalLM
-
-
 def model_config(cfg: PretrainConfig, depth: int, vocab_size: int):
-    from_depth, _ = model_classes()
+    from nanochat_hf.modeling import NanoChatConfig
+
     kwargs = dict(arch=cfg.arch, vocab_size=vocab_size, max_position_embeddings=cfg.max_seq_len,
                   head_dim=cfg.head_dim, aspect_ratio=cfg.aspect_ratio)
     if cfg.arch == "modern":
         kwargs["window_pattern"] = cfg.window_pattern
-    return from_depth(depth, **kwargs)
-
-
-def scaling_params(model) -> int:
-    """nanochat's scaling parameter count (transformer matrices + lm_head)."""
-    n = model.num_scaling_params()
-    if isinstance(n, dict):
-        return n["transformer_matrices"] + n["lm_head"]
-    return int(n)
+    return NanoChatConfig.from_depth(depth, **kwargs)
 
 
 def fit_device_batch(total: int, device_batch: int, seq_len: int, world_size: int) -> int:
@@ -178,17 +173,16 @@ def fit_device_batch(total: int, device_batch: int, seq_len: int, world_size: in
 
 def training_plan(cfg: PretrainConfig, model, vocab_size: int, world_size: int) -> dict:
     """Horizon, batch size, lr/wd scaling and accumulation: nanochat's rules, as numbers."""
+    from nanochat_hf.modeling import NanoChatForCausalLM
     from nanochat_hf.optim import REFERENCE_BATCH
 
-    _, NanoChatForCausalLM = model_classes()
-
-    n_scaling = scaling_params(model)
+    n_scaling = model.num_scaling_params()
     flops_per_token = float(model.estimate_flops())
     ratio = cfg.target_param_data_ratio if cfg.target_param_data_ratio > 0 else 12.0
     target_tokens = int(ratio * n_scaling)
     with torch.device("meta"):  # the d12 reference, shapes only
         ref = NanoChatForCausalLM(model_config(cfg, REFERENCE_DEPTH, vocab_size))
-    d_ref = ratio * scaling_params(ref)
+    d_ref = ratio * ref.num_scaling_params()
     total = cfg.total_batch_size
     if total == -1:  # Power Lines: B_opt ~ D^0.383, anchored at 2^19 tokens for d12
         total = 2 ** round(math.log2(REFERENCE_BATCH * (target_tokens / d_ref) ** 0.383))
@@ -265,34 +259,35 @@ def _manifest(folder: Path) -> dict[str, dict]:
     out = {}
     for f in sorted(folder.rglob("*")):
         if f.is_file() and f.name != STATE_NAME:
-            h = hashlib.sha256()
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-            out[str(f.relative_to(folder))] = {"size": f.stat().st_size, "sha256": h.hexdigest()}
+            out[str(f.relative_to(folder))] = {"size": f.stat().st_size, "sha256": file_sha256(f)}
     return out
 
 
 def verify_checkpoint(folder: Path) -> dict:
     """The checkpoint's trainer state, after checking every file against its manifest."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"checkpoint {folder} does not exist; pass `latest` or an existing checkpoint-<step> folder")
+        raise FileNotFoundError(f"checkpoint {folder} does not exist; pass `latest` or an existing "
+                                "checkpoint-<step> folder")
     state_file = folder / STATE_NAME
     if not state_file.is_file():
-        raise ValueError(f"checkpoint {folder} is partial (no {STATE_NAME}: its save was interrupted); delete it and resume from an older one")
+        raise ValueError(f"checkpoint {folder} is partial (no {STATE_NAME}: its save was interrupted); delete it and "
+                         "resume from an older one")
     try:
         state = json.loads(state_file.read_text())
     except json.JSONDecodeError:
-        raise ValueError(f"checkpoint {folder} is corrupt ({STATE_NAME} is not valid JSON); delete it and resume from an older one") from None
+        raise ValueError(f"checkpoint {folder} is corrupt ({STATE_NAME} is not valid JSON); delete it and "
+                         "resume from an older one") from None
     for name, meta in state.get("manifest", {}).items():
         f = folder / name
         if not f.is_file() or f.stat().st_size != meta["size"]:
-            raise ValueError(f"checkpoint {folder} is corrupt ({name} is missing or truncated); delete it and resume from an older one")
+            raise ValueError(f"checkpoint {folder} is corrupt ({name} is missing or truncated); delete it and "
+                             "resume from an older one")
     if os.environ.get("NANOCHAT_HF_SKIP_CHECKSUM") != "1":
         actual = _manifest(folder)
         bad = [n for n, m in state.get("manifest", {}).items() if actual.get(n, {}).get("sha256") != m["sha256"]]
         if bad:
-            raise ValueError(f"checkpoint {folder} is corrupt ({bad[0]} fails its sha256); delete it and resume from an older one")
+            raise ValueError(f"checkpoint {folder} is corrupt ({bad[0]} fails its sha256); delete it and "
+                             "resume from an older one")
     return state
 
 
@@ -378,7 +373,7 @@ def train(cfg: PretrainConfig) -> dict:
     from nanochat_hf.dataset import load_splits
     from nanochat_hf.distributed import fsdp_fallback_note
     from nanochat_hf.loss_eval import evaluate_bpb
-    from nanochat_hf.modeling import check_tokenizer_fits
+    from nanochat_hf.modeling import NanoChatForCausalLM, check_tokenizer_fits
     from nanochat_hf.optim import TrainingSchedule, build_optimizer
 
     on_gpu = torch.cuda.is_available()
@@ -386,7 +381,7 @@ def train(cfg: PretrainConfig) -> dict:
     use_compile = on_gpu if cfg.compile == "auto" else str(cfg.compile).lower() in ("true", "1", "yes")
     trackers = [t.strip() for t in cfg.report_to.split(",") if t.strip() and t.strip() != "none"]
     # cpu=True on a machine without CUDA: that is what makes `--multi_gpu --num_processes N`
-    # form a real gloo process group instead of N independent runs (see ECOSYSTEM.md).
+    # form a real gloo process group instead of N independent runs.
     accelerator = Accelerator(cpu=not on_gpu, mixed_precision=mp, log_with=trackers or None,
                               project_dir=cfg.output_dir, dynamo_backend="inductor" if use_compile else "no")
     main_proc = accelerator.is_main_process
@@ -413,7 +408,7 @@ def train(cfg: PretrainConfig) -> dict:
     set_seed(cfg.seed)
     config = model_config(cfg, cfg.depth, len(tokenizer))
     check_tokenizer_fits(config, tokenizer)
-    model = model_classes()[1](config)
+    model = NanoChatForCausalLM(config)
     model.config.use_cache = False
     # FlashAttention-3 on a GPU (bf16 under autocast, sliding windows); SDPA elsewhere or if it cannot load.
     compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp, torch.float32)
@@ -421,14 +416,16 @@ def train(cfg: PretrainConfig) -> dict:
     say(f"attention: {model.config._attn_implementation}")
     plan = training_plan(cfg, model, len(tokenizer), accelerator.num_processes)
     if plan["device_batch_size"] != cfg.device_batch_size:
-        say(f"device_batch_size {cfg.device_batch_size} -> {plan['device_batch_size']}: {plan['total_batch_size']} tokens "
+        say(f"device_batch_size {cfg.device_batch_size} -> {plan['device_batch_size']}: "
+            f"{plan['total_batch_size']} tokens "
             f"per step do not split into whole micro-steps of {cfg.device_batch_size}x{cfg.max_seq_len} on "
             f"{accelerator.num_processes} processes")
         cfg.device_batch_size = plan["device_batch_size"]
     if cfg.fp8:
         say(f"fp8: {enable_fp8(model, on_gpu)} linear layers train in fp8")
     optimizer = build_optimizer(model, embedding_lr=cfg.embedding_lr, unembedding_lr=cfg.unembedding_lr,
-                                matrix_lr=cfg.matrix_lr, scalar_lr=cfg.scalar_lr, weight_decay=plan["weight_decay_scaled"],
+                                matrix_lr=cfg.matrix_lr, scalar_lr=cfg.scalar_lr,
+                                weight_decay=plan["weight_decay_scaled"],
                                 batch_lr_scale=plan["batch_lr_scale"])
     num_iterations, accum = plan["num_iterations"], plan["grad_accum_steps"]
     schedule = TrainingSchedule(optimizer, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio,
@@ -442,8 +439,8 @@ def train(cfg: PretrainConfig) -> dict:
     # Loop state: restored from the checkpoint when resuming.
     step, val_bpb, min_val_bpb, smooth_loss, train_time = 0, None, float("inf"), 0.0, 0.0
     loader_state = None
-    model_shape = {"arch": cfg.arch, "depth": cfg.depth, "hidden_size": config.hidden_size, "vocab_size": len(tokenizer),
-                   "max_seq_len": cfg.max_seq_len}
+    model_shape = {"arch": cfg.arch, "depth": cfg.depth, "hidden_size": config.hidden_size,
+                   "vocab_size": len(tokenizer), "max_seq_len": cfg.max_seq_len}
     if resume_state is not None:
         saved = resume_state.get("model_shape", model_shape)
         diff = [f"{k} {saved[k]} vs {model_shape[k]}" for k in model_shape if saved.get(k) != model_shape[k]]
@@ -462,9 +459,11 @@ def train(cfg: PretrainConfig) -> dict:
         log.truncate_after(step)
         say(f"resumed from {resume_dir} at step {step}")
     log.write(event="start", step=step, config=asdict(cfg), plan=plan, world_size=accelerator.num_processes,
-              distributed_type=str(accelerator.distributed_type), mixed_precision=mp, resumed_from=str(resume_dir) if resume_dir else None)
+              distributed_type=str(accelerator.distributed_type), mixed_precision=mp,
+              resumed_from=str(resume_dir) if resume_dir else None)
     if trackers:
-        accelerator.init_trackers("nanochat_hf", config={**asdict(cfg), **plan}, init_kwargs={"wandb": {"name": cfg.run_name}})
+        accelerator.init_trackers("nanochat_hf", config={**asdict(cfg), **plan},
+                                  init_kwargs={"wandb": {"name": cfg.run_name}})
 
     rank, world = accelerator.process_index, accelerator.num_processes
     loader = BestFitLoader(train_split, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank, world,
@@ -481,7 +480,8 @@ def train(cfg: PretrainConfig) -> dict:
     trainer_state = lambda: {"plan": plan, "config": asdict(cfg), "model_shape": model_shape, "loop": {  # noqa: E731
         "val_bpb": val_bpb, "min_val_bpb": min_val_bpb, "smooth_loss": smooth_loss, "train_time": train_time}}
     start_step, steps_this_run = step, 0
-    bar = tqdm(total=num_iterations, initial=step, desc="pretrain", unit="step", disable=not main_proc, dynamic_ncols=True)
+    bar = tqdm(total=num_iterations, initial=step, desc="pretrain", unit="step",
+               disable=not main_proc, dynamic_ncols=True)
     model.train()
     while True:
         last = step == num_iterations
@@ -536,7 +536,8 @@ def train(cfg: PretrainConfig) -> dict:
             log.write(**row)
             accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
         bar.update(1)
-        bar.set_postfix(loss=f"{debiased:.4f}", tok_s=f"{tok_per_sec:,.0f}", **({"mfu": f"{mfu:.1f}%"} if on_gpu else {}))
+        bar.set_postfix(loss=f"{debiased:.4f}", tok_s=f"{tok_per_sec:,.0f}",
+                        **({"mfu": f"{mfu:.1f}%"} if on_gpu else {}))
         if cfg.save_every > 0 and step % cfg.save_every == 0 and step != num_iterations:
             save_checkpoint(accelerator, output_dir, step, trainer_state(), loader, cfg.save_total_limit)
     bar.close()
@@ -557,7 +558,8 @@ def train(cfg: PretrainConfig) -> dict:
         say(f"{prompt!r} -> {completion!r}")
     save_final(accelerator, model, tokenizer, output_dir)
     summary = {"step": step, "finished": True, "val_bpb": val_bpb, "min_val_bpb": min_val_bpb,
-               "total_training_time": train_time, "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None}
+               "total_training_time": train_time,
+               "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None}
     log.write(event="end", **summary)
     say(f"done: val bpb {val_bpb:.4f} | training time {train_time / 60:.2f} min | model in {output_dir}")
     loader.close()

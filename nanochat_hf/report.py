@@ -89,7 +89,8 @@ def partial_chatcore(evaluation: dict) -> float | None:
     """Mean centered accuracy over the chat tasks that ran, when the full ChatCORE set did not
     (offline CPU runs have no MMLU/GSM8K data): shown in the report marked with an asterisk."""
     tasks = evaluation.get("tasks", {})
-    centered = [tasks[t]["centered"] for t in CHAT_TASK_LABELS if isinstance(tasks.get(t), dict) and "centered" in tasks[t]]
+    centered = [tasks[t]["centered"] for t in CHAT_TASK_LABELS
+                if isinstance(tasks.get(t), dict) and "centered" in tasks[t]]
     return sum(centered) / len(centered) if centered else None
 
 
@@ -147,12 +148,14 @@ def stage_effects(run: Path) -> list[Effect]:
     teaches the calculator and spelling, SFT moves the chat evals, RL raises pass@1."""
     logs = {stage: stage_log(run, stage) for stage in MODEL_STAGES}
     effects = [Effect("pretrain", "val bpb", *_first_last(logs["base"], "val_bpb"), higher_is_better=False)]
-    for key, label in (("chatcore/Arithmetic/tool_calls", "calculator-call rate"), ("chatcore/SpellingBee", "SpellingBee")):
+    for key, label in (("chatcore/Arithmetic/tool_calls", "calculator-call rate"),
+                       ("chatcore/SpellingBee", "SpellingBee")):
         effects.append(Effect("mid", label, *_first_last(logs["mid"], key)))
     mid_chat, sft_chat = (partial_chatcore(read_json(run / "eval" / f"{s}.json")) for s in ("mid", "sft"))
     effects.append(Effect("sft", "chat evals (mean centered accuracy)", mid_chat, sft_chat))
     effects.append(Effect("rl", "pass@1 (RL log, held-out problems)", *_first_last(logs["rl"], "pass@1")))
-    effects.append(Effect("rl", "Arithmetic (greedy, held-out)", _task(run, "sft", "Arithmetic"), _task(run, "rl", "Arithmetic")))
+    effects.append(Effect("rl", "Arithmetic (greedy, held-out)", _task(run, "sft", "Arithmetic"),
+                          _task(run, "rl", "Arithmetic")))
     return [e for e in effects if e.before is not None or e.after is not None]
 
 
@@ -331,7 +334,8 @@ def _model_facts(run: Path, stage: str) -> dict:
     rows = stage_log(run, stage)
     for row in rows:  # pretraining: the derived plan, then the end-of-run totals
         if isinstance(row.get("plan"), dict):
-            for key in ("num_params", "num_scaling_params", "flops_per_token", "total_batch_size", "num_iterations", "total_tokens"):
+            for key in ("num_params", "num_scaling_params", "flops_per_token", "total_batch_size",
+                        "num_iterations", "total_tokens"):
                 if key in row["plan"]:
                     facts[key] = row["plan"][key]
         for key in ("total_training_time", "total_training_flops", "min_val_bpb"):
@@ -391,7 +395,8 @@ def build_report(run: Path, gpu_hour_cost: float = DEFAULT_GPU_HOUR_COST) -> str
         for metric in SUMMARY_METRICS:
             lines.append(f"| {metric} | " + " | ".join(_fmt(table[metric].get(s)) for s in present) + " |")
         if any(isinstance(v, PartialScore) for v in table["ChatCORE"].values()):
-            lines += ["", "\\* ChatCORE over the chat tasks that ran (the full set needs MMLU and GSM8K data, not available offline)."]
+            lines += ["", "\\* ChatCORE over the chat tasks that ran (the full set needs MMLU and GSM8K data, "
+                          "not available offline)."]
     else:
         lines.append("No evaluation results found (expected `eval/<stage>.json`).")
     lines.append("")
@@ -418,9 +423,11 @@ def write_report(run: str | Path, gpu_hour_cost: float = DEFAULT_GPU_HOUR_COST) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nanochat-hf report", description="Write report.md and plots for a run folder.")
+    parser = argparse.ArgumentParser(prog="nanochat-hf report", description="Write report.md and "
+                                                                            "plots for a run folder.")
     parser.add_argument("--run", required=True, help="run folder (e.g. runs/tiny)")
-    parser.add_argument("--gpu-hour-cost", type=float, default=DEFAULT_GPU_HOUR_COST, help="$ per GPU-hour for the cost line")
+    parser.add_argument("--gpu-hour-cost", type=float, default=DEFAULT_GPU_HOUR_COST, help="$ per GPU-hour for the "
+                                                                                           "cost line")
     args = parser.parse_args(argv)
     try:
         path = write_report(args.run, args.gpu_hour_cost)

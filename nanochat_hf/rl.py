@@ -13,7 +13,8 @@ one of GRPOConfig's knobs (set in the recipes):
   advantage = reward - group mean         scale_rewards: none
   16 samples per question, 256 tokens     num_generations: 16, max_completion_length: 256
   temperature 1.0, top-k 50               temperature: 1.0, top_k: 50
-  lr = 5% of base, linear decay to 0      init_lr_frac: 0.05 (nanochat optimizer) / learning_rate, lr_scheduler_type: linear
+  lr = 5% of base, linear decay to 0      init_lr_frac: 0.05 (nanochat optimizer) / learning_rate,
+                                          lr_scheduler_type: linear
 
 Rollouts use the calculator tool as the model was taught in SFT: when it writes
 `<|python_start|>expr<|python_end|>`, `nanochat_hf.engine.Engine` evaluates `expr` with the safe
@@ -78,7 +79,8 @@ class RLArguments:
     use_calculator: bool = field(default=True, metadata={
         "help": "run the calculator tool inside rollouts (nanochat's Engine); false: plain TRL generation"})
     # periodic pass@k on held-out questions (nanochat: every 60 steps, 400 questions, k up to 8)
-    eval_every: int = field(default=60, metadata={"help": "measure pass@k every N steps (and at 0 and the end); <=0: never"})
+    eval_every: int = field(default=60, metadata={"help": "measure pass@k every N steps (and at 0 and "
+                                                          "the end); <=0: never"})
     eval_examples: int = field(default=400, metadata={"help": "held-out questions per pass@k measurement"})
     pass_k: int = field(default=8, metadata={"help": "samples per held-out question: logs pass@1..pass@k"})
     eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the pass@k samples"})
@@ -90,7 +92,8 @@ class RLArguments:
     unembedding_lr: float = field(default=0.004, metadata={"help": "nanochat optimizer: lm_head lr (AdamW)"})
     matrix_lr: float = field(default=0.02, metadata={"help": "nanochat optimizer: block matrices lr (Muon)"})
     scalar_lr: float = field(default=0.5, metadata={"help": "nanochat optimizer: scalars lr (AdamW)"})
-    init_lr_frac: float = field(default=0.05, metadata={"help": "nanochat optimizer: start at this fraction of the lrs"})
+    init_lr_frac: float = field(default=0.05, metadata={"help": "nanochat optimizer: start at "
+                                                                "this fraction of the lrs"})
 
 
 @dataclass
@@ -132,7 +135,8 @@ def synthetic_rows(size: int, seed: int = 0, max_operand: int = 99) -> list[dict
         for i, part in enumerate(parts):
             if part["type"] == "python":
                 following = parts[i + 1] if i + 1 < len(parts) else {}
-                answer += f"<<{part['text']}={following.get('text', '') if following.get('type') == 'python_output' else ''}>>"
+                result = following.get("text", "") if following.get("type") == "python_output" else ""
+                answer += f"<<{part['text']}={result}>>"
             elif part["type"] == "text":
                 answer += part["text"]
         rows.append({"question": question, "answer": answer})
@@ -158,7 +162,8 @@ def load_prompts(args: RLArguments):
     if args.dataset_name == "synthetic":
         from nanochat_hf.chat_data import VAL_SEED_OFFSET
 
-        train = synthetic_rows(args.synthetic_train_size, seed=args.synthetic_seed, max_operand=args.synthetic_max_operand)
+        train = synthetic_rows(args.synthetic_train_size, seed=args.synthetic_seed,
+                               max_operand=args.synthetic_max_operand)
         test = synthetic_rows(args.synthetic_test_size, seed=VAL_SEED_OFFSET, max_operand=args.synthetic_max_operand)
     else:
         # Hub id (openai/gsm8k + config main) or local files in the same schema; chat_data knows both.
@@ -217,7 +222,7 @@ def sample_with_tools(engine, prompt_tokens: list[int], num_samples: int, max_to
     return out_ids, out_masks
 
 
-def make_rollout_func(args: RLArguments):
+def make_rollout_func():
     """TRL `rollout_func(prompts, trainer) -> {prompt_ids, completion_ids, logprobs, env_mask}`."""
     from trl.models.utils import unwrap_model_for_generation
 
@@ -254,7 +259,7 @@ def _log_tool_calls(trainer, completion_ids: list[list[int]]) -> None:
         metrics["train"]["tools/calls_per_completion"].append(tool_calls / max(1, len(completion_ids)))
 
 
-def make_vllm_rollout_func(args: RLArguments):
+def make_vllm_rollout_func():
     """`rollout_func` for `use_vllm: true`: TRL's vLLM generation in turns, the calculator between them.
 
     TRL syncs the weights into vLLM before calling it. Each turn generates with
@@ -387,7 +392,8 @@ class JsonlLogCallback(TrainerCallback):
         if not state.is_world_process_zero or not logs:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str)) or v is None}}
+        row = {"step": state.global_step,
+               **{k: v for k, v in logs.items() if isinstance(v, (int, float, str)) or v is None}}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
@@ -411,9 +417,9 @@ def truncate_log(path: Path, step: int) -> None:
 
 
 def load_model(args: RLArguments, config):
-    import nanochat_hf.modeling  # noqa: F401  registers our architectures with the Auto classes
     from transformers import AutoModelForCausalLM
 
+    import nanochat_hf.modeling  # noqa: F401  registers our architectures with the Auto classes
     from nanochat_hf.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(args.tokenizer_name_or_path or args.model_name_or_path)
@@ -486,14 +492,16 @@ def check_args(args: RLArguments, config) -> None:
     if not args.model_name_or_path:
         raise ValueError("--model_name_or_path is required: the SFT model folder (e.g. runs/tiny/sft) or a Hub id")
     local = Path(args.model_name_or_path).expanduser()
-    if (local.exists() or args.model_name_or_path.startswith((".", "/", "~"))) and not (local / "config.json").is_file():
+    looks_local = local.exists() or args.model_name_or_path.startswith((".", "/", "~"))
+    if looks_local and not (local / "config.json").is_file():
         raise FileNotFoundError(f"{local} is not a model folder (no config.json); run `nanochat-hf sft` first or "
                                 "pass the right --model_name_or_path")
     unknown = [r for r in args.reward_funcs if r not in REWARD_FUNCS]
     if unknown or not args.reward_funcs:
         raise ValueError(f"unknown reward_funcs {unknown}; choose from {sorted(REWARD_FUNCS)}")
     if config.reward_weights is not None and len(config.reward_weights) != len(args.reward_funcs):
-        raise ValueError(f"reward_weights has {len(config.reward_weights)} values for {len(args.reward_funcs)} reward_funcs")
+        raise ValueError(f"reward_weights has {len(config.reward_weights)} values for "
+                         f"{len(args.reward_funcs)} reward_funcs")
     if args.optimizer not in ("adamw", "nanochat"):
         raise ValueError(f"optimizer must be 'adamw' or 'nanochat', got {args.optimizer!r}")
     if args.pass_k < 1:
@@ -519,7 +527,6 @@ def resolve_resume(config) -> str | None:
 def train(args: RLArguments, config):
     from nanochat_hf.distributed import fsdp_fallback_note, save_trainer_model
     from nanochat_hf.rewards import REWARD_FUNCS
-
     from nanochat_hf.tokenization import save_tokenizer
 
     if config.use_vllm:
@@ -538,7 +545,7 @@ def train(args: RLArguments, config):
     rollout_func = None
     if args.use_calculator:
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.x
-        rollout_func = make_vllm_rollout_func(args) if config.use_vllm else make_rollout_func(args)
+        rollout_func = make_vllm_rollout_func() if config.use_vllm else make_rollout_func()
 
     log_path = Path(config.output_dir) / "logs" / "rl.jsonl"
     if resume is None and log_path.exists():

@@ -43,7 +43,6 @@ STAGE_DEFAULTS = {
     "sft": dict(init_lr_frac=0.8, warmup_frac=0.0, warmdown_ratio=0.5, final_lr_frac=0.0),
 }
 MUON_MOMENTUM = (0.85, 0.95, 300)  # start, end, warmup steps (nanochat's SFT/mid momentum ramp)
-REFERENCE_BATCH = 2**19  # tokens per step at which the base lrs are tuned (nanochat's sqrt batch rule)
 
 
 class ChatTrainingError(UserError):
@@ -58,31 +57,47 @@ class ChatArguments:
     """What SFTConfig does not cover: the base model, the data mixture, nanochat's optimizer and schedule."""
 
     stage: str = field(default="sft", metadata={"help": "mid or sft: picks the schedule defaults and the log name"})
-    model_name_or_path: str = field(default="runs/tiny/base", metadata={"help": "base (or mid) checkpoint folder or Hub id"})
-    mixture: str = field(default="synthetic", metadata={"help": "data: a preset (synthetic, nanochat_mid, nanochat_sft), "
+    model_name_or_path: str = field(default="runs/tiny/base", metadata={"help": "base (or mid) "
+                                                                                "checkpoint folder or Hub id"})
+    mixture: str = field(default="synthetic", metadata={"help": "data: a preset (synthetic, "
+                                                                "nanochat_mid, nanochat_sft), "
                                                                "a YAML file, or (in a recipe) an inline mapping"})
-    optimizer: str = field(default="nanochat", metadata={"help": "nanochat (Muon + AdamW groups) or trainer (SFTConfig.optim)"})
+    optimizer: str = field(default="nanochat", metadata={"help": "nanochat (Muon + AdamW groups) or "
+                                                                 "trainer (SFTConfig.optim)"})
     embedding_lr: float = 0.3
     unembedding_lr: float = 0.004
     matrix_lr: float = 0.02
     scalar_lr: float = 0.5
-    muon_weight_decay: float = field(default=0.0, metadata={"help": "pretraining decays it to zero; SFT keeps it there"})
-    batch_lr_scale: float = field(default=-1.0, metadata={"help": "lr multiplier; -1 = sqrt(tokens per step / 2^19), nanochat's rule"})
-    init_lr_frac: float | None = field(default=None, metadata={"help": "initial lr as a fraction of the base lr (mid 1.0, sft 0.8)"})
-    warmup_frac: float | None = field(default=None, metadata={"help": "first share of steps with linear lr warmup (nanochat: 0)"})
-    warmdown_ratio: float | None = field(default=None, metadata={"help": "final share of steps with linear lr decay (mid 0.2, sft 0.5)"})
-    final_lr_frac: float | None = field(default=None, metadata={"help": "lr at the end as a fraction of the initial lr"})
-    packed_layout: str = field(default="rows", metadata={"help": "rows: batch of packed rows, position_ids restart per "
-                                                            "conversation (SDPA, any device); flat: TRL's padding-free "
+    muon_weight_decay: float = field(default=0.0, metadata={"help": "pretraining decays it to "
+                                                                    "zero; SFT keeps it there"})
+    batch_lr_scale: float = field(default=-1.0, metadata={"help": "lr multiplier; -1 = sqrt(tokens per step / "
+                                                                  "2^19), nanochat's rule"})
+    init_lr_frac: float | None = field(default=None, metadata={"help": "initial lr as a fraction of the base "
+                                                                       "lr (mid 1.0, sft 0.8)"})
+    warmup_frac: float | None = field(default=None, metadata={"help": "first share of steps with linear lr "
+                                                                      "warmup (nanochat: 0)"})
+    warmdown_ratio: float | None = field(default=None, metadata={"help": "final share of steps with linear lr "
+                                                                         "decay (mid 0.2, sft 0.5)"})
+    final_lr_frac: float | None = field(default=None,
+                                        metadata={"help": "lr at the end as a fraction of the initial lr"})
+    packed_layout: str = field(default="rows", metadata={"help": "rows: batch of packed rows, "
+                                                                 "position_ids restart per "
+                                                            "conversation (SDPA, any device); "
+                                                            "flat: TRL's padding-free "
                                                             "single row (flash-attention varlen kernels)"})
     resume: str | None = field(default=None, metadata={"help": "latest, or a checkpoint folder, to resume from"})
     # A quick ChatCORE subset while training (nanochat's chat_sft evaluates MMLU/ARC every eval_every steps).
-    chatcore_every: int = field(default=-1, metadata={"help": "ChatCORE subset every N steps and at the end (-1 = off)"})
-    chatcore_tasks: str = field(default="ARC-Easy,SpellingBee", metadata={"help": "comma list of chat tasks for the subset"})
+    chatcore_every: int = field(default=-1, metadata={"help": "ChatCORE subset every N steps and "
+                                                              "at the end (-1 = off)"})
+    chatcore_tasks: str = field(default="ARC-Easy,SpellingBee", metadata={"help": "comma list of chat "
+                                                                                  "tasks for the subset"})
     chatcore_examples: int = field(default=32, metadata={"help": "examples per task in the subset"})
-    chatcore_max_new_tokens: int = field(default=128, metadata={"help": "generation budget of generative subset tasks"})
-    chatcore_data: str | None = field(default=None, metadata={"help": "folder of chat-task JSONL (arc_easy.jsonl, ...); "
-                                                                      "default: the small offline set shipped in the package, "
+    chatcore_max_new_tokens: int = field(default=128, metadata={"help": "generation budget of "
+                                                                        "generative subset tasks"})
+    chatcore_data: str | None = field(default=None, metadata={"help": "folder of chat-task JSONL "
+                                                                      "(arc_easy.jsonl, ...); "
+                                                                      "default: the small offline set "
+                                                                      "shipped in the package, "
                                                                       "'hub' for the Hub datasets"})
 
     def __post_init__(self):
@@ -109,21 +124,30 @@ class ChatArguments:
 class ChatSFTConfig(SFTConfig):
     """TRL's SFTConfig with nanochat's defaults (each still a flag)."""
 
-    output_dir: str | None = field(default=None, metadata={"help": "where the chat model goes (default runs/tiny/<stage>)"})
-    max_length: int | None = field(default=2048, metadata={"help": "tokens per packed row; longer conversations are cropped"})
-    packing: bool = field(default=True, metadata={"help": "best-fit pack conversations into rows (no cross-document attention)"})
-    packing_strategy: str = field(default="bfd", metadata={"help": "bfd: best-fit decreasing, position_ids restart per conversation"})
-    assistant_only_loss: bool = field(default=True, metadata={"help": "loss only on assistant tokens (chat template generation spans)"})
+    output_dir: str | None = field(default=None, metadata={"help": "where the chat model goes "
+                                                                   "(default runs/tiny/<stage>)"})
+    max_length: int | None = field(default=2048, metadata={"help": "tokens per packed row; longer "
+                                                                   "conversations are cropped"})
+    packing: bool = field(default=True, metadata={"help": "best-fit pack conversations into rows (no "
+                                                          "cross-document attention)"})
+    packing_strategy: str = field(default="bfd", metadata={"help": "bfd: best-fit decreasing, position_ids "
+                                                                   "restart per conversation"})
+    assistant_only_loss: bool = field(default=True, metadata={"help": "loss only on assistant tokens (chat "
+                                                                      "template generation spans)"})
     num_train_epochs: float = field(default=1.0, metadata={"help": "nanochat trains one epoch of its mixture"})
     per_device_train_batch_size: int = 8
     per_device_eval_batch_size: int = 8
     # TRL turns checkpointing on by default; nanochat does not (small models fit). Both names stay flags.
-    activation_checkpointing: bool | None = field(default=None, metadata={"help": "recompute activations in backward to save memory"})
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "deprecated alias of activation_checkpointing"})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; default: on when a bf16 GPU is there, off on CPU"})
+    activation_checkpointing: bool | None = field(default=None, metadata={"help": "recompute activations in "
+                                                                                  "backward to save memory"})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "deprecated alias of "
+                                                                                "activation_checkpointing"})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; default: on when a bf16 GPU "
+                                                              "is there, off on CPU"})
     max_grad_norm: float = field(default=0.0, metadata={"help": "gradient clipping (0 = off, as nanochat)"})
     logging_steps: float = 1
-    eval_strategy: str = field(default="steps", metadata={"help": "steps: validation loss every eval_steps; no: never"})
+    eval_strategy: str = field(default="steps", metadata={"help": "steps: validation loss every "
+                                                                  "eval_steps; no: never"})
     eval_steps: float | None = field(default=100, metadata={"help": "validation loss every N steps (and at the end)"})
     save_strategy: str = "steps"
     save_steps: float = 500
@@ -161,7 +185,8 @@ def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32):
         tokenizer = load_tokenizer(path)
     except ValueError as err:
         raise ChatTrainingError(f"{err}. The base checkpoint's tokenizer lacks nanochat's chat tokens, so it cannot "
-                                "learn conversations: pretrain with a tokenizer from `nanochat-hf tokenizer train`") from None
+                                "learn conversations: pretrain with a tokenizer from "
+                                "`nanochat-hf tokenizer train`") from None
     if not tokenizer.chat_template or "{% generation %}" not in tokenizer.chat_template:
         # The tokens are there, only the template is missing or has no loss spans: ours fits them.
         tokenizer.chat_template = CHAT_TEMPLATE
@@ -258,11 +283,12 @@ class ChatSFTTrainer(AtomicCheckpoints, SFTTrainer):
         if self.chat_args.optimizer != "nanochat":
             return super().create_optimizer(model)
         if self.optimizer is None:
-            from nanochat_hf.optim import MuonAdamW, build_param_groups
+            from nanochat_hf.optim import REFERENCE_BATCH, MuonAdamW, build_param_groups
 
             c = self.chat_args
             scale = c.batch_lr_scale if c.batch_lr_scale > 0 else math.sqrt(self.tokens_per_step() / REFERENCE_BATCH)
-            groups = build_param_groups(model or self.model, embedding_lr=c.embedding_lr, unembedding_lr=c.unembedding_lr,
+            groups = build_param_groups(model or self.model, embedding_lr=c.embedding_lr,
+                                        unembedding_lr=c.unembedding_lr,
                                         matrix_lr=c.matrix_lr, scalar_lr=c.scalar_lr, weight_decay=c.muon_weight_decay,
                                         batch_lr_scale=scale * c.init_lr_frac)
             self.optimizer = MuonAdamW(groups)
@@ -288,7 +314,8 @@ class ChatSFTTrainer(AtomicCheckpoints, SFTTrainer):
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Every Trainer log (loss, eval_loss, learning_rate, ...) as one JSON line in `<output_dir>/logs/<stage>.jsonl`."""
+    """Every Trainer log (loss, eval_loss, learning_rate, ...) as one JSON line in
+    `<output_dir>/logs/<stage>.jsonl`."""
 
     def __init__(self, path: Path, header: dict, resume_step: int = 0):
         self.path, self.header, self.resume_step = path, header, resume_step
@@ -312,7 +339,8 @@ class JsonlLogCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
-            self._write({"step": state.global_step, "epoch": state.epoch, "time": round(time.time() - self.t0, 3), **logs})
+            self._write({"step": state.global_step, "epoch": state.epoch,
+                         "time": round(time.time() - self.t0, 3), **logs})
 
     def _write(self, row: dict) -> None:
         with open(self.path, "a") as f:
@@ -333,7 +361,8 @@ class ChatCoreCallback(TrainerCallback):
         from nanochat_hf.evaluation.chat_tasks import OFFLINE_CHAT_DATA
 
         data = chat_args.chatcore_data
-        self.data_dir = None if data == "hub" else (data or (str(OFFLINE_CHAT_DATA) if OFFLINE_CHAT_DATA.is_dir() else None))
+        offline = str(OFFLINE_CHAT_DATA) if OFFLINE_CHAT_DATA.is_dir() else None
+        self.data_dir = None if data == "hub" else (data or offline)
         self.last_step = -1
         self.pending: dict | None = None
 
@@ -344,11 +373,13 @@ class ChatCoreCallback(TrainerCallback):
         results = {}
         with torch.no_grad():
             for task in self.tasks:
-                results[task] = evaluate_chat_task(task, model, self.tokenizer, self.data_dir, self.args.chatcore_examples,
+                results[task] = evaluate_chat_task(task, model, self.tokenizer, self.data_dir,
+                                                   self.args.chatcore_examples,
                                                    max_new_tokens=self.args.chatcore_max_new_tokens, progress=False)
         self.last_step = step  # (evaluate_chat_task puts the model back in train mode)
         row = {f"chatcore/{task}": r["accuracy"] for task, r in results.items()}
-        row.update({f"chatcore/{task}/tool_calls": r["tool_calls"] for task, r in results.items() if "tool_calls" in r})
+        row.update({f"chatcore/{task}/tool_calls": r["tool_calls"]
+                    for task, r in results.items() if "tool_calls" in r})
         row["chatcore"] = sum(r["centered"] for r in results.values()) / len(results)
         return row
 
@@ -377,7 +408,8 @@ class ChatCoreCallback(TrainerCallback):
 
 
 def save_chat_model(trainer, tokenizer, output_dir: Path) -> None:
-    """Hub-ready folder: model, tokenizer (+ chat template, token_bytes.pt), generation config stopping on <|assistant_end|>."""
+    """Hub-ready folder: model, tokenizer (+ chat template, token_bytes.pt), generation config stopping on
+    <|assistant_end|>."""
     from transformers import GenerationConfig
 
     from nanochat_hf.distributed import save_trainer_model
@@ -412,15 +444,18 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
         if resume is None:
             print(f"no checkpoint in {output_dir}: starting from {chat_args.model_name_or_path}", file=sys.stderr)
     elif resume and not Path(resume).is_dir():
-        raise FileNotFoundError(f"checkpoint {resume} not found; pass --resume latest or a {output_dir}/checkpoint-N folder")
+        raise FileNotFoundError(f"checkpoint {resume} not found; pass --resume latest or a "
+                                f"{output_dir}/checkpoint-N folder")
 
     model, tokenizer = load_model_and_tokenizer(chat_args.model_name_or_path)
-    if getattr(model.config, "max_position_embeddings", None) and cfg.max_length > model.config.max_position_embeddings:
+    if getattr(model.config,
+               "max_position_embeddings", None) and cfg.max_length > model.config.max_position_embeddings:
         print(f"note: max_length {cfg.max_length} > the model's max_position_embeddings "
               f"{model.config.max_position_embeddings}", file=sys.stderr)
 
     splits = build_mixture(mixture)
-    train_ds, train_stats = tokenize_conversations(splits["train"], tokenizer, cfg.max_length, "train", cfg.dataset_num_proc)
+    train_ds, train_stats = tokenize_conversations(splits["train"], tokenizer, cfg.max_length,
+                                                   "train", cfg.dataset_num_proc)
     eval_ds, eval_stats = None, None
     if len(splits["validation"]):
         eval_ds, eval_stats = tokenize_conversations(splits["validation"], tokenizer, cfg.max_length, "validation",
@@ -432,7 +467,8 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
               "world_size": cfg.world_size}
     print(f"[{chat_args.stage}] train: {train_stats} | validation: {eval_stats}", file=sys.stderr)
 
-    resume_step = int(Path(resume).name.split("-")[-1]) if resume and Path(resume).name.startswith("checkpoint-") else 0
+    resumes_a_checkpoint = resume and Path(resume).name.startswith("checkpoint-")
+    resume_step = int(Path(resume).name.split("-")[-1]) if resumes_a_checkpoint else 0
     log = JsonlLogCallback(output_dir / "logs" / f"{chat_args.stage}.jsonl", header, resume_step)
     chatcore = ChatCoreCallback(chat_args, tokenizer)
     trainer = ChatSFTTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -449,7 +485,8 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     if eval_ds is not None:  # the validation loss of the final model (unless the last step just measured it)
-        last = [r for r in trainer.state.log_history if "eval_loss" in r and r.get("step") == trainer.state.global_step]
+        last = [r for r in trainer.state.log_history
+                if "eval_loss" in r and r.get("step") == trainer.state.global_step]
         metrics.update(last[-1] if last else trainer.evaluate())
     save_chat_model(trainer, tokenizer, output_dir)
     return {"output_dir": str(output_dir), "steps": trainer.state.global_step, **metrics,

@@ -63,8 +63,8 @@ PRESETS: dict[str, Preset] = {
     # smoke: the whole path with the smallest sizes, for CI (minutes on 2 cores).
     "smoke": Preset(
         recipe_dir="tiny", gpu=False, vocab_size=1024, tokenizer_max_chars=300_000, eval_max_per_task=16,
-        base_tasks="arc_easy,copa,piqa,winograd,lambada_openai,bpb", chat_tasks="ARC-Easy,SpellingBee", chat_max_per_task=4,
-        max_context="trained",
+        base_tasks="arc_easy,copa,piqa,winograd,lambada_openai,bpb", chat_tasks="ARC-Easy,SpellingBee",
+        chat_max_per_task=4, max_context="trained",
         overrides={
             # Checkpoints in every training stage, so a killed smoke run resumes as a long one does.
             "pretrain": ["--depth", "2", "--num_iterations", "30", "--eval_every", "-1", "--eval_tokens", "16384",
@@ -78,14 +78,18 @@ PRESETS: dict[str, Preset] = {
     ),
     # tiny: the student-laptop run, fully offline on the embedded corpus (~15 minutes on 2 cores).
     # Arithmetic (held-out calculator problems) is what RL moves offline: 100 problems, enough to see +0.10.
-    "tiny": Preset(recipe_dir="tiny", gpu=False, vocab_size=4096, tokenizer_max_chars=2_000_000_000, eval_max_per_task=50,
-                   chat_tasks="ARC-Easy,ARC-Challenge,SpellingBee,HumanEval,Arithmetic", chat_max_per_task=100,
-                   max_context="trained"),
+    "tiny": Preset(recipe_dir="tiny", gpu=False, vocab_size=4096, tokenizer_max_chars=2_000_000_000,
+                   eval_max_per_task=50, max_context="trained",
+                   chat_tasks="ARC-Easy,ARC-Challenge,SpellingBee,HumanEval,Arithmetic", chat_max_per_task=100),
     # GPU tiers: nanochat's depths on an 8xH100 node; recipes carry the sizes and budgets.
-    "d20": Preset(recipe_dir="d20", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000, eval_max_per_task=-1, data_shards=120),
-    "d24": Preset(recipe_dir="d24", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000, eval_max_per_task=-1, data_shards=170),
-    "d26": Preset(recipe_dir="d26", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000, eval_max_per_task=-1, data_shards=240),
-    "d32": Preset(recipe_dir="d32", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000, eval_max_per_task=-1, data_shards=500),
+    "d20": Preset(recipe_dir="d20", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000,
+                  eval_max_per_task=-1, data_shards=120),
+    "d24": Preset(recipe_dir="d24", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000,
+                  eval_max_per_task=-1, data_shards=170),
+    "d26": Preset(recipe_dir="d26", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000,
+                  eval_max_per_task=-1, data_shards=240),
+    "d32": Preset(recipe_dir="d32", gpu=True, vocab_size=32768, tokenizer_max_chars=2_000_000_000,
+                  eval_max_per_task=-1, data_shards=500),
 }
 
 
@@ -134,7 +138,8 @@ def _die_with_parent(parent: int):
 
 
 class Speedrun:
-    def __init__(self, preset_name: str, run_dir: Path, num_gpus: int, data: str | None, push_to_hub: str | None, dry_run: bool):
+    def __init__(self, preset_name: str, run_dir: Path, num_gpus: int, data: str | None,
+                 push_to_hub: str | None, dry_run: bool):
         if preset_name not in PRESETS:
             raise ValueError(f"unknown preset {preset_name!r}; choose one of {', '.join(PRESETS)}")
         self.name = preset_name
@@ -191,7 +196,8 @@ class Speedrun:
     def recipe(self, name: str) -> str:
         path = RECIPES_DIR / self.preset.recipe_dir / f"{name}.yaml"
         if not path.exists():
-            raise FileNotFoundError(f"recipe {path} not found; the speedrun runs from a clone of the repository (pip install -e .)")
+            raise FileNotFoundError(f"recipe {path} not found; the speedrun runs from a clone of the "
+                                    "repository (pip install -e .)")
         return str(path)
 
     # ------------------------------------------------------------------ launching
@@ -199,8 +205,10 @@ class Speedrun:
     def python_module(self, module: str, args: list[str], distributed: bool = False) -> list[str]:
         """`accelerate launch` on GPU tiers (one process per GPU), plain python on CPU."""
         if self.preset.gpu and distributed:
-            config = RECIPES_DIR / "accelerate_configs" / ("multi_gpu.yaml" if self.num_gpus > 1 else "single_gpu.yaml")
-            return ["accelerate", "launch", "--config_file", str(config), "--num_processes", str(self.num_gpus), "-m", module, *args]
+            name = "multi_gpu.yaml" if self.num_gpus > 1 else "single_gpu.yaml"
+            config = RECIPES_DIR / "accelerate_configs" / name
+            return ["accelerate", "launch", "--config_file", str(config), "--num_processes",
+                    str(self.num_gpus), "-m", module, *args]
         return [sys.executable, "-m", module, *args]
 
     def execute(self, stage: Stage) -> None:
@@ -248,11 +256,13 @@ class Speedrun:
         if p.data_shards and self.data in ("climbmix", "fineweb-edu"):
             # `data download` resumes by itself (finished, checksummed shards are kept): an interrupted one runs again.
             yield Stage("data", [
-                self.python_module("nanochat_hf.dataset", ["download", "-n", str(p.data_shards), "--dataset", self.data, "-w", "8"]),
+                self.python_module("nanochat_hf.dataset",
+                                   ["download", "-n", str(p.data_shards), "--dataset", self.data, "-w", "8"]),
             ])
         yield Stage("tokenizer", [
             self.python_module("nanochat_hf.tokenization", ["train", *data_args, "--vocab-size", str(p.vocab_size),
-                                                            "--max-chars", str(p.tokenizer_max_chars), "--output", str(tok_dir)]),
+                                                            "--max-chars", str(p.tokenizer_max_chars),
+                                                            "--output", str(tok_dir)]),
             self.python_module("nanochat_hf.tokenization", ["eval", str(tok_dir), *data_args,
                                                             "--output", str(tok_dir / "tokenizer_eval.json")]),
         ])
@@ -260,7 +270,8 @@ class Speedrun:
         base = run / "base"
         pretrain_data = ["--data", self.data] if self.data else []
         yield Stage("pretrain", [
-            self.python_module("nanochat_hf.pretrain", ["--config", self.recipe("pretrain"), "--tokenizer", str(tok_dir),
+            self.python_module("nanochat_hf.pretrain",
+                               ["--config", self.recipe("pretrain"), "--tokenizer", str(tok_dir),
                                                         "--output_dir", str(base), *pretrain_data,
                                                         *p.overrides.get("pretrain", [])], distributed=True),
         ], output=base, resume=("--resume_from_checkpoint", "latest"))
@@ -280,7 +291,8 @@ class Speedrun:
             previous = out
 
         for stage in CHAT_STAGES:
-            yield from self._eval_stage(f"{stage}_eval", run / stage, p.chat_tasks, stage, p.chat_max_per_task or p.eval_max_per_task)
+            yield from self._eval_stage(f"{stage}_eval", run / stage, p.chat_tasks, stage,
+                                        p.chat_max_per_task or p.eval_max_per_task)
 
         yield Stage("report", [self.python_module("nanochat_hf.report", ["--run", str(run)])], always=True)
         if self.push_to_hub:
@@ -321,15 +333,20 @@ class Speedrun:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nanochat-hf speedrun", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="tiny", choices=list(PRESETS), help="tier: tiny/smoke on CPU, d20..d32 on 8 GPUs")
+    parser.add_argument("--preset", default="tiny", choices=list(PRESETS), help="tier: tiny/smoke on "
+                                                                                "CPU, d20..d32 on 8 GPUs")
     parser.add_argument("--output", default=None, help="run folder (default: runs/<preset>)")
-    parser.add_argument("--num-gpus", type=int, default=8, help="GPUs for the GPU tiers (accelerate launch --num_processes)")
-    parser.add_argument("--data", default=None, help="pretraining text: folder/file of parquet/jsonl/txt or a Hub dataset (default: embedded corpus on CPU tiers)")
-    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the final model to USER/NAME at the end")
+    parser.add_argument("--num-gpus", type=int, default=8, help="GPUs for the GPU tiers (accelerate "
+                                                                "launch --num_processes)")
+    parser.add_argument("--data", default=None, help="pretraining text: folder/file of parquet/jsonl/txt or a Hub "
+                                                     "dataset (default: embedded corpus on CPU tiers)")
+    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="push the final model to "
+                                                                            "USER/NAME at the end")
     parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
     args = parser.parse_args(argv)
     try:
-        run = Speedrun(args.preset, Path(args.output or f"runs/{args.preset}"), args.num_gpus, args.data, args.push_to_hub, args.dry_run)
+        run = Speedrun(args.preset, Path(args.output or f"runs/{args.preset}"), args.num_gpus, args.data,
+                       args.push_to_hub, args.dry_run)
         run.go()
     except (FileNotFoundError, ValueError) as err:
         print(f"nanochat-hf speedrun: {err}", file=sys.stderr)

@@ -43,7 +43,7 @@ SPECIAL_TOKENS = [
     "<|output_end|>",
 ]
 # GPT-4's pattern with \p{N}{1,2} instead of {1,3}: fewer number tokens wasted at small vocabularies.
-SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""
+SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""  # noqa: E501  (one regex, kept whole)
 DEFAULT_VOCAB_SIZE = 32768  # nanochat's 2**15
 DEFAULT_MAX_CHARS = 2_000_000_000  # train on the first 2B characters
 DEFAULT_DOC_CAP = 10_000  # crop each document to 10k characters (long docs would dominate the counts)
@@ -57,7 +57,7 @@ CHAT_TEMPLATE = (Path(__file__).resolve().parent / "chat_template.jinja").read_t
 
 
 def _bytes_to_unicode() -> dict[int, str]:
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     table, extra = {}, 0
     for b in range(256):
         if b in keep:
@@ -91,14 +91,16 @@ def _resolve_files(path: str) -> list[Path]:
     try:
         files = list_files(path)
     except ValueError:  # a file of another type
-        raise ValueError(f"unsupported input {path}; use .parquet (column 'text'), .jsonl (field 'text') or .txt") from None
+        raise ValueError(f"unsupported input {path}; use .parquet (column 'text'), .jsonl "
+                         "(field 'text') or .txt") from None
     except FileNotFoundError as err:
         raise FileNotFoundError(f"--input {path!r}: {err}; or stream it with --input hub:<repo_id>") from None
     return files[:-1] if len(files) > 1 else files
 
 
 def _file_documents(path: Path) -> Iterator[str]:
-    """Documents of one file, streamed: parquet one row group at a time, jsonl line by line, txt split on blank lines."""
+    """Documents of one file, streamed: parquet one row group at a time, jsonl line by line, txt split on blank
+    lines."""
     from nanochat_hf.dataset import read_jsonl, read_parquet
 
     if path.suffix == ".parquet":
@@ -143,7 +145,8 @@ def check_inputs(inputs: Iterable[str] | None) -> list[str | Path]:
 
 def iter_documents(inputs=None, max_chars: int = DEFAULT_MAX_CHARS, doc_cap: int | None = DEFAULT_DOC_CAP,
                    progress: bool = True) -> Iterator[str]:
-    """Documents cropped to `doc_cap` characters, until `max_chars` characters were yielded (as nanochat's tok_train)."""
+    """Documents cropped to `doc_cap` characters, until `max_chars` characters were yielded (as nanochat's
+    tok_train)."""
     from tqdm.auto import tqdm
 
     sources = check_inputs(inputs)
@@ -198,7 +201,8 @@ def tokenizer_from_ranks(mergeable_ranks: dict[bytes, int], merges: list[tuple[b
             if len(tok) < 2:
                 continue
             splits = [(tok[:i], tok[i:]) for i in range(1, len(tok))]
-            splits = [(a, b) for a, b in splits if mergeable_ranks.get(a, rank) < rank and mergeable_ranks.get(b, rank) < rank]
+            splits = [(a, b) for a, b in splits
+                      if mergeable_ranks.get(a, rank) < rank and mergeable_ranks.get(b, rank) < rank]
             splits.sort(key=lambda ab: (mergeable_ranks[ab[0]], mergeable_ranks[ab[1]]))
             merges.extend(splits)
     model = models.BPE(
@@ -233,7 +237,8 @@ def train_tokenizer(inputs=None, vocab_size: int = DEFAULT_VOCAB_SIZE, max_chars
                     doc_cap: int = DEFAULT_DOC_CAP, progress: bool = True):
     """Train nanochat's BPE on `inputs` (txt/jsonl/parquet files, folders, 'hub:<id>'; None = embedded corpus)."""
     if vocab_size - len(SPECIAL_TOKENS) < 256:
-        raise ValueError(f"--vocab-size {vocab_size} is too small: it needs 256 bytes + {len(SPECIAL_TOKENS)} special tokens (>= 265)")
+        raise ValueError(f"--vocab-size {vocab_size} is too small: it needs 256 bytes + {len(SPECIAL_TOKENS)} "
+                         "special tokens (>= 265)")
     if max_chars <= 0 or doc_cap <= 0:
         raise ValueError("--max-chars and --doc-cap must be positive")
     check_inputs(inputs)  # fail on a bad path now, not after reading half of the corpus
@@ -246,8 +251,8 @@ def train_from_documents(docs: Iterable[str], vocab_size: int, progress: bool = 
     Where the time goes (benchmarks/tokenizer.py, 2 cores): the merge loop is cheap (~5% of the run);
     ~95% is splitting + counting chunks, where tokenizers tracks offset alignments for every chunk
     (~1 us of CPU per chunk vs ~0.5 us for rustbpe). Counting chunks ourselves first (`regex` in
-    worker processes, then feeding each distinct chunk `count` times) was measured and is no faster
-    in CPU time: the trainer has no way to take counts, so the feed costs as much as the count saved.
+    worker processes, then feeding each distinct chunk `count` times) is no faster in CPU time:
+    the trainer has no way to take counts, so the feed costs as much as the count saved.
     """
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
@@ -302,7 +307,8 @@ def load_tokenizer(path_or_hub_id: str | os.PathLike):
     path = str(path_or_hub_id)
     local = Path(path).expanduser()
     if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
-        raise FileNotFoundError(f"tokenizer {path!r} not found; train one with `nanochat-hf tokenizer train --output {path}`")
+        raise FileNotFoundError(f"tokenizer {path!r} not found; train one with `nanochat-hf tokenizer "
+                                f"train --output {path}`")
     if not local.exists():  # a Hub id
         tok = AutoTokenizer.from_pretrained(path)
     else:
@@ -322,7 +328,8 @@ def load_tokenizer(path_or_hub_id: str | os.PathLike):
     missing = [t for t in SPECIAL_TOKENS if t not in vocab]
     if missing:
         raise ValueError(f"{path} is not a nanochat tokenizer: it lacks {', '.join(missing)}; "
-                         "train one with `nanochat-hf tokenizer train` or import a tokenizer.pkl with `nanochat-hf convert tokenizer`")
+                         "train one with `nanochat-hf tokenizer train` or import a tokenizer.pkl with "
+                         "`nanochat-hf convert tokenizer`")
     return tok
 
 
@@ -365,7 +372,8 @@ def _messages_of(conversation) -> list[dict]:
     if isinstance(conversation, dict) and "messages" in conversation:
         conversation = conversation["messages"]
     if not isinstance(conversation, (list, tuple)):
-        raise ValueError(f"a conversation is a list of {{'role', 'content'}} messages, got {type(conversation).__name__}")
+        raise ValueError(f"a conversation is a list of {{'role', 'content'}} messages, got "
+                         f"{type(conversation).__name__}")
     for i, m in enumerate(conversation):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
@@ -417,7 +425,8 @@ def to_tiktoken(tokenizer, name: str = "nanochat_hf"):
     except ImportError:
         raise ValueError("exporting to tiktoken needs tiktoken: pip install tiktoken") from None
     specials = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    ranks = {bytes(CHAR_TO_BYTE[c] for c in token): i for token, i in tokenizer.get_vocab().items() if token not in specials}
+    ranks = {bytes(CHAR_TO_BYTE[c] for c in token): i
+             for token, i in tokenizer.get_vocab().items() if token not in specials}
     return tiktoken.Encoding(name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
 
 
@@ -442,10 +451,12 @@ def convert_tiktoken_tokenizer(pkl_path: str | os.PathLike, output_dir: str | os
     if ranks is None or specials is None:
         raise ValueError(f"{path} does not hold a tiktoken Encoding")
     if enc._pat_str != SPLIT_PATTERN:
-        raise ValueError(f"{path} uses a different split pattern than nanochat's; it cannot be imported as a nanochat tokenizer")
+        raise ValueError(f"{path} uses a different split pattern than nanochat's; it cannot be imported as "
+                         "a nanochat tokenizer")
     expected = {t: len(ranks) + i for i, t in enumerate(SPECIAL_TOKENS)}
     if specials != expected:
-        raise ValueError(f"{path} has special tokens {specials}, expected nanochat's 9 right after the {len(ranks)} merged tokens")
+        raise ValueError(f"{path} has special tokens {specials}, expected nanochat's 9 right after the "
+                         f"{len(ranks)} merged tokens")
     # By hand rather than transformers' convert_tiktoken_to_fast (which needs blobfile): the same
     # builder as training, so an imported tokenizer and a trained one are the same kind of folder.
     tokenizer = tokenizer_from_ranks(dict(ranks))
@@ -503,20 +514,27 @@ def _parse_int(value: str) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nanochat-hf tokenizer", description="Train or evaluate nanochat's BPE tokenizer.")
+    p = argparse.ArgumentParser(prog="nanochat-hf tokenizer",
+                                description="Train or evaluate nanochat's BPE tokenizer.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a tokenizer and save it as a transformers tokenizer folder")
     t.add_argument("--input", nargs="+", default=None,
                    help="txt/jsonl/parquet files or folders (a folder's last file is held out as validation), "
-                        "a downloaded dataset alias (climbmix), or hub:<dataset id> to stream; default: embedded Shakespeare")
-    t.add_argument("--vocab-size", type=_parse_int, default=DEFAULT_VOCAB_SIZE, help="total vocabulary incl. 9 special tokens")
-    t.add_argument("--max-chars", type=_parse_int, default=DEFAULT_MAX_CHARS, help="train on at most this many characters")
-    t.add_argument("--doc-cap", type=_parse_int, default=DEFAULT_DOC_CAP, help="crop each document to this many characters")
+                        "a downloaded dataset alias (climbmix), or hub:<dataset id> to stream; default: "
+                        "embedded Shakespeare")
+    t.add_argument("--vocab-size", type=_parse_int, default=DEFAULT_VOCAB_SIZE, help="total vocabulary "
+                                                                                     "incl. 9 special tokens")
+    t.add_argument("--max-chars", type=_parse_int, default=DEFAULT_MAX_CHARS, help="train on at most "
+                                                                                   "this many characters")
+    t.add_argument("--doc-cap", type=_parse_int, default=DEFAULT_DOC_CAP, help="crop each document to "
+                                                                               "this many characters")
     t.add_argument("--output", required=True, help="output folder")
     e = sub.add_parser("eval", help="bytes/token on texts (vs GPT-2/GPT-4 when available); writes token_bytes.pt")
     e.add_argument("path", help="tokenizer folder (or Hub id)")
-    e.add_argument("--input", nargs="+", default=None, help="texts to evaluate on (as for train); default: embedded Shakespeare")
-    e.add_argument("--max-chars", type=_parse_int, default=DEFAULT_EVAL_CHARS, help="evaluate on at most this many characters")
+    e.add_argument("--input", nargs="+", default=None, help="texts to evaluate on (as for train); default: "
+                                                            "embedded Shakespeare")
+    e.add_argument("--max-chars", type=_parse_int, default=DEFAULT_EVAL_CHARS, help="evaluate on at most "
+                                                                                    "this many characters")
     e.add_argument("--output", default=None, help="also write the results as JSON here")
     return p
 

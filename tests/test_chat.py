@@ -45,7 +45,8 @@ def recorded(monkeypatch):
 def test_one_shot_prompt(model_dir, recorded, capsys, tiny_tokenizer):
     assert chat.main(["--model", str(model_dir), "-p", "Hello there", "--max-new-tokens", "8", "-t", "0"]) == 0
     out = capsys.readouterr().out
-    assert len(recorded) == 1 and tiny_tokenizer.decode(recorded[0]).endswith("Hello there<|user_end|><|assistant_start|>")
+    assert len(recorded) == 1
+    assert tiny_tokenizer.decode(recorded[0]).endswith("Hello there<|user_end|><|assistant_start|>")
     assert out.strip()  # the streamed answer
 
 
@@ -87,5 +88,6 @@ def test_tool_calls_render_and_parse(tiny_tokenizer):
     # the parts re-render to the same tokens through the chat template
     from nanochat_hf.tokenization import render_conversation
 
-    full, _ = render_conversation(tiny_tokenizer, [{"role": "user", "content": "q"}, {"role": "assistant", "content": parts}])
+    full, _ = render_conversation(tiny_tokenizer, [{"role": "user", "content": "q"},
+                                                   {"role": "assistant", "content": parts}])
     assert full[-len(ids):] == ids

@@ -93,7 +93,8 @@ def test_bad_rows_are_refused_naming_dataset_and_row(tmp_path):
     with pytest.raises(ValueError, match=r"mine.jsonl row 2: .*assistant"):
         cd.read_jsonl_conversations(path)
     bad = tmp_path / "talk.jsonl"
-    bad.write_text(json.dumps({"messages": good}) + "\n" + json.dumps({"messages": [{"role": "robot", "content": "x"}]}))
+    robot = {"messages": [{"role": "robot", "content": "x"}]}
+    bad.write_text(json.dumps({"messages": good}) + "\n" + json.dumps(robot))
     with pytest.raises(ValueError, match=r"talk.jsonl row 1: .*role 'robot'"):
         cd.load_source(cd.SourceSpec("conversations", path=str(bad)))
     rows = tmp_path / "gsm.jsonl"
@@ -138,18 +139,15 @@ def test_spelling_bee_counts_with_a_count_tool_call():
 
 
 def test_arithmetic_tool_calls_agree_with_the_calculator():
+    from nanochat_hf.tools import run_calculator
+
     rows = cd.arithmetic(100, seed=1)
-    try:
-        from nanochat_hf.tools import run_calculator
-    except ImportError:  # the inference engineer's tool is not in this tree yet
-        run_calculator = None
-    for user, assistant in rows:
+    for _user, assistant in rows:
         _, call, output, final = assistant["content"]
         assert call["type"] == "python" and re.fullmatch(r"[0-9+\-*]+", call["text"])
         assert output["text"] == str(eval(call["text"]))
         assert final["text"].endswith(f"#### {output['text']}")
-        if run_calculator is not None:
-            assert run_calculator(call["text"]) == output["text"]
+        assert run_calculator(call["text"]) == output["text"]
 
 
 def test_identity_and_corpus_qa_are_valid_conversations():
@@ -186,7 +184,8 @@ def test_mixture_sizes_repeats_and_validation():
 def test_long_rows_are_cropped_and_counted(tiny_tokenizer):
     from datasets import Dataset
 
-    long = [{"role": "user", "content": "Count: " + " ".join(map(str, range(200)))}, {"role": "assistant", "content": "ok"}]
+    long = [{"role": "user", "content": "Count: " + " ".join(map(str, range(200)))},
+            {"role": "assistant", "content": "ok"}]
     short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
     ds = Dataset.from_dict({"messages": [long, short, short]}, features=cd.messages_features())
     out, stats = cd.tokenize_conversations(ds, tiny_tokenizer, max_length=32)

@@ -171,7 +171,8 @@ def core_row_missing_field(tmp, tok, models):
         [f"{path}:3:", "'gold'"]
 
 
-CASES = [truncated_shard, truncated_shard_listed, corrupt_row_group, bad_jsonl_line_pretraining, bad_jsonl_line_tokenizer,
+CASES = [truncated_shard, truncated_shard_listed, corrupt_row_group, bad_jsonl_line_pretraining,
+         bad_jsonl_line_tokenizer,
          bad_jsonl_line_chat_data, tokenizer_without_vocabulary, tokenizer_without_config, truncated_token_bytes,
          wrong_shape_tensor("modern"), wrong_shape_tensor("classic"), recipe_typo("pretrain", "num_iteratons",
          "num_iterations"), recipe_typo("mid", "max_step", "max_steps"), recipe_typo("sft", "learning_rat",

@@ -110,7 +110,8 @@ def test_ranks_read_disjoint_documents():
     split, _ = synthetic_split(lengths, rows_per_group=10)
     seen = []
     for rank in range(2):
-        loader = BestFitLoader(split, DigitTokenizer(), 1, 47, rank=rank, world_size=2, buffer_size=4, tokenizer_batch_size=4)
+        loader = BestFitLoader(split, DigitTokenizer(), 1, 47, rank=rank, world_size=2,
+                               buffer_size=4, tokenizer_batch_size=4)
         docs = set()
         for _ in range(40):  # 40 rows x 8 docs = 320 docs > one epoch of this rank (100)
             docs |= set(next(loader)[0].unique().tolist()) - {BOS}
@@ -125,7 +126,8 @@ def test_few_row_groups_are_split_by_document():
     split, _ = synthetic_split([3] * 10, rows_per_group=10)  # one row group, two ranks
     got = []
     for rank in range(2):
-        loader = BestFitLoader(split, DigitTokenizer(), 1, 19, rank=rank, world_size=2, buffer_size=2, tokenizer_batch_size=2, prefetch=0)
+        loader = BestFitLoader(split, DigitTokenizer(), 1, 19, rank=rank, world_size=2, buffer_size=2,
+                               tokenizer_batch_size=2, prefetch=0)
         x, y = next(loader)
         got.append(set(torch.cat([x, y], 1).unique().tolist()) - {BOS})
     assert got[0] == {1, 3, 5, 7, 9} and got[1] == {2, 4, 6, 8, 10}

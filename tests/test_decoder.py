@@ -69,7 +69,7 @@ def test_the_comparison_can_fail(monkeypatch):
     orig = FastDecoder.step
 
     def no_smear(self, ids, positions, cache, attention_mask):
-        setattr(cache, "nanochat_prev_embedding", None)  # forget the previous token: smear adds nothing
+        cache.nanochat_prev_embedding = None  # forget the previous token: smear adds nothing
         return orig(self, ids, positions, cache, attention_mask)
 
     monkeypatch.setattr(FastDecoder, "step", no_smear)
@@ -110,7 +110,8 @@ def test_other_models_keep_model_forward():
     assert FastDecoder.for_model(GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64))) is None
 
 
-@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="torch.compile on CPU "
+                                                                                 "needs a C++ compiler")
 def test_compiled_step_gives_the_eager_tokens(tiny_tokenizer):
     """`Engine(compile=True)` (serve --compile): torch.compile of the same step, same greedy tokens."""
     from nanochat_hf.tokenization import render_for_completion

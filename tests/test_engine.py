@@ -17,7 +17,8 @@ def tiny_model(tokenizer, arch="modern", depth=2, seed=0):
     from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
 
     torch.manual_seed(seed)
-    cfg = NanoChatConfig.from_depth(depth, arch=arch, vocab_size=len(tokenizer), max_position_embeddings=256, head_dim=64)
+    cfg = NanoChatConfig.from_depth(depth, arch=arch, vocab_size=len(tokenizer),
+                                    max_position_embeddings=256, head_dim=64)
     model = NanoChatForCausalLM(cfg).eval()
     with torch.no_grad():  # nanochat's init zeroes some projections; random weights make every token matter
         for p in model.parameters():
@@ -71,7 +72,8 @@ def test_greedy_samples_identical_and_topk1_topp_small_are_greedy(model, tiny_to
 
 def test_bad_arguments(model, tiny_tokenizer, prompt):
     engine = Engine(model, tiny_tokenizer)
-    for kwargs in [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2), dict(max_tokens=0), dict(num_samples=0)]:
+    for kwargs in [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-2),
+                   dict(max_tokens=0), dict(num_samples=0)]:
         with pytest.raises(ValueError):
             next(engine.generate(prompt, **kwargs))
     for bad in [[], "hello", [1, "a"], [10**9]]:
@@ -151,7 +153,8 @@ def test_scheduler_batches_tool_rows(tiny_tokenizer, prompt):
     ref, _ = engine.generate_batch(prompt, max_tokens=64, temperature=0.0)
     sched = engine.scheduler(max_batch_size=4)
     try:
-        results = run_concurrently(sched, [prompt, [0, 0, 0] + prompt, prompt[2:]], SamplingParams(max_tokens=64, temperature=0))
+        results = run_concurrently(sched, [prompt, [0, 0, 0] + prompt, prompt[2:]],
+                                   SamplingParams(max_tokens=64, temperature=0))
     finally:
         sched.close()
     tokens, reasons = results[0]
@@ -191,7 +194,8 @@ def test_scheduler_matches_single_requests(model, tiny_tokenizer):
 
     engine = Engine(model, tiny_tokenizer)
     engine.stop_ids = set()
-    questions = ["Hi", "Tell me a story about a king and his three daughters.", "2+2?", "Why is the sky blue at noon?", "Ok"]
+    questions = ["Hi", "Tell me a story about a king and his three daughters.", "2+2?",
+                 "Why is the sky blue at noon?", "Ok"]
     prompts = [render_for_completion(tiny_tokenizer, [{"role": "user", "content": q}]) for q in questions]
     lengths = [5, 9, 3, 12, 7]
     refs = [[c[0] for c, _ in engine.generate(p, max_tokens=n, temperature=0.0)] for p, n in zip(prompts, lengths)]
@@ -223,7 +227,8 @@ def test_scheduler_cancel_frees_the_row(model, tiny_tokenizer, prompt):
     engine.stop_ids = set()
     sched = engine.scheduler(max_batch_size=2)
     try:
-        results = run_concurrently(sched, [prompt, prompt, prompt], SamplingParams(max_tokens=20, temperature=0), cancel_index=0)
+        results = run_concurrently(sched, [prompt, prompt, prompt],
+                                   SamplingParams(max_tokens=20, temperature=0), cancel_index=0)
     finally:
         sched.close()
     assert results[0][1] == "cancelled" and len(results[0][0]) < 20

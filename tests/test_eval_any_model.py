@@ -42,7 +42,8 @@ def _sentencepiece_like_tokenizer():
     raw.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
     raw.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Metaspace(prepend_scheme="never")])
     alphabet = [f"<0x{b:02X}>" for b in range(256)]
-    raw.train_from_iterator([_corpus()], trainers.BpeTrainer(vocab_size=800, special_tokens=["<s>", "</s>", *alphabet]))
+    raw.train_from_iterator([_corpus()], trainers.BpeTrainer(vocab_size=800,
+                                                             special_tokens=["<s>", "</s>", *alphabet]))
     return PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>")
 
 

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from nanochat_hf.evaluation import chat_tasks
-from nanochat_hf.modeling import CACHE_ARG, pop_cache
 from nanochat_hf.tokenization import render_for_completion
 
 CHAT = Path(__file__).parent / "fixtures" / "eval" / "chat"
@@ -25,31 +24,17 @@ def tiny_model(tokenizer, seed=0):
     return model.eval()
 
 
-class ScriptedLM(torch.nn.Module):
-    """Emits a fixed token script (one token per forward step), whatever the input: for decoding tests."""
-
-    def __init__(self, vocab_size, script):
-        super().__init__()
-        self.vocab_size, self.script, self.calls = vocab_size, list(script), []
-        self.dummy = torch.nn.Parameter(torch.zeros(1))
-
-    def forward(self, input_ids, cache=None, use_cache=None, **kw):
-        past = pop_cache(cache, kw)
-        step = 0 if past is None else past + 1
-        self.calls.append(input_ids[0].tolist())
-        logits = torch.zeros(1, input_ids.shape[1], self.vocab_size)
-        logits[0, -1, self.script[min(step, len(self.script) - 1)]] = 1.0
-        return type("Out", (), {"logits": logits, CACHE_ARG: step})()
-
-
 def test_mc_prompts_and_shuffle_follow_nanochat():
     convs = chat_tasks.load_conversations("ARC-Easy", str(CHAT))
     from datasets import load_dataset
 
-    order = [r["question"] for r in load_dataset("json", data_files=str(CHAT / "arc_easy.jsonl"), split="train").shuffle(seed=42)]
-    assert [c["messages"][0]["content"].split("\n")[0] for c in convs] == [f"Multiple Choice question: {q}" for q in order]
+    rows = load_dataset("json", data_files=str(CHAT / "arc_easy.jsonl"), split="train").shuffle(seed=42)
+    order = [r["question"] for r in rows]
+    firsts = [c["messages"][0]["content"].split("\n")[0] for c in convs]
+    assert firsts == [f"Multiple Choice question: {q}" for q in order]
     conv = next(c for c in convs if c["letters"] == ["1", "2", "3", "4"])
-    assert conv["messages"][0]["content"] == ("Multiple Choice question: Which object is a good conductor of electricity?\n"
+    assert conv["messages"][0]["content"] == ("Multiple Choice question: Which object is a good "
+                                              "conductor of electricity?\n"
                                               "- wooden spoon=1\n- rubber band=2\n- copper wire=3\n- plastic cup=4\n\n"
                                               "Respond only with the letter of the correct answer.")
     assert conv["messages"][1]["content"] == "3"
@@ -65,27 +50,14 @@ def test_categorical_scoring_equals_one_by_one_letter_argmax(tiny_tokenizer):
             ids = render_for_completion(tiny_tokenizer, c["messages"])
             assert ids[-1] == tiny_tokenizer.convert_tokens_to_ids("<|assistant_start|>")
             logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
-            letter_ids = [tiny_tokenizer.convert_tokens_to_ids(l) for l in c["letters"]]
-            expected.append(c["letters"][int(torch.stack([logits[i] for i in letter_ids]).argmax())] == c["messages"][-1]["content"])
+            letter_ids = [tiny_tokenizer.convert_tokens_to_ids(letter) for letter in c["letters"]]
+            best = c["letters"][int(torch.stack([logits[i] for i in letter_ids]).argmax())]
+            expected.append(best == c["messages"][-1]["content"])
         got = chat_tasks.run_categorical(model, tiny_tokenizer, convs, batch_size=3, progress=False)
         assert got == expected
         res = chat_tasks.evaluate_chat_task(task, model, tiny_tokenizer, str(CHAT), progress=False)
         acc = sum(expected) / len(expected)
         assert res["accuracy"] == pytest.approx(acc) and res["centered"] == pytest.approx((acc - 0.25) / 0.75)
-
-
-def test_greedy_decoding_runs_the_calculator_tool(tiny_tokenizer):
-    tok = tiny_tokenizer
-    sp = tok.convert_tokens_to_ids
-    text = lambda s: tok.encode(s, add_special_tokens=False)
-    # the model "writes" a tool call, then (whatever it would say) the tool output is forced in, then the answer
-    script = [sp("<|python_start|>"), *text("48+24"), sp("<|python_end|>"), 0, 0, 0, 0, *text("#### 72"), sp("<|assistant_end|>")]
-    model = ScriptedLM(len(tok), script)
-    out = chat_tasks.greedy_with_tool(model, tok, [sp("<|bos|>")], max_tokens=50)
-    decoded = tok.decode(out, skip_special_tokens=False)
-    assert decoded.startswith("<|python_start|>48+24<|python_end|><|output_start|>72<|output_end|>")
-    assert decoded.endswith("#### 72") and sp("<|assistant_end|>") not in out
-    assert len(chat_tasks.greedy_with_tool(ScriptedLM(len(tok), [5]), tok, [1], max_tokens=7)) == 7
 
 
 def test_gsm8k_scoring_uses_the_number_after_hashes(tiny_tokenizer, monkeypatch):
@@ -131,15 +103,6 @@ def test_missing_chat_data_names_the_file(tmp_path):
         chat_tasks.load_conversations("ARC-Easy", str(tmp_path))
     with pytest.raises(ValueError, match="unknown chat task"):
         chat_tasks.load_conversations("TriviaQA")
-
-
-def test_engine_and_fallback_decode_the_same_greedy_tokens(tiny_tokenizer):
-    engine = pytest.importorskip("nanochat_hf.engine")
-    model = tiny_model(tiny_tokenizer)
-    conv = chat_tasks.load_conversations("GSM8K", str(CHAT))[0]
-    prompt = render_for_completion(tiny_tokenizer, conv["messages"])
-    seqs, _ = engine.Engine(model, tiny_tokenizer).generate_batch(prompt, num_samples=1, max_tokens=12, temperature=0.0)
-    assert seqs[0][len(prompt):] == chat_tasks.greedy_with_tool(model, tiny_tokenizer, prompt, 12)
 
 
 def test_prompts_longer_than_the_context_score_as_wrong_in_place(tiny_tokenizer, capsys):

@@ -24,7 +24,8 @@ def tiny_model_dir(tiny_tokenizer_dir, tmp_path_factory):
 
     tok = load_tokenizer(tiny_tokenizer_dir)
     torch.manual_seed(0)
-    model = NanoChatForCausalLM(NanoChatConfig.from_depth(2, arch="classic", vocab_size=len(tok), max_position_embeddings=512))
+    model = NanoChatForCausalLM(NanoChatConfig.from_depth(2, arch="classic", vocab_size=len(tok),
+                                                          max_position_embeddings=512))
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # decisive (non-uniform) predictions, so that scores are not decided by float noise
         for p in model.parameters():
@@ -91,7 +92,7 @@ def test_task_names_match_in_any_case_and_spelling(spec, core_labels, chat):
 
 
 def test_unknown_task_lists_every_name_and_downloads_nothing(tiny_model_dir, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("NANOCHAT_HF_CACHE", str(tmp_path / "empty_cache"))  # no cached bundle: DCLM's 22 labels
+    monkeypatch.setenv("NANOCHAT_HF_HOME", str(tmp_path / "empty_cache"))  # no cached bundle: DCLM's 22 labels
 
     def no_download(*args, **kwargs):
         raise AssertionError("a task name started a download")
@@ -100,15 +101,16 @@ def test_unknown_task_lists_every_name_and_downloads_nothing(tiny_model_dir, tmp
     assert run.main(["--model", str(tiny_model_dir), "--tasks", "gsm8k,hellaswag-10shot"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("nanochat-hf eval: error: unknown task 'hellaswag-10shot'") and "\n" not in err
-    for name in (*core.CORE_LABELS, "core", "chatcore", "bpb", "ARC-Easy", "MMLU", "GSM8K", "HumanEval", "SpellingBee"):
+    for name in (*core.CORE_LABELS, "core", "chatcore", "bpb", "ARC-Easy", "MMLU", "GSM8K",
+                 "HumanEval", "SpellingBee"):
         assert f" {name}," in err or f" {name};" in err or err.endswith(f" {name}"), name
     # with a local bundle its core.yaml says which CORE names there are
     assert run.main(["--model", str(tiny_model_dir), "--tasks", "hellaswag", "--bundle", str(BUNDLE)]) == 2
     assert "CORE: arc_easy, copa, lambada_openai, winograd;" in capsys.readouterr().err
     # a chat task asked for in lower case runs offline, under its own name
     out = tmp_path / "gsm8k.json"
-    assert run.main(["--model", str(tiny_model_dir), "--tasks", "gsm8k", "--chat-data", str(CHAT), "--max-per-task", "2",
-                     "--max-new-tokens", "4", "--output", str(out), "--no-progress"]) == 0
+    assert run.main(["--model", str(tiny_model_dir), "--tasks", "gsm8k", "--chat-data", str(CHAT), "--max-per-task",
+                     "2", "--max-new-tokens", "4", "--output", str(out), "--no-progress"]) == 0
     assert {k: v["n"] for k, v in json.loads(out.read_text())["tasks"].items()} == {"GSM8K": 2}
 
 
@@ -117,7 +119,8 @@ def test_cli_missing_model_folder(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
 
 
-def run_lighteval(model_dir, tmp_path, tasks: str, backend: str = "accelerate", extra_args=(), **env_vars) -> tuple[dict, str]:
+def run_lighteval(model_dir, tmp_path, tasks: str, backend: str = "accelerate",
+                  extra_args=(), **env_vars) -> tuple[dict, str]:
     """lighteval's own CLI with our --custom-tasks module, offline: (results by task, its output).
 
     backend "accelerate": lighteval's transformers backend; "custom": our Engine backend (lighteval_model.py)."""
@@ -133,8 +136,8 @@ def run_lighteval(model_dir, tmp_path, tasks: str, backend: str = "accelerate", 
     if backend == "custom":
         model_args = [str(model_dir), str(TASKS_MODULE.parent / "lighteval_model.py")]
     else:
-        model_args = [f"model_name={model_dir},trust_remote_code=True,override_chat_template=False,batch_size=4,device=cpu,"
-                      f"cache_dir={tmp_path / 'cache'}"]
+        model_args = [f"model_name={model_dir},trust_remote_code=True,override_chat_template=False,"
+                      f"batch_size=4,device=cpu,cache_dir={tmp_path / 'cache'}"]
     cmd = [*lighteval_bin.split(), backend, *model_args, tasks, "--custom-tasks", str(TASKS_MODULE),
            "--output-dir", str(tmp_path / "out"), *extra_args]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -147,7 +150,7 @@ def run_lighteval(model_dir, tmp_path, tasks: str, backend: str = "accelerate", 
 def test_lighteval_cli_gives_the_same_numbers(tiny_model_dir, tmp_path):
     """lighteval's own CLI with our --custom-tasks module reproduces nanochat-hf eval's accuracies."""
     labels = ["copa", "winograd", "arc_easy"]
-    results, _ = run_lighteval(tiny_model_dir, tmp_path, ",".join(f"core_{l}|0" for l in labels))
+    results, _ = run_lighteval(tiny_model_dir, tmp_path, ",".join(f"core_{label}|0" for label in labels))
     model, tok = run.load_model(str(tiny_model_dir), "cpu")
     ours = core.evaluate_core(model, tok, BUNDLE, labels=labels, progress=False)["tasks"]
     for label in labels:
@@ -180,11 +183,13 @@ def test_speedrun_checks_its_eval_tasks_before_any_stage(tmp_path, monkeypatch, 
         for spec in (preset.base_tasks, preset.chat_tasks):
             run.resolve_tasks(spec, labels)  # raises on a name eval would refuse
     smoke = speedrun.PRESETS["smoke"]
-    monkeypatch.setitem(speedrun.PRESETS, "smoke", speedrun.Preset(**{**vars(smoke), "chat_tasks": "gsm8k,Spelling-Bee"}))
+    monkeypatch.setitem(speedrun.PRESETS, "smoke",
+                        speedrun.Preset(**{**vars(smoke), "chat_tasks": "gsm8k,Spelling-Bee"}))
     assert speedrun.main(["--preset", "smoke", "--output", str(tmp_path / "ok"), "--dry-run"]) == 0
     assert "--tasks gsm8k,Spelling-Bee" in capsys.readouterr().out
     monkeypatch.setitem(speedrun.PRESETS, "smoke", speedrun.Preset(**{**vars(smoke), "chat_tasks": "gsm8k,spelling"}))
     assert speedrun.main(["--preset", "smoke", "--output", str(tmp_path / "bad"), "--dry-run"]) == 2
     captured = capsys.readouterr()
-    assert captured.err.startswith("nanochat-hf speedrun: unknown task 'spelling'") and "\n" not in captured.err.strip()
+    assert captured.err.startswith("nanochat-hf speedrun: unknown task 'spelling'")
+    assert "\n" not in captured.err.strip()
     assert "[speedrun] tokenizer" not in captured.out and not (tmp_path / "bad").exists()

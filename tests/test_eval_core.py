@@ -58,7 +58,7 @@ def test_bundle_tasks_and_baselines():
 
 def test_rows_are_shuffled_with_nanochat_seed_and_cut():
     task = core.load_tasks(BUNDLE, ["copa"])[0]
-    raw = [json.loads(l) for l in (BUNDLE / "eval_data" / task.dataset_uri).read_text().splitlines()]
+    raw = [json.loads(line) for line in (BUNDLE / "eval_data" / task.dataset_uri).read_text().splitlines()]
     rows = core.load_task_rows(BUNDLE, task)
     expected = list(raw)
     random.Random(1337).shuffle(expected)
@@ -69,7 +69,8 @@ def test_rows_are_shuffled_with_nanochat_seed_and_cut():
 def test_prompt_rendering_matches_nanochat_templates():
     mc = {"query": "Q1", "choices": ["a", "b"], "gold": 1}
     shot = {"query": "S", "choices": ["x", "y"], "gold": 0}
-    assert core.render_mc(mc, "\nAnswer: ", [shot]) == ["S\nAnswer: x\n\nQ1\nAnswer: a", "S\nAnswer: x\n\nQ1\nAnswer: b"]
+    assert core.render_mc(mc, "\nAnswer: ", [shot]) == ["S\nAnswer: x\n\nQ1\nAnswer: a", "S\nAnswer: x\n\nQ1\nAnswer: "
+                                                                                         "b"]
     sc = {"context_options": ["c1", "c2"], "continuation": "end.", "gold": 0}
     assert core.render_schema(sc, " ", [{"context_options": ["p", "q"], "continuation": "z", "gold": 1}]) == \
         ["q z\n\nc1 end.", "q z\n\nc2 end."]
@@ -97,14 +98,18 @@ def test_core_scores_equal_hand_computed_bigram_scores(tiny_tokenizer):
     model = BigramLM(len(tiny_tokenizer))
     table = model.table.detach()
     bos = tiny_tokenizer.bos_token_id
-    enc = lambda s: [bos] + tiny_tokenizer.encode(s, add_special_tokens=False)
+
+    def enc(s):
+        return [bos] + tiny_tokenizer.encode(s, add_special_tokens=False)
+
     result = core.evaluate_core(model, tiny_tokenizer, BUNDLE, progress=False)
     for task in core.load_tasks(BUNDLE):
         rows = core.load_task_rows(BUNDLE, task)
         correct = []
         for i, item in enumerate(rows):
+            others = [j for j in range(len(rows)) if j != i]
             shots = [] if not task.num_fewshot else \
-                [rows[j] for j in random.Random(1234 + i).sample([j for j in range(len(rows)) if j != i], task.num_fewshot)]
+                [rows[j] for j in random.Random(1234 + i).sample(others, task.num_fewshot)]
             d = task.delimiter
             if task.task_type == "language_modeling":
                 prefix = "".join(f"{s['context'].strip()}{d}{s['continuation']}\n\n" for s in shots)
@@ -246,7 +251,7 @@ def test_learned_positions_still_crop(tiny_tokenizer):
 def test_missing_bundle_and_task_files_give_clear_errors(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="not a CORE eval bundle"):
         core.resolve_bundle(tmp_path)
-    monkeypatch.setenv("NANOCHAT_HF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("NANOCHAT_HF_HOME", str(tmp_path / "cache"))
     with pytest.raises(FileNotFoundError, match="--bundle"):
         core.resolve_bundle(None, download=False)
     # offline download: the message names the URL and the --bundle way out

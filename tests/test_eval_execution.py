@@ -113,7 +113,8 @@ def test_human_eval_canonical_solutions_all_pass():
     failed = [(p["task_id"], r.reason) for p, r in zip(problems, results) if not r.success]
     assert not failed, failed
     # and a wrong solution fails
-    wrong = problems[0]["prompt"] + "    return not True\n\n" + problems[0]["test"] + f"\ncheck({problems[0]['entry_point']})"
+    p = problems[0]
+    wrong = p["prompt"] + "    return not True\n\n" + p["test"] + f"\ncheck({p['entry_point']})"
     assert not execute_code(wrong).success
 
 

@@ -29,7 +29,8 @@ def test_custom_backend_gives_the_same_replies_and_scores(tiny_model_dir, tmp_pa
     """`lighteval custom` with our backend: every reply, token for token, and every accuracy equal
     `nanochat-hf eval`'s (generative tasks, a ChatCORE letter task, CORE multiple choice and LM)."""
     core_labels = ["copa", "lambada_openai"]
-    tasks = ",".join([*(f"chat_{t}|0" for t in [*GENERATIVE, "arc_easy"]), *(f"core_{l}|0" for l in core_labels)])
+    tasks = ",".join([*(f"chat_{t}|0" for t in [*GENERATIVE, "arc_easy"]),
+                      *(f"core_{label}|0" for label in core_labels)])
     results, output = run_lighteval(tiny_model_dir, tmp_path, tasks, backend="custom", extra_args=["--save-details"],
                                     NANOCHAT_HF_CHAT_DATA=str(CHAT), NANOCHAT_HF_EVAL_MAX_PER_TASK=str(ROWS),
                                     NANOCHAT_HF_EVAL_MAX_NEW_TOKENS=str(NEW_TOKENS))
@@ -37,7 +38,8 @@ def test_custom_backend_gives_the_same_replies_and_scores(tiny_model_dir, tmp_pa
     model, tok = run.load_model(str(tiny_model_dir), "cpu")
     for name, task in GENERATIVE.items():
         convs = chat_tasks.load_conversations(task, str(CHAT), ROWS)
-        ours = chat_tasks.evaluate_chat_task(task, model, tok, str(CHAT), ROWS, max_new_tokens=NEW_TOKENS, progress=False)
+        ours = chat_tasks.evaluate_chat_task(task, model, tok, str(CHAT), ROWS,
+                                             max_new_tokens=NEW_TOKENS, progress=False)
         assert results[f"chat_{name}|0"]["acc"] == pytest.approx(ours["accuracy"]), name
         # The replies themselves, row by row: a backend that prompted or decoded differently shows here even
         # when a random model scores 0 both ways (test_a_wrong_prompt_changes_the_replies: it would).
@@ -50,7 +52,8 @@ def test_custom_backend_gives_the_same_replies_and_scores(tiny_model_dir, tmp_pa
     arc = chat_tasks.evaluate_chat_task("ARC-Easy", model, tok, str(CHAT), ROWS, progress=False)
     assert results["chat_arc_easy|0"]["acc"] == pytest.approx(arc["accuracy"])
     for r in details(tmp_path / "out", "chat_arc_easy"):
-        prompt, letter_ids = [int(t) for t in r["specific"]["prompt_ids"]], [int(t) for t in r["specific"]["letter_ids"]]
+        prompt = [int(t) for t in r["specific"]["prompt_ids"]]
+        letter_ids = [int(t) for t in r["specific"]["letter_ids"]]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([prompt])).logits[0, -1, letter_ids]
         assert int(np.argmax(r["logprobs"])) == int(logits.argmax())
@@ -121,7 +124,8 @@ def test_backend_gives_an_empty_reply_to_a_prompt_longer_than_the_context(backen
                    specific={"prompt_ids": fits.specific["prompt_ids"] * 40})
     short, long = backend.greedy_until([fits, too_long])
     assert long.text == [""] and short.output_tokens[0]
-    want, _ = backend.engine.generate_batch(fits.specific["prompt_ids"], max_tokens=fits.generation_size, temperature=0.0)
+    want, _ = backend.engine.generate_batch(fits.specific["prompt_ids"],
+                                            max_tokens=fits.generation_size, temperature=0.0)
     assert short.output_tokens[0] == want[0][len(fits.specific["prompt_ids"]):]
     assert json.dumps(short.text)  # plain strings lighteval can save
 
@@ -191,7 +195,7 @@ def test_backend_runs_the_calculator_and_a_right_reply_scores_one(offline_rows, 
 def test_lighteval_task_names_are_eval_task_names(offline_rows, tmp_path, monkeypatch):
     """Every lighteval task name is a name `nanochat-hf eval --tasks` takes, for the same task, and the
     module's own lookups take any spelling of it, as --tasks does."""
-    monkeypatch.setenv("NANOCHAT_HF_CACHE", str(tmp_path))  # the index datasets the table writes
+    monkeypatch.setenv("NANOCHAT_HF_HOME", str(tmp_path))  # the index datasets the table writes
     lt = offline_rows
     names = [cfg.name for cfg in lt.build_tasks() + lt.build_chat_tasks()]
     assert {"core_copa", "chat_gsm8k", "chat_arc_easy", "chat_mmlu"} <= set(names)

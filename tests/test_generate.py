@@ -42,7 +42,9 @@ def cache_vs_no_cache(model, cache, padded):
     diff = max((a - b).abs().max().item() for a, b in zip(cached.logits, plain.logits, strict=True))
     return bool(torch.equal(cached.sequences, plain.sequences)), diff
 '''
-exec(CHECK)  # defines prompts() and cache_vs_no_cache() here too
+_shared = {}
+exec(CHECK, _shared)  # the same prompts() and cache_vs_no_cache() the fresh process runs
+cache_vs_no_cache = _shared["cache_vs_no_cache"]
 
 CASES = list(itertools.product(("dynamic", "static"), (False, True)))
 

@@ -20,7 +20,8 @@ def tiny(arch, **kw):
 # ----------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("depth,width,heads", [(12, 768, 6), (20, 1280, 10), (24, 1536, 12), (26, 1664, 13), (32, 2048, 16)])
+@pytest.mark.parametrize("depth,width,heads", [(12, 768, 6), (20, 1280, 10), (24, 1536, 12),
+                                               (26, 1664, 13), (32, 2048, 16)])
 def test_depth_rule_table(depth, width, heads):
     """nanochat's miniseries sizes: width = ceil(64 depth / 128) * 128, heads of 128."""
     for arch in ("classic", "modern"):

@@ -141,8 +141,8 @@ def test_reference_matches_transformers_native_nanochat():
     """The reference agrees with transformers' own classic nanochat implementation (so it is nanochat's math)."""
     from transformers import NanoChatConfig as NativeConfig, NanoChatForCausalLM as Native
 
-    cfg = NativeConfig(vocab_size=97, hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, head_dim=8, max_position_embeddings=32)
+    cfg = NativeConfig(vocab_size=97, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=32)
     torch.manual_seed(0)
     native = Native(cfg).double().eval()
     with torch.no_grad():

@@ -34,7 +34,8 @@ class TinyLM(torch.nn.Module):
         self.lm_head = torch.nn.Linear(d, vocab, bias=False)
 
     def param_groups(self):
-        return {"embedding": [self.embed_tokens.weight, self.value_embeds.weight], "unembedding": [self.lm_head.weight],
+        return {"embedding": [self.embed_tokens.weight, self.value_embeds.weight],
+                "unembedding": [self.lm_head.weight],
                 "matrix": [p for layer in self.layers for p in layer.parameters()],
                 "scalar": [self.resid_lambdas, self.x0_lambdas, self.smear_lambda]}
 
@@ -72,7 +73,8 @@ def test_rl_init_lr_frac_scales_every_group_smear_included():
     from nanochat_hf.rl import RLArguments, build_nanochat_optimizer
 
     model = TinyLM()
-    full = groups_by_name(build_param_groups(model, embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5))
+    full = groups_by_name(build_param_groups(model, embedding_lr=0.2, unembedding_lr=0.004,
+                                             matrix_lr=0.02, scalar_lr=0.5))
     args = RLArguments(init_lr_frac=0.05)
     optimizer = build_nanochat_optimizer(model, args)
     scaled = groups_by_name(optimizer.param_groups)
@@ -208,8 +210,8 @@ def test_fsdp2_sharded_parameters_match_unsharded(tmp_path):
     script.write_text(FSDP2_SCRIPT)
     tests_dir = Path(__file__).resolve().parent
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(tests_dir.parent))
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29541",
-                          str(script), str(tests_dir)], capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          "29541", str(script), str(tests_dir)], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     diff = float(res.stdout.split("MAXDIFF")[1].split()[0])
     assert diff < 1e-5

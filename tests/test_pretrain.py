@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nanochat_hf import pretrain
+from nanochat_hf import NanoChatForCausalLM, pretrain
 from nanochat_hf.pretrain import PretrainConfig, training_plan
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,27 +24,27 @@ def tokenizer_dir(tiny_tokenizer_dir):
 
 def tiny_args(tok, out, *extra):
     """depth 2, width 64, seq 64, vocab 1024: about a second per 10 steps on one core."""
-    return ["--tokenizer", str(tok), "--output_dir", str(out), "--arch", "modern", "--window_pattern", "SL", "--depth", "2",
-            "--aspect_ratio", "32", "--head_dim", "32", "--max_seq_len", "64", "--device_batch_size", "4",
+    return ["--tokenizer", str(tok), "--output_dir", str(out), "--arch", "modern", "--window_pattern", "SL", "--depth",
+            "2", "--aspect_ratio", "32", "--head_dim", "32", "--max_seq_len", "64", "--device_batch_size", "4",
             "--total_batch_size", "512", "--num_iterations", "16", "--eval_every", "8", "--eval_tokens", "1024",
             "--buffer_size", "64", "--warmup_steps", "2", "--matrix_lr", "0.3", "--embedding_lr", "3.0",
             "--unembedding_lr", "0.1", "--sample_max_tokens", "4", "--seed", "7", *extra]
 
 
 def read_log(out):
-    return [json.loads(line) for line in (Path(out) / "logs" / "pretrain.jsonl").read_text().splitlines() if line.strip()]
+    text = (Path(out) / "logs" / "pretrain.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def test_plan_follows_nanochat_rules(tokenizer_dir):
     cfg = PretrainConfig(arch="classic", depth=2, aspect_ratio=32, head_dim=32, max_seq_len=64,
                          device_batch_size=4, total_batch_size=-1, target_param_data_ratio=12)
-    _, cls = pretrain.model_classes()
-    model = cls(pretrain.model_config(cfg, 2, 1024))
+    model = NanoChatForCausalLM(pretrain.model_config(cfg, 2, 1024))
     plan = training_plan(cfg, model, 1024, world_size=2)
     total = plan["total_batch_size"]
     assert total & (total - 1) == 0  # auto rule rounds to a power of two
     assert plan["grad_accum_steps"] == total // (4 * 64 * 2)
-    assert plan["num_iterations"] == int(12 * pretrain.scaling_params(model)) // total
+    assert plan["num_iterations"] == int(12 * model.num_scaling_params()) // total
     assert plan["batch_lr_scale"] == pytest.approx((total / 2**19) ** 0.5)
     cfg.total_batch_size = 1000
     with pytest.raises(ValueError, match="not a multiple of device_batch_size"):
@@ -90,7 +90,8 @@ def test_kill_and_resume_is_bit_identical(tokenizer_dir, tmp_path, kill_mid_run)
     assert pretrain.main(tiny_args(tokenizer_dir, ref, "--save_every", "3")) == 0
     # SIGKILLed during step 4, after checkpoint-3 landed (returncode -9, no model.safetensors yet).
     kill_mid_run("nanochat_hf.pretrain", tiny_args(tokenizer_dir, killed, "--save_every", "3"), killed, 3)
-    assert pretrain.main(tiny_args(tokenizer_dir, killed, "--save_every", "3", "--resume_from_checkpoint", "latest")) == 0
+    assert pretrain.main(tiny_args(tokenizer_dir, killed, "--save_every", "3",
+                                   "--resume_from_checkpoint", "latest")) == 0
     a, b = load_file(ref / "model.safetensors"), load_file(killed / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     starts = [r for r in read_log(killed) if r.get("event") == "start"]
@@ -136,7 +137,8 @@ def test_bad_input_fails_fast_with_the_fix(tokenizer_dir, tmp_path, capsys):
     assert "neither a file, a folder nor a known Hub dataset" in capsys.readouterr().err
     assert pretrain.main(tiny_args(tokenizer_dir, tmp_path / "o", "--total_batch_size", "100")) == 2
     assert "not a multiple of device_batch_size*max_seq_len*world_size" in capsys.readouterr().err
-    assert pretrain.main(tiny_args(tokenizer_dir, tmp_path / "o", "--resume_from_checkpoint", str(tmp_path / "nope"))) == 2
+    assert pretrain.main(tiny_args(tokenizer_dir, tmp_path / "o",
+                                   "--resume_from_checkpoint", str(tmp_path / "nope"))) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -167,7 +169,7 @@ def test_a_compiled_model_is_saved_under_its_own_weight_names(tokenizer_dir, tmp
 
     tok = load_tokenizer(tokenizer_dir)
     cfg = PretrainConfig(depth=1, aspect_ratio=64, head_dim=32, max_seq_len=64)
-    model = pretrain.model_classes()[1](pretrain.model_config(cfg, 1, len(tok)))
+    model = NanoChatForCausalLM(pretrain.model_config(cfg, 1, len(tok)))
     accelerator = Accelerator(cpu=True)
     compiled = accelerator.prepare(torch.compile(model))  # wrapping only: nothing is compiled before a forward
     assert any(k.startswith("_orig_mod.") for k in compiled.state_dict())
@@ -189,7 +191,8 @@ def test_two_process_ddp_on_cpu(tokenizer_dir, tmp_path):
     assert "Num processes: 2" in res.stdout + res.stderr
     rows = read_log(out)
     start = rows[0]
-    assert start["world_size"] == 2 and start["plan"]["grad_accum_steps"] == 2  # 512 tokens = 2 x (2 ranks x 2 rows x 64)
+    # 512 tokens = 2 x (2 ranks x 2 rows x 64)
+    assert start["world_size"] == 2 and start["plan"]["grad_accum_steps"] == 2
     steps = [r for r in rows if "train_loss" in r]
     assert steps[-1]["loss"] < steps[0]["loss"] - 0.5
     state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())

@@ -19,20 +19,27 @@ def run_dir(tmp_path):
     run = tmp_path / "tiny"
     for stage in ("base", "sft"):
         (run / stage).mkdir(parents=True)
-        (run / stage / "config.json").write_text(json.dumps({"model_type": "nanochat", "num_hidden_layers": 2, "hidden_size": 64, "vocab_size": 512}))
+        (run / stage / "config.json").write_text(json.dumps({"model_type": "nanochat", "num_hidden_layers": 2,
+                                                             "hidden_size": 64, "vocab_size": 512}))
         (run / stage / "model.safetensors").write_bytes(b"weights")
     (run / "base" / "checkpoints").mkdir()
     (run / "base" / "checkpoints" / "optimizer.bin").write_bytes(b"state")
     _write_jsonl(run / "base" / "logs" / "pretrain.jsonl", [
-        {"step": s, "tokens": s * 1000, "train_loss": 5.0 - 0.1 * s, "lrm": 1.0, "tokens_per_sec": 900.0} for s in range(10)
+        {"step": s, "tokens": s * 1000, "train_loss": 5.0 - 0.1 * s,
+         "lrm": 1.0, "tokens_per_sec": 900.0} for s in range(10)
     ] + [{"step": 9, "tokens": 9000, "val_bpb": 2.5}])
     _write_jsonl(run / "sft" / "logs" / "sft.jsonl", [{"step": s, "loss": 2.0 - 0.05 * s} for s in range(5)])
     (run / "eval").mkdir()
-    (run / "eval" / "base.json").write_text(json.dumps({"model": "base", "tasks": {"arc_easy": {"accuracy": 0.31, "centered": 0.08, "n": 10}}, "core": 0.0123}))
-    (run / "eval" / "sft.json").write_text(json.dumps({"model": "sft", "tasks": {"ARC-Easy": {"accuracy": 0.35}, "GSM8K": {"accuracy": 0.02}}, "chatcore": 0.05}))
+    (run / "eval" / "base.json").write_text(json.dumps({
+        "model": "base", "tasks": {"arc_easy": {"accuracy": 0.31, "centered": 0.08, "n": 10}}, "core": 0.0123}))
+    (run / "eval" / "sft.json").write_text(json.dumps({
+        "model": "sft", "tasks": {"ARC-Easy": {"accuracy": 0.35}, "GSM8K": {"accuracy": 0.02}}, "chatcore": 0.05}))
     (run / "rl").mkdir()
     (run / "rl" / "config.json").write_text(json.dumps({"model_type": "nanochat_modern", "auto_map": {}}))
-    (run / "eval" / "rl.json").write_text(json.dumps({"model": "rl", "tasks": {"ARC-Easy": {"accuracy": 0.4, "centered": 0.2}, "SpellingBee": {"accuracy": 0.1, "centered": 0.1}}, "chatcore": None}))
+    (run / "eval" / "rl.json").write_text(json.dumps({
+        "model": "rl",
+        "tasks": {"ARC-Easy": {"accuracy": 0.4, "centered": 0.2}, "SpellingBee": {"accuracy": 0.1, "centered": 0.1}},
+        "chatcore": None}))
     (run / "stages.json").write_text(json.dumps({"preset": "smoke", "num_gpus": 0, "stages": {
         "tokenizer": {"status": "done", "run": "fresh", "seconds": 0.0},
         "pretrain": {"status": "done", "run": "completed before", "resumed_from": "checkpoint-10", "seconds": 61.0,
@@ -121,7 +128,8 @@ def test_push_skips_optimizer_state_and_rejects_bad_input(run_dir, tmp_path):
 
 def test_report_says_what_each_stage_moved(run_dir):
     """Per stage, the metric it exists to move, before and after; a stage that did not move it is flagged."""
-    _write_jsonl(run_dir / "base" / "logs" / "pretrain.jsonl", [{"step": 0, "val_bpb": 3.6}, {"step": 9, "val_bpb": 2.4}])
+    _write_jsonl(run_dir / "base" / "logs" / "pretrain.jsonl",
+                 [{"step": 0, "val_bpb": 3.6}, {"step": 9, "val_bpb": 2.4}])
     _write_jsonl(run_dir / "mid" / "logs" / "mid.jsonl", [
         {"step": 0, "chatcore/Arithmetic/tool_calls": 0.0, "chatcore/SpellingBee": 0.0},
         {"step": 70, "chatcore/Arithmetic/tool_calls": 1.0, "chatcore/SpellingBee": 0.25}])

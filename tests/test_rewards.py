@@ -14,9 +14,11 @@ from nanochat_hf.rewards import (
 # Rows in GSM8K's schema (`question`, `answer` with <<calculator>> annotations and `#### N`).
 GSM8K_ROWS = [
     {"question": "A baker sells 48 muffins in the morning and half as many in the afternoon. How many in total?",
-     "answer": "In the afternoon he sells 48/2 = <<48/2=24>>24 muffins.\nIn total he sells 48+24 = <<48+24=72>>72.\n#### 72"},
+     "answer": "In the afternoon he sells 48/2 = <<48/2=24>>24 muffins.\nIn total he sells 48+24 = "
+               "<<48+24=72>>72.\n#### 72"},
     {"question": "Tom earns $12 an hour and works 50 minutes. How much does he earn?",
-     "answer": "Per minute he earns 12/60 = $<<12/60=0.2>>0.2.\nFor 50 minutes: 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10"},
+     "answer": "Per minute he earns 12/60 = $<<12/60=0.2>>0.2.\nFor 50 minutes: 0.2 x 50 = "
+               "$<<0.2*50=10>>10.\n#### 10"},
     {"question": "A house costs $1,250,000 and the price falls by $50,000. What is the new price?",
      "answer": "1,250,000 - 50,000 = <<1250000-50000=1200000>>1,200,000\n#### 1,200,000"},
     {"question": "The temperature is 5 degrees and drops 12 degrees. What is it now?",
@@ -65,7 +67,8 @@ def test_reward_on_a_completion_with_tool_call_text():
 
 
 def test_format_reward():
-    assert format_reward(completions=["#### 5", "5", [{"role": "assistant", "content": "x #### -2.5"}]]) == [1.0, 0.0, 1.0]
+    assert format_reward(completions=["#### 5", "5",
+                                      [{"role": "assistant", "content": "x #### -2.5"}]]) == [1.0, 0.0, 1.0]
 
 
 def test_completion_text_and_registry():

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from nanochat_hf.rewards import correctness_reward
 from nanochat_hf.rl import (
     RLArguments,
     _groups,
@@ -20,7 +21,6 @@ from nanochat_hf.rl import (
     to_prompt_dataset,
     truncate_log,
 )
-from nanochat_hf.rewards import correctness_reward
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_OPERAND = 2  # answers from a handful of values: a 2-layer model gets some right after a short SFT
@@ -69,7 +69,6 @@ def sft_model_dir(tiny_tokenizer_dir, tmp_path_factory):
     """A 2-layer model SFT'd on the synthetic arithmetic conversations (calculator call, `#### answer`)."""
     import nanochat_hf.modeling  # noqa: F401
     from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
-    from nanochat_hf.chat_data import arithmetic
     from nanochat_hf.tokenization import load_tokenizer, save_tokenizer
 
     tokenizer = load_tokenizer(tiny_tokenizer_dir)
@@ -141,7 +140,7 @@ def test_rollout_forces_calculator_output_and_masks_it(sft_model_dir):
         args=SimpleNamespace(seed=0, max_completion_length=64, temperature=0.7, top_k=50, top_p=1.0),
         processing_class=tokenizer, model_wrapped=model, accelerator=Accelerator(cpu=True),
         state=SimpleNamespace(global_step=0), _metrics={"train": __import__("collections").defaultdict(list)})
-    out = make_rollout_func(RLArguments())(prompts, trainer)
+    out = make_rollout_func()(prompts, trainer)
     assert set(out) == {"prompt_ids", "completion_ids", "logprobs", "env_mask"}
     assert len(out["completion_ids"]) == len(out["env_mask"]) == len(out["prompt_ids"]) == 8
     assert model.training  # the rollout hands the model back in training mode
@@ -210,7 +209,7 @@ def test_vllm_rollout_runs_the_calculator_between_turns(tiny_tokenizer_dir, othe
                               vllm_generation=vllm, accelerator=SimpleNamespace(gather=gather, device="cpu"),
                               _metrics={"train": __import__("collections").defaultdict(list)})
     prompts = [[{"role": "user", "content": "What is 6 times 7?"}]] * 2
-    out = make_vllm_rollout_func(RLArguments())(prompts, trainer)
+    out = make_vllm_rollout_func()(prompts, trainer)
 
     prompt = render_for_completion(tokenizer, prompts[0])
     real = [tokenizer.convert_tokens_to_ids("<|output_start|>"), *tokenizer.encode("42", add_special_tokens=False),
@@ -237,7 +236,7 @@ def test_vllm_rollout_stops_at_the_completion_budget(tiny_tokenizer_dir):
     budget = len(vllm.call) + 1  # room for the call and the first forced token only
     trainer = SimpleNamespace(args=SimpleNamespace(max_completion_length=budget), processing_class=tokenizer,
                               vllm_generation=vllm, accelerator=SimpleNamespace(gather=lambda t: t, device="cpu"))
-    out = make_vllm_rollout_func(RLArguments())([[{"role": "user", "content": "6*7?"}]], trainer)
+    out = make_vllm_rollout_func()([[{"role": "user", "content": "6*7?"}]], trainer)
     assert out["completion_ids"] == [vllm.call + [tokenizer.convert_tokens_to_ids("<|output_start|>")]]
     assert out["env_mask"] == [[1] * len(vllm.call) + [0]]
     assert len(vllm.calls) == 1  # nothing left to generate
@@ -323,7 +322,8 @@ def test_truncate_log_drops_rows_after_the_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("tier", ["tiny", "d20", "d24", "d26", "d32"])
 def test_recipes_hold_nanochats_objective(tier):
-    args, config = parse_args(["--config", str(REPO / f"recipes/{tier}/grpo.yaml"), "--bf16", "false", "--use_cpu", "true"])
+    args, config = parse_args(["--config", str(REPO / f"recipes/{tier}/grpo.yaml"), "--bf16",
+                               "false", "--use_cpu", "true"])
     assert (config.beta, config.num_iterations, config.loss_type, config.scale_rewards) == (0.0, 1, "dapo", "none")
     assert (config.temperature, config.top_k) == (1.0, 50)
     assert args.reward_funcs == ["correctness"] and args.use_calculator
@@ -350,7 +350,8 @@ def test_every_flag_overrides_the_recipe():
 
 def test_bad_input_is_one_line_error(tmp_path, sft_model_dir, capsys):
     recipe = str(REPO / "recipes/tiny/grpo.yaml")
-    assert main(["--config", recipe, "--model_name_or_path", str(tmp_path / "nope"), "--output_dir", str(tmp_path)]) == 2
+    assert main(["--config", recipe, "--model_name_or_path", str(tmp_path / "nope"),
+                 "--output_dir", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
     assert main(["--config", recipe, "--model_name_or_path", str(sft_model_dir), "--output_dir", str(tmp_path),
                  "--reward_funcs", "vibes"]) == 2
@@ -370,7 +371,8 @@ def test_rl_horizon_follows_the_data_when_max_steps_is_unset():
     _, config = parse_args(["--config", str(REPO / "recipes/d20/grpo.yaml"), "--bf16", "false", "--use_cpu", "true"])
     # GSM8K's 7473 training questions; one process takes 2 per step (on 8 GPUs: 16 per step, 467 steps)
     assert config.generation_batch_size // config.num_generations == 2 and rl_horizon(config, 7473) == 3736
-    _, config = parse_args([*recipe, "--max_steps", "0", "--num_train_epochs", "2", "--per_device_train_batch_size", "16"])
+    _, config = parse_args([*recipe, "--max_steps", "0", "--num_train_epochs", "2",
+                            "--per_device_train_batch_size", "16"])
     assert rl_horizon(config, 2000) == 2000  # 2 questions per step, two passes
     assert rl_horizon(config, 1) == 1  # never zero steps
     _, config = parse_args(recipe)

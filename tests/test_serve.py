@@ -154,7 +154,8 @@ def test_huggingface_hub_inference_client(url, monkeypatch):
     chat = client.chat_completion([{"role": "user", "content": "Hello!"}], max_tokens=8, temperature=0)
     assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens > 0
     streamed = "".join(c.choices[0].delta.content or "" for c in
-                       client.chat_completion([{"role": "user", "content": "Hello!"}], max_tokens=8, temperature=0, stream=True)
+                       client.chat_completion([{"role": "user", "content": "Hello!"}], max_tokens=8,
+                                              temperature=0, stream=True)
                        if c.choices)
     assert streamed == chat.choices[0].message.content
 
@@ -166,7 +167,8 @@ def test_openai_client(url):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who are you?"}]
     res = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0, logprobs=True)
     choice = res.choices[0]
-    assert choice.finish_reason in ("stop", "length") and res.usage.total_tokens == res.usage.prompt_tokens + res.usage.completion_tokens
+    assert choice.finish_reason in ("stop", "length")
+    assert res.usage.total_tokens == res.usage.prompt_tokens + res.usage.completion_tokens
     assert len(choice.logprobs.content) <= 10
     stream = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=10, temperature=0, stream=True,
                                             stream_options={"include_usage": True})
@@ -190,20 +192,26 @@ def test_openai_client(url):
     ("/generate", b"[1, 2]", 422, "JSON object"),
     ("/generate", json.dumps({"inputs": 5}).encode(), 422, "inputs"),
     ("/generate", json.dumps({"inputs": "x", "parameters": {"temperature": -1}}).encode(), 422, "temperature"),
-    ("/generate", json.dumps({"inputs": "x", "parameters": {"max_new_tokens": "ten"}}).encode(), 422, "max_new_tokens"),
+    ("/generate",
+     json.dumps({"inputs": "x", "parameters": {"max_new_tokens": "ten"}}).encode(), 422, "max_new_tokens"),
     ("/generate", json.dumps({"inputs": "x", "parameters": {"max_new_tokens": 10_000}}).encode(), 422, "<= 48"),
     ("/generate", json.dumps({"inputs": "x", "parameters": {"top_p": 1.5}}).encode(), 422, "top_p"),
-    ("/generate", json.dumps({"inputs": "x", "parameters": {"repetition_penalty": 1.3}}).encode(), 422, "not supported"),
+    ("/generate",
+     json.dumps({"inputs": "x", "parameters": {"repetition_penalty": 1.3}}).encode(), 422, "not supported"),
     ("/generate", json.dumps({"inputs": "word " * 400}).encode(), 422, "the limit is 200"),
     ("/v1/chat/completions", json.dumps({"messages": []}).encode(), 400, "messages"),
     ("/v1/chat/completions", json.dumps({"messages": "hi"}).encode(), 400, "messages"),
     ("/v1/chat/completions", json.dumps({"messages": [{"role": "tool", "content": "x"}]}).encode(), 400, "role"),
     ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": 3}]}).encode(), 400, "content"),
-    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "a"}], "temperature": -0.5}).encode(), 400, "temperature"),
-    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "a"}], "stream": "yes"}).encode(), 400, "stream"),
+    ("/v1/chat/completions",
+     json.dumps({"messages": [{"role": "user", "content": "a"}], "temperature": -0.5}).encode(), 400, "temperature"),
+    ("/v1/chat/completions",
+     json.dumps({"messages": [{"role": "user", "content": "a"}], "stream": "yes"}).encode(), 400, "stream"),
     ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "a"}], "n": 3}).encode(), 400, "n"),
-    ("/v1/chat/completions", json.dumps({"messages": [{"role": "assistant", "content": "a"}]}).encode(), 400, "last message"),
-    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}).encode(), 400, "alternate"),
+    ("/v1/chat/completions",
+     json.dumps({"messages": [{"role": "assistant", "content": "a"}]}).encode(), 400, "last message"),
+    ("/v1/chat/completions", json.dumps({"messages": [{"role": "user", "content": "a"},
+                                                      {"role": "user", "content": "b"}]}).encode(), 400, "alternate"),
     ("/tokenize", json.dumps({"inputs": ""}).encode(), 422, "inputs"),
 ])
 def test_malformed_requests_get_clear_4xx(url, path, content, status, words):
@@ -245,7 +253,8 @@ def test_busy_then_503_and_disconnect_frees_the_slot(tiny_tokenizer):
                 assert busy.status_code == 503 and "busy" in busy.json()["error"]
             # the client closed its stream mid-way: the slot must come back long before 200 steps
         assert wait_idle(base)
-        ok = httpx.post(f"{base}/generate", json={"inputs": "The king", "parameters": {"max_new_tokens": 3}}, timeout=60)
+        ok = httpx.post(f"{base}/generate", json={"inputs": "The king",
+                                                  "parameters": {"max_new_tokens": 3}}, timeout=60)
         assert ok.status_code == 200
 
 
@@ -256,7 +265,8 @@ def test_queue_then_serve(tiny_tokenizer):
         results = [None] * 3
 
         def call(i):
-            results[i] = httpx.post(f"{base}/generate", json={"inputs": "a", "parameters": {"max_new_tokens": 10}}, timeout=60)
+            results[i] = httpx.post(f"{base}/generate",
+                                    json={"inputs": "a", "parameters": {"max_new_tokens": 10}}, timeout=60)
 
         threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
         for t in threads:
@@ -532,7 +542,8 @@ def test_tool_calls_through_the_chat_api(tiny_tokenizer):
         assert msg["content"] == "[calculator: 7*6 = 42]" and res["choices"][0]["finish_reason"] == "stop"
         assert msg["parts"] == [{"type": "python", "text": "7*6"}, {"type": "python_output", "text": "42"}]
         kinds = []
-        with httpx.stream("POST", f"{base}/v1/chat/completions", json={"messages": msgs, "stream": True}, timeout=60) as r:
+        with httpx.stream("POST", f"{base}/v1/chat/completions",
+                          json={"messages": msgs, "stream": True}, timeout=60) as r:
             for line in r.iter_lines():
                 if line.startswith("data: {"):
                     delta = json.loads(line[6:])["choices"][0]["delta"]
@@ -540,7 +551,8 @@ def test_tool_calls_through_the_chat_api(tiny_tokenizer):
         assert "python" in kinds and "python_output" in kinds
         # the parts go back in as history and render to the same tokens
         follow = msgs + [{"role": "assistant", "content": msg["parts"]}, {"role": "user", "content": "thanks"}]
-        assert httpx.post(f"{base}/v1/chat/completions", json={"messages": follow, "max_tokens": 2}, timeout=60).status_code == 200
+        assert httpx.post(f"{base}/v1/chat/completions",
+                          json={"messages": follow, "max_tokens": 2}, timeout=60).status_code == 200
 
 
 def test_mailbox_wakes_the_loop_once_per_burst_and_keeps_order():

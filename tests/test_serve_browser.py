@@ -34,7 +34,8 @@ def story_engine(tokenizer) -> Engine:
     sp = tokenizer.convert_tokens_to_ids
     enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
     answer = [*enc("Let me compute it:"), sp("<|python_start|>"), *enc("7*6"), sp("<|python_end|>"),
-              sp("<|output_start|>"), *enc("42"), sp("<|output_end|>"), *enc(" The answer is 42!"), sp("<|assistant_end|>")]
+              sp("<|output_start|>"), *enc("42"), sp("<|output_end|>"),
+              *enc(" The answer is 42!"), sp("<|assistant_end|>")]
 
     class StoryLM(ScriptedLM):
         def forward(self, input_ids, position_ids=None, cache=None, **kw):

@@ -1,4 +1,5 @@
-"""Mid-training + SFT on CPU with a tiny model: loss drops, tool calls are learned, resume, Hub-ready output, bad input."""
+"""Mid-training + SFT on CPU with a tiny model: loss drops, tool calls are learned, resume, Hub-ready output,
+bad input."""
 
 import json
 import re
@@ -75,8 +76,8 @@ def test_output_is_a_hub_ready_chat_model(runs):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     out = runs["sft"]
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                 "token_bytes.pt"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "generation_config.json", "token_bytes.pt"):
         assert (out / name).is_file(), name
     tok = AutoTokenizer.from_pretrained(out)
     assert "{% generation %}" in tok.chat_template
@@ -211,7 +212,8 @@ def test_trl_sft_cli_trains_a_classic_checkpoint(tiny_tokenizer_dir, tmp_path):
     import sys
 
     trl = Path(sys.executable).with_name("trl")  # the console script of this interpreter's TRL
-    res = subprocess.run([str(trl) if trl.exists() else shutil.which("trl"), "sft", "--config", str(tmp_path / "sft.yaml")],
+    res = subprocess.run([str(trl) if trl.exists() else shutil.which("trl"), "sft", "--config",
+                          str(tmp_path / "sft.yaml")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     losses = [float(x) for x in re.findall(r"'loss': '([0-9.]+)'", res.stdout + res.stderr)]
@@ -252,7 +254,8 @@ def test_recipes_parse(tmp_path):
             assert args.stage == stage and cfg.assistant_only_loss and cfg.packing
             chat_data.Mixture.parse(args.mixture)
     # Every YAML key is a flag: the command line overrides the recipe.
-    args, cfg = sft.parse_args(["--config", str(root / "tiny" / "sft.yaml"), "--max_steps", "3", "--matrix_lr", "0.01"])
+    args, cfg = sft.parse_args(["--config", str(root / "tiny" / "sft.yaml"), "--max_steps",
+                                "3", "--matrix_lr", "0.01"])
     assert cfg.max_steps == 3 and args.matrix_lr == 0.01
 
 
@@ -276,7 +279,8 @@ def test_bad_input_is_refused_with_the_fix(base_dir, tmp_path, capsys):
     assert sft.main(["--model_name_or_path", str(tmp_path / "missing"), "--output_dir", str(tmp_path / "o")]) == 2
     assert "no config.json" in capsys.readouterr().err
     bad_mix = json.dumps({"train": [{"source": "arithmetic", "size": 4}, {"source": "wikipedia"}]})
-    assert sft.main(["--model_name_or_path", str(base_dir), "--output_dir", str(tmp_path / "o"), "--mixture", bad_mix]) == 2
+    assert sft.main(["--model_name_or_path", str(base_dir), "--output_dir",
+                     str(tmp_path / "o"), "--mixture", bad_mix]) == 2
     assert "unknown source 'wikipedia'" in capsys.readouterr().err
     assert sft.main(["--model_name_or_path", str(base_dir), "--output_dir", str(tmp_path / "o"), "--resume",
                      str(tmp_path / "nope")]) == 2

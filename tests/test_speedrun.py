@@ -26,7 +26,8 @@ pytestmark = pytest.mark.slow
 def smoke_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("speedrun") / "smoke"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    result = subprocess.run([sys.executable, "-m", "nanochat_hf", "speedrun", "--preset", "smoke", "--output", str(run)],
+    result = subprocess.run([sys.executable, "-m", "nanochat_hf", "speedrun", "--preset",
+                             "smoke", "--output", str(run)],
                             capture_output=True, text=True, env=env, timeout=1500)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run, result.stdout
@@ -39,7 +40,8 @@ def test_every_stage_ran_and_the_report_has_the_table(smoke_run):
     assert list(stages["stages"]) == expected
     assert all(s["status"] == "done" for s in stages["stages"].values())
     # CPU seconds of the stage's processes next to wall seconds (what a loaded machine cannot inflate)
-    assert 0 < stages["stages"]["pretrain"]["cpu_seconds"] <= 2 * stages["stages"]["pretrain"]["seconds"] * (os.cpu_count() or 1)
+    pre = stages["stages"]["pretrain"]
+    assert 0 < pre["cpu_seconds"] <= 2 * pre["seconds"] * (os.cpu_count() or 1)
     report = (run / "report.md").read_text()
     assert "| Metric | BASE | MID | SFT | RL |" in report
     core_row = next(line for line in report.splitlines() if line.startswith("| CORE |"))
@@ -61,7 +63,8 @@ def test_final_model_loads_with_plain_transformers(smoke_run):
         f"path = {str(run / 'rl')!r}\n"
         "tok = AutoTokenizer.from_pretrained(path, trust_remote_code=True)\n"
         "model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)\n"
-        "ids = tok.apply_chat_template([{'role': 'user', 'content': 'What is 2+3?'}], add_generation_prompt=True, return_tensors='pt', return_dict=True)\n"
+        "ids = tok.apply_chat_template([{'role': 'user', 'content': 'What is 2+3?'}], add_generation_prompt=True, "
+        "return_tensors='pt', return_dict=True)\n"
         "out = model.generate(**ids, max_new_tokens=8, do_sample=False)\n"
         "print('generated', out.shape[1] - ids['input_ids'].shape[1])\n"
     )
@@ -72,7 +75,8 @@ def test_final_model_loads_with_plain_transformers(smoke_run):
 
 def test_rerun_skips_finished_stages(smoke_run):
     run, _ = smoke_run
-    result = subprocess.run([sys.executable, "-m", "nanochat_hf", "speedrun", "--preset", "smoke", "--output", str(run)],
+    result = subprocess.run([sys.executable, "-m", "nanochat_hf", "speedrun", "--preset",
+                             "smoke", "--output", str(run)],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     for stage in ("tokenizer", "pretrain", "base_eval", "mid", "sft", "rl", "mid_eval", "sft_eval", "rl_eval"):

@@ -157,7 +157,7 @@ def test_autotokenizer_loads_in_a_process_without_nanochat_hf(tiny_tokenizer_dir
                                           {"type": "text", "text": "4"}]}]))
 
 
-# ----------------------------------------------------------------------------- chat template (hand-written expectations)
+# ------------------------------------------------------------------------ chat template (hand-written expectations)
 
 
 def expected(tok, *segments):
@@ -237,14 +237,16 @@ def test_empty_assistant_message_supervises_only_the_end_token(tok):
 
 
 def test_accepts_nanochat_conversation_dict_and_truncates(tok):
-    conv = {"messages": [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "General Kenobi"}]}
+    conv = {"messages": [{"role": "user", "content": "Hello there"},
+                         {"role": "assistant", "content": "General Kenobi"}]}
     ids, mask = render_conversation(tok, conv)
     assert (ids[:5], mask[:5]) == render_conversation(tok, conv, max_length=5)
     assert len(ids) > 5
 
 
 def test_generation_prompt_and_render_for_completion(tok):
-    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]
+    msgs = [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+            {"role": "assistant", "content": "A"}]
     prompt_ids, _ = expected(tok, ("<|bos|>", 0), ("<|user_start|>", 0), ("S\n\nQ", 0), ("<|user_end|>", 0),
                              ("<|assistant_start|>", 0))
     assert render_for_completion(tok, msgs) == prompt_ids
@@ -306,7 +308,8 @@ def test_txt_jsonl_parquet_and_hub_streaming_train_the_same_tokenizer(tmp_path):
     hub = tmp_path / "hub_like"  # same schema as karpathy/climbmix-400b-shuffle: parquet shards, column `text`
     hub.mkdir()
     half = len(docs) // 2
-    pq.write_table(pa.table({"text": docs[:half], "id": list(range(half))}), hub / "shard_00000.parquet", row_group_size=100)
+    pq.write_table(pa.table({"text": docs[:half], "id": list(range(half))}),
+                   hub / "shard_00000.parquet", row_group_size=100)
     pq.write_table(pa.table({"text": docs[half:], "id": list(range(len(docs) - half))}), hub / "shard_00001.parquet")
     vocabs = []
     for inputs in ([tmp_path / "a.txt"], [tmp_path / "a.jsonl"],
@@ -325,8 +328,10 @@ def test_folder_input_holds_out_the_last_file(tmp_path):
 
 def test_max_chars_and_doc_cap(tmp_path):
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["abcdef", "ghijkl", "mnop"]))
-    assert list(iter_documents([str(tmp_path / "a.jsonl")], max_chars=100, doc_cap=4, progress=False)) == ["abcd", "ghij", "mnop"]
-    assert list(iter_documents([str(tmp_path / "a.jsonl")], max_chars=5, doc_cap=4, progress=False)) == ["abcd", "ghij"]
+    assert list(iter_documents([str(tmp_path / "a.jsonl")], max_chars=100,
+                               doc_cap=4, progress=False)) == ["abcd", "ghij", "mnop"]
+    assert list(iter_documents([str(tmp_path / "a.jsonl")], max_chars=5,
+                               doc_cap=4, progress=False)) == ["abcd", "ghij"]
 
 
 def test_embedded_corpus_is_the_default():
@@ -365,7 +370,8 @@ def test_load_tokenizer_errors(tmp_path):
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab={"a": 0}, merges=[]))).save_pretrained(tmp_path / "other")
+    other = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab={"a": 0}, merges=[])))
+    other.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="lacks <\\|bos\\|>"):
         load_tokenizer(tmp_path / "other")
 
@@ -426,7 +432,8 @@ def _check_import(enc, path, out):
 def test_import_nanochat_tokenizer_pkl_from_our_merges(tmp_path, tok):
     from nanochat_hf.tokenization import CHAR_TO_BYTE
 
-    ranks = {bytes(CHAR_TO_BYTE[c] for c in t): i for i, t in enumerate(tok.convert_ids_to_tokens(list(range(len(tok) - 9))))}
+    tokens = tok.convert_ids_to_tokens(list(range(len(tok) - 9)))
+    ranks = {bytes(CHAR_TO_BYTE[c] for c in t): i for i, t in enumerate(tokens)}
     enc, path = _pickled_encoding(tmp_path, ranks)
     _check_import(enc, path, tmp_path / "imported")
 

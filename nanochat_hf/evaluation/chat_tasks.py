@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from nanochat_hf.chat_data import VAL_SEED_OFFSET, arithmetic, gsm8k_to_messages, render_mc, spelling_bee
-from nanochat_hf.modeling import CACHE_ARG
+from nanochat_hf.chat_data import MMLU_LETTERS, VAL_SEED_OFFSET, arithmetic, gsm8k_to_messages, render_mc, spelling_bee
+from nanochat_hf.engine import Engine
 from nanochat_hf.rewards import extract_answer, is_correct
 from nanochat_hf.tokenization import render_for_completion
 
@@ -51,7 +51,6 @@ OFFLINE_CHAT_DATA = Path(__file__).resolve().parent / "data" / "chat"  # ARC row
 CHATCORE_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
 BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0,
              "Arithmetic": 0.0}  # every chat task we can run; ChatCORE averages CHATCORE_TASKS
-MMLU_LETTERS = ("A", "B", "C", "D")
 # task -> (Hub id, config, split, local file name)
 HUB_SOURCES = {
     "ARC-Easy": ("allenai/ai2_arc", "ARC-Easy", "test", "arc_easy.jsonl"),
@@ -81,7 +80,8 @@ def _load_dataset(task: str, data_dir: str | None):
         try:
             ds = load_dataset(hub_id, config, split=split)
         except Exception as err:  # offline, or the Hub refused
-            raise FileNotFoundError(f"{task}: could not load {hub_id} ({config}, {split}) from the Hub ({type(err).__name__}); "
+            raise FileNotFoundError(f"{task}: could not load {hub_id} ({config}, {split}) from the Hub "
+                                    f"({type(err).__name__}); "
                                     f"offline, pass --chat-data DIR with {filename} in the Hub schema") from None
     return ds.shuffle(seed=SHUFFLE_SEED)
 
@@ -110,12 +110,14 @@ def load_conversations(task: str, data_dir: str | None = None, max_problems: int
             letters = list(row["choices"]["label"])
             if row["answerKey"] not in letters:
                 raise ValueError(f"{task}: answer {row['answerKey']!r} is not one of {letters}")
-            out.append({"messages": [{"role": "user", "content": render_mc(row["question"], letters, row["choices"]["text"])},
+            out.append({"messages": [{"role": "user",
+                                      "content": render_mc(row["question"], letters, row["choices"]["text"])},
                                      {"role": "assistant", "content": row["answerKey"]}], "letters": letters})
     elif task == "MMLU":
         ds = _load_dataset(task, data_dir)
         for row in ds.select(range(min(n or len(ds), len(ds)))):
-            out.append({"messages": [{"role": "user", "content": render_mc(row["question"], MMLU_LETTERS, row["choices"])},
+            out.append({"messages": [{"role": "user",
+                                      "content": render_mc(row["question"], MMLU_LETTERS, row["choices"])},
                                      {"role": "assistant", "content": MMLU_LETTERS[int(row["answer"])]}],
                         "letters": list(MMLU_LETTERS)})
     elif task == "GSM8K":
@@ -169,7 +171,8 @@ def extract_imports(prompt: str) -> str:
 
 def humaneval_program(conversation: dict, completion: str) -> str:
     imports = extract_imports(conversation["messages"][0]["content"])
-    return f"{imports}\n\n{extract_program(completion)}\n\n{conversation['test']}\ncheck({conversation['entry_point']})"
+    return (f"{imports}\n\n{extract_program(completion)}\n\n{conversation['test']}\n"
+            f"check({conversation['entry_point']})")
 
 
 # ----------------------------------------------------------------------------- categorical: letter logits
@@ -201,7 +204,7 @@ def run_categorical(model, tokenizer, conversations: list[dict], batch_size: int
                     if len(enc) != 1:
                         raise ValueError(f"the answer letter {letter!r} is not a single token in this tokenizer")
                     letter_ids[letter] = enc[0]
-            focus = logits[j, len(prompt) - 1, [letter_ids[l] for l in conv["letters"]]]
+            focus = logits[j, len(prompt) - 1, [letter_ids[letter] for letter in conv["letters"]]]
             predicted = conv["letters"][int(focus.argmax())]
             outcomes.append(predicted == conv["messages"][-1]["content"])
     scored = iter(outcomes)  # prompts longer than the context count as wrong answers, in place
@@ -211,52 +214,9 @@ def run_categorical(model, tokenizer, conversations: list[dict], batch_size: int
 # ----------------------------------------------------------------------------- generative: greedy with the tool
 
 
-def _engine(model, tokenizer):
-    """The serving engine (KV cache + calculator tool) when it exists, else our plain loop with the same rules."""
-    try:
-        from nanochat_hf.engine import Engine
-    except ImportError:
-        return None
-    return Engine(model, tokenizer)
-
-
-@torch.no_grad()
-def greedy_with_tool(model, tokenizer, prompt: list[int], max_tokens: int) -> list[int]:
-    """Greedy decoding with a KV cache; `<|python_end|>` runs the calculator and forces its output in.
-
-    Used only when `nanochat_hf.engine` is not available; same semantics as the Engine contract
-    (stops at `<|assistant_end|>` or `<|bos|>`, the stop token is not returned).
-    """
-    from nanochat_hf.tools import run_calculator
-
-    special = {t: tokenizer.convert_tokens_to_ids(t) for t in
-               ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>", "<|assistant_end|>", "<|bos|>")}
-    stops = {special["<|assistant_end|>"], special["<|bos|>"]}
-    device = model_device(model)
-    out, forced, expr, in_tool = [], [], [], False
-    past, feed = None, prompt
-    while len(out) < max_tokens:
-        res = model(input_ids=torch.tensor([feed], device=device), use_cache=True, **{CACHE_ARG: past})
-        past = getattr(res, CACHE_ARG)
-        tok = forced.pop(0) if forced else int(res.logits[0, -1].argmax())
-        if tok in stops:
-            break
-        out.append(tok)
-        feed = [tok]
-        if tok == special["<|python_start|>"]:
-            in_tool, expr = True, []
-        elif tok == special["<|python_end|>"] and in_tool:
-            in_tool = False
-            result = run_calculator(tokenizer.decode(expr))
-            forced = [special["<|output_start|>"], *tokenizer.encode(result, add_special_tokens=False), special["<|output_end|>"]]
-        elif in_tool:
-            expr.append(tok)
-    return out
-
-
 def generate_completions(model, tokenizer, conversations: list[dict], max_new_tokens: int = MAX_NEW_TOKENS,
                          progress: bool = True, desc: str = "") -> list[str]:
-    engine = _engine(model, tokenizer)
+    engine = Engine(model, tokenizer)  # KV cache + the calculator tool, as in serving
     context = _context_length(model)
     completions, too_long = [], 0
     for conv in tqdm(conversations, desc=desc, disable=not progress, leave=False):
@@ -266,12 +226,8 @@ def generate_completions(model, tokenizer, conversations: list[dict], max_new_to
             completions.append("")
             too_long += 1
             continue
-        if engine is not None:
-            seqs, _ = engine.generate_batch(prompt, num_samples=1, max_tokens=max_new_tokens, temperature=0.0)
-            tokens = seqs[0][len(prompt):]
-        else:
-            tokens = greedy_with_tool(model, tokenizer, prompt, max_new_tokens)
-        completions.append(tokenizer.decode(tokens, skip_special_tokens=False))
+        seqs, _ = engine.generate_batch(prompt, num_samples=1, max_tokens=max_new_tokens, temperature=0.0)
+        completions.append(tokenizer.decode(seqs[0][len(prompt):], skip_special_tokens=False))
     _warn_too_long(desc, too_long, len(conversations), context)
     return completions
 
@@ -283,7 +239,8 @@ def _context_length(model) -> int | None:
 
 def _warn_too_long(desc: str, too_long: int, total: int, context: int | None) -> None:
     if too_long:
-        print(f"{desc or 'eval'}: {too_long} of {total} prompts do not fit the model's {context}-token context; scored as wrong",
+        print(f"{desc or 'eval'}: {too_long} of {total} prompts do not fit the model's {context}-token "
+              "context; scored as wrong",
               file=sys.stderr)
 
 

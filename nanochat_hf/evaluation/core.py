@@ -35,6 +35,8 @@ import torch.nn.functional as F
 import yaml
 from tqdm.auto import tqdm
 
+from nanochat_hf.dataset import data_home
+
 EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundle.zip"
 SHUFFLE_SEED = 1337  # nanochat shuffles each task once with this seed (stable subsampling)
 FEWSHOT_SEED = 1234  # few-shot examples of row i are drawn with Random(FEWSHOT_SEED + i)
@@ -52,11 +54,6 @@ ROW_FIELDS = {"multiple_choice": ("query", "choices", "gold"), "schema": ("conte
 
 
 # ----------------------------------------------------------------------------- the bundle
-
-
-def default_cache_dir() -> Path:
-    """Where a downloaded bundle lives: $NANOCHAT_HF_CACHE or ~/.cache/nanochat_hf."""
-    return Path(os.environ.get("NANOCHAT_HF_CACHE", Path.home() / ".cache" / "nanochat_hf")).expanduser()
 
 
 def _is_bundle(path: Path) -> bool:
@@ -96,7 +93,7 @@ def resolve_bundle(bundle: str | os.PathLike | None = None, download: bool = Tru
             raise FileNotFoundError(f"{path} is not a CORE eval bundle: expected core.yaml, eval_meta_data.csv and "
                                     f"eval_data/ inside (unzip {EVAL_BUNDLE_URL} and point --bundle at it)")
         return path
-    cached = default_cache_dir() / "eval_bundle"
+    cached = data_home() / "eval_bundle"
     if _is_bundle(cached):
         return cached
     if not download:
@@ -129,7 +126,7 @@ def load_tasks(bundle: Path, labels: list[str] | None = None) -> list[CoreTask]:
                               t.get("continuation_delimiter", " "), baselines[t["label"]]))
     if labels:
         known = {t.label for t in tasks}
-        unknown = [l for l in labels if l not in known]
+        unknown = [label for label in labels if label not in known]
         if unknown:
             raise ValueError(f"unknown CORE task(s) {unknown}; core.yaml has: {', '.join(sorted(known))}")
         tasks = [t for t in tasks if t.label in labels]
@@ -382,7 +379,8 @@ def evaluate_task(model, tokenizer, rows: list[dict], task: CoreTask, batch_toke
     if max_seq_len == -1:
         max_seq_len = prompt_crop_length(getattr(model, "config", None))
     if task.num_fewshot >= len(rows):
-        raise ValueError(f"{task.label}: {task.num_fewshot}-shot needs more than {len(rows)} rows; raise --max-per-task")
+        raise ValueError(f"{task.label}: {task.num_fewshot}-shot needs more than {len(rows)} rows; "
+                         "raise --max-per-task")
     examples = [prepare_example(i, rows, task, tokenizer, max_seq_len) for i in range(len(rows))]
     return score_examples(model, examples, bos_id(tokenizer), batch_tokens, progress, desc=task.label)
 

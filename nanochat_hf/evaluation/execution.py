@@ -155,7 +155,8 @@ def _limits(timeout: float, max_memory_bytes: int) -> str:
     return json.dumps({"memory": int(max_memory_bytes), "cpu": int(timeout) + 1, "fsize": MAX_FILE_BYTES, "nproc": 64})
 
 
-def execute_code(program: str, timeout: float = TIMEOUT_S, max_memory_bytes: int = MAX_MEMORY_BYTES) -> ExecutionResult:
+def execute_code(program: str, timeout: float = TIMEOUT_S,
+                 max_memory_bytes: int = MAX_MEMORY_BYTES) -> ExecutionResult:
     """Run `program` in the sandbox; success iff it finishes within the limits without an exception."""
     with tempfile.TemporaryDirectory(prefix="nanochat_hf_exec_") as scratch:
         env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8",
@@ -191,7 +192,8 @@ def execute_code(program: str, timeout: float = TIMEOUT_S, max_memory_bytes: int
         rc = proc.returncode
         if rc is not None and rc < 0:
             name = signal.Signals(-rc).name
-            reason = "cpu time limit" if name == "SIGXCPU" else ("memory limit" if name in ("SIGKILL", "SIGSEGV") else name)
+            limit_hit = {"SIGXCPU": "cpu time limit", "SIGKILL": "memory limit", "SIGSEGV": "memory limit"}
+            reason = limit_hit.get(name, name)
             return ExecutionResult(False, f"{reason} (killed by {name})", out, err)
         if rc == 0:
             return ExecutionResult(False, "exited before the tests ran (os._exit)", out, err)

@@ -85,7 +85,8 @@ class NanochatEngineModel(LightevalModel):
                                                  temperature=0.0)
             tokens = seqs[0][len(prompt):]
             text = self.tokenizer.decode(tokens, skip_special_tokens=False)
-            for stop in doc.stop_sequences or []:  # a task's own stop strings cut the reply, as lighteval's backends do
+            # a task's own stop strings cut the reply, as lighteval's backends do
+            for stop in doc.stop_sequences or []:
                 if stop and stop in text:
                     text = text[: text.index(stop)]
             out.append(ModelResponse(input=doc.query, input_tokens=prompt, text=[text], output_tokens=[tokens]))

@@ -55,6 +55,7 @@ from lighteval.metrics.utils.metric_utils import SampleLevelMetric
 from lighteval.tasks.lighteval_task import LightevalTaskConfig
 from lighteval.tasks.requests import Doc, SamplingMethod
 
+from nanochat_hf.dataset import data_home
 from nanochat_hf.evaluation import chat_tasks, core, run
 
 logger = logging.getLogger(__name__)
@@ -81,7 +82,8 @@ def _tokenizer_source() -> str:
         i = sys.argv.index("custom")
         if len(sys.argv) > i + 1:
             return sys.argv[i + 1]
-    raise ValueError("set NANOCHAT_HF_EVAL_TOKENIZER to the model's folder or Hub id (no model_name= on the command line)")
+    raise ValueError("set NANOCHAT_HF_EVAL_TOKENIZER to the model's folder or Hub id (no model_name= "
+                     "on the command line)")
 
 
 @lru_cache(maxsize=1)
@@ -145,7 +147,10 @@ def prompt_fn(line: dict, task_name: str) -> Doc:
     tok = _tokenizer()
     ex = core.prepare_example(int(line["idx"]), rows, task, tok, _prompt_crop())
     query, _ = _context_prefix(tok)
-    decode = lambda ids: tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def decode(ids):
+        return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
     specific = {"spans": [e - s for s, e in zip(ex.starts, ex.ends)], "type": task.task_type,
                 "tokens": [t[1:] for t in ex.tokens], "starts": [s - 1 for s in ex.starts]}
     if task.task_type == "language_modeling":
@@ -165,7 +170,8 @@ class NanochatMeanLossChoice(SampleLevelComputation):
         lps, toks = model_response.logprobs, model_response.output_tokens
         losses = []
         for i in range(n):
-            full, prefix = [t for t in toks[i] if t >= 0], [t for t in toks[n + i] if t >= 0]  # -1 = lighteval's padding
+            # -1 = lighteval's padding
+            full, prefix = [t for t in toks[i] if t >= 0], [t for t in toks[n + i] if t >= 0]
             if full[:len(prefix)] != prefix:
                 logger.warning("%s: prefix tokens differ from the full prompt's; the score may differ from nanochat's",
                                doc.task_name)
@@ -194,7 +200,7 @@ core_lm_metric = SampleLevelMetric(metric_name="acc", higher_is_better=True, cat
 
 def _index_dataset(label: str, n: int) -> str:
     """lighteval loads a dataset per task; ours is just the row indices (the rows live in the bundle)."""
-    folder = core.default_cache_dir() / "lighteval_core" / f"{label}-{n}"
+    folder = data_home() / "lighteval_core" / f"{label}-{n}"
     path = folder / "test.jsonl"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
@@ -232,8 +238,10 @@ def chat_prompt_fn(line: dict, task_name: str) -> Doc:
     tok = _tokenizer()
     query, prompt = _chat_query(tok, conv)
     letters = list(conv["letters"])
-    return Doc(task_name=task_name, query=query, choices=letters, gold_index=letters.index(conv["messages"][-1]["content"]),
-               specific={"letter_ids": [tok.convert_tokens_to_ids(letter) for letter in letters], "prompt_ids": prompt})
+    return Doc(task_name=task_name, query=query, choices=letters,
+               gold_index=letters.index(conv["messages"][-1]["content"]),
+               specific={"letter_ids": [tok.convert_tokens_to_ids(letter) for letter in letters],
+                         "prompt_ids": prompt})
 
 
 class NanochatLetterChoice(SampleLevelComputation):
@@ -281,7 +289,8 @@ class NanochatGenerativeScore(SampleLevelComputation):
         return float(chat_tasks.score_completion(doc.specific["task"], conv, completion))
 
 
-chat_generative_metric = SampleLevelMetric(metric_name="acc", higher_is_better=True, category=SamplingMethod.GENERATIVE,
+chat_generative_metric = SampleLevelMetric(metric_name="acc", higher_is_better=True,
+                                           category=SamplingMethod.GENERATIVE,
                                            sample_level_fn=NanochatGenerativeScore(), corpus_level_fn=np.mean)
 
 

@@ -60,8 +60,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def load_model(name: str, device: str | None = None, dtype: str = "auto"):
     """Any `AutoModelForCausalLM` (ours register themselves on import) and its tokenizer, in eval mode."""
-    import nanochat_hf.modeling  # noqa: F401  (registers our architectures with the Auto classes)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import nanochat_hf.modeling  # noqa: F401  (registers our architectures with the Auto classes)
 
     path = Path(name).expanduser()
     if (name.startswith((".", "/", "~")) or path.exists()) and not (path / "config.json").is_file():
@@ -173,8 +174,13 @@ def _commit() -> str | None:
 
 def evaluate(model, tokenizer, tasks: str = "core", max_per_task: int = -1, bundle=None, chat_data=None,
              bpb_text: str | None = None, batch_tokens: int = core.BATCH_TOKENS,
+<<<<<<< HEAD
              max_new_tokens: int = chat_tasks.MAX_NEW_TOKENS, progress: bool = True, model_name: str = "model",
              max_context: str | int = "auto") -> dict:
+=======
+             max_new_tokens: int = chat_tasks.MAX_NEW_TOKENS, progress: bool = True,
+             model_name: str = "model") -> dict:
+>>>>>>> h18-lint
     """Run the requested tasks on an in-memory model; the result dict `--output` writes."""
     core_labels, chat, want_bpb = resolve_tasks(tasks, core.known_labels(bundle))
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
@@ -186,7 +192,8 @@ def evaluate(model, tokenizer, tasks: str = "core", max_per_task: int = -1, bund
         result["core"] = out["core"]
     for task in chat:
         t1 = time.time()
-        r = chat_tasks.evaluate_chat_task(task, model, tokenizer, chat_data, max_per_task if max_per_task > 0 else None,
+        r = chat_tasks.evaluate_chat_task(task, model, tokenizer, chat_data,
+                                          max_per_task if max_per_task > 0 else None,
                                           max_new_tokens, progress)
         r["seconds"] = round(time.time() - t1, 3)
         result["tasks"][task] = r
@@ -198,9 +205,15 @@ def evaluate(model, tokenizer, tasks: str = "core", max_per_task: int = -1, bund
     if want_bpb:
         text = Path(bpb_text).read_text(encoding="utf-8") if bpb_text else _default_bpb_text()
         result["bpb"] = bits_per_byte(model, tokenizer, text)
+<<<<<<< HEAD
     result["run"] = {"model": model_name, "commit": _commit(), "started": started, "seconds": round(time.time() - t0, 3),
                      "max_per_task": max_per_task, "tasks": tasks,
                      "max_context": max_context}
+=======
+    result["run"] = {"model": model_name, "commit": _commit(), "started": started,
+                     "seconds": round(time.time() - t0, 3),
+                     "max_per_task": max_per_task, "tasks": tasks}
+>>>>>>> h18-lint
     return result
 
 
@@ -240,7 +253,8 @@ def _run(args) -> None:
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2, default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+        out.write_text(json.dumps(result, indent=2,
+                                  default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
         out.with_suffix(".md").write_text(table)
         print(f"wrote {out} and {out.with_suffix('.md')}")
 

@@ -37,7 +37,8 @@ def create_app(*args, **kwargs):
 
 def _parser() -> argparse.ArgumentParser:
     d = Limits()
-    p = argparse.ArgumentParser(prog="nanochat-hf serve", description="Serve a nanochat_hf model over HTTP (chat page, TGI, OpenAI).")
+    p = argparse.ArgumentParser(prog="nanochat-hf serve", description="Serve a nanochat_hf model over HTTP "
+                                                                      "(chat page, TGI, OpenAI).")
     p.add_argument("--model", required=True, help="model folder (a stage's output) or Hub id")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (0.0.0.0 for all: needs --api-key, or --no-auth)")
@@ -52,13 +53,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-origin", default=None,
                    help="one browser origin (https://app.example.com) allowed to call the API cross-origin "
                         "(default: no CORS headers)")
-    p.add_argument("--model-id", default=None, help="name reported by /info and /v1/models (default: the --model value)")
+    p.add_argument("--model-id", default=None, help="name reported by /info and /v1/models "
+                                                    "(default: the --model value)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if available)")
     p.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="requests decoded together (batch rows)")
+    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="requests decoded "
+                                                                                "together (batch rows)")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting for a row before 503s start")
-    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, help="seconds per request (queue + generation)")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, help="seconds per request "
+                                                                                      "(queue + generation)")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
                    help="seconds a client has to send its request body; a slower one gets 408 and is disconnected")

@@ -33,12 +33,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 
-from nanochat_hf.engine import Engine, Event, SamplingParams, StreamDecoder
+from nanochat_hf import __version__
+from nanochat_hf.engine import TOOL_MARKERS, TOOL_PARTS, Engine, Event, SamplingParams, StreamDecoder
 from nanochat_hf.serve.protocol import ApiError, Limits, bad, parse_chat, parse_json_body, parse_tgi
 
-VERSION = "0.1.0"
-PART_OF = {"<|python_start|>": "python", "<|output_start|>": "python_output"}  # a special token opens a part
-CLOSERS = ("<|python_end|>", "<|output_end|>")
+PART_OF = {start: kind for kind, (start, _) in TOOL_PARTS.items()}  # a special token opens a part
+CLOSERS = tuple(end for _, end in TOOL_PARTS.values())
 STREAM_SEND_BUFFER = 64 * 1024  # kernel send buffer of a streaming connection (bytes)
 TRANSPORT = "nanochat_hf.transport"  # scope key: the connection's asyncio transport, when the server is uvicorn
 
@@ -271,7 +271,7 @@ class Server:
         self.in_flight = 0
         self.created = int(time.time())
         vocab = self.tokenizer.get_vocab()
-        self.special_ids = set(self.tokenizer.all_special_ids) | {vocab[t] for t in PART_OF} | {vocab[t] for t in CLOSERS}
+        self.special_ids = set(self.tokenizer.all_special_ids) | {vocab[t] for t in (*PART_OF, *CLOSERS)}
         self.part_of = {vocab[t]: kind for t, kind in PART_OF.items()}
         self.closers = {vocab[t] for t in CLOSERS}
 
@@ -319,7 +319,8 @@ class Server:
         until the end; cancels the request if we stop early. A stream writes each list as one chunk."""
         capacity = self.limits.max_concurrent + self.limits.max_queue
         if self.in_flight >= capacity:
-            raise ApiError(503, f"the server is busy ({self.in_flight} requests in flight, limit {capacity}); retry later",
+            raise ApiError(503, f"the server is busy ({self.in_flight} requests in flight, limit "
+                                f"{capacity}); retry later",
                            "overloaded")
         self.in_flight += 1
         q: asyncio.Queue = asyncio.Queue()
@@ -393,7 +394,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
         yield
         server.stop()
 
-    app = App(title="nanochat_hf", version=VERSION, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = App(title="nanochat_hf", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server = server
     add_access_control(app, access or Access())
 
@@ -424,7 +425,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
             "max_input_length": limits.max_prompt_tokens,
             "max_total_tokens": min(limits.max_prompt_tokens + limits.max_new_tokens, engine.max_context),
             "max_batch_size": limits.max_concurrent, "validation_workers": 1, "max_client_batch_size": 1,
-            "router": "nanochat_hf", "version": VERSION, "sha": None, "docker_label": None,
+            "router": "nanochat_hf", "version": __version__, "sha": None, "docker_label": None,
         }
 
     @app.get("/v1/models")
@@ -457,7 +458,8 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
         tokens, finish, prefill, stop_text, assembler = [], None, None, None, TextAssembler(server)
         async for ev in server.events(request, prompt, params, prompt_logprobs=r.decoder_input_details):
             if ev.prompt_logprobs is not None:
-                prefill = [{"id": t, "text": server.token_text(t), "logprob": lp} for t, lp in zip(prompt, ev.prompt_logprobs)]
+                prefill = [{"id": t,
+                            "text": server.token_text(t), "logprob": lp} for t, lp in zip(prompt, ev.prompt_logprobs)]
             if ev.token is not None:
                 tokens.append((ev.token, ev.logprob))
                 assembler.push(ev.token, final=ev.finish_reason is not None)
@@ -474,7 +476,8 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
         out = {"generated_text": (r.inputs + text) if r.return_full_text else text}
         if r.details:
             out["details"] = {
-                "finish_reason": finish, "generated_tokens": len(tokens), "seed": params.seed if params.temperature > 0 else None,
+                "finish_reason": finish, "generated_tokens": len(tokens),
+                "seed": params.seed if params.temperature > 0 else None,
                 "prefill": prefill or [], "top_tokens": None, "best_of_sequences": None,
                 "tokens": [{"id": t, "text": server.token_text(t), "logprob": lp, "special": t in server.special_ids}
                            for t, lp in tokens],
@@ -496,12 +499,14 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
                     stop_text = _stop_hit(text, r.stop) if r.stop else None
                     if stop_text is not None:
                         text, finish = text[: text.index(stop_text) + len(stop_text)], "stop_sequence"
-                    event = {"index": len(tokens), "token": {"id": ev.token, "text": piece, "logprob": ev.logprob, "special": special},
+                    event = {"index": len(tokens),
+                             "token": {"id": ev.token, "text": piece, "logprob": ev.logprob, "special": special},
                              "top_tokens": None, "generated_text": None, "details": None}
                     if finish is not None:
                         event["generated_text"] = (r.inputs + text) if r.return_full_text else text
                         event["details"] = {"finish_reason": finish, "generated_tokens": len(tokens),
-                                            "seed": params.seed if params.temperature > 0 else None, "input_length": len(prompt)}
+                                            "seed": params.seed if params.temperature > 0 else None,
+                                            "input_length": len(prompt)}
                     out.append(f"data:{json.dumps(event)}\n\n")
                     if finish is not None:
                         yield "".join(out)
@@ -557,7 +562,7 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
         content, raw_parts = parts.finish(r.stop)
         message = {"role": "assistant", "content": content, "parts": raw_parts}
         return {"id": cid, "object": "chat.completion", "created": created, "model": model,
-                "system_fingerprint": f"nanochat_hf-{VERSION}",
+                "system_fingerprint": f"nanochat_hf-{__version__}",
                 "choices": [{"index": 0, "message": message, "finish_reason": finish,
                              "logprobs": {"content": logprobs} if r.logprobs else None}],
                 "usage": {"prompt_tokens": len(prompt), "completion_tokens": parts.count,
@@ -565,9 +570,10 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
 
     async def chat_stream(request: Request, r, prompt, params, cid, created, model):
         def chunk(delta, finish=None, **extra):
-            return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
-                                          "system_fingerprint": f"nanochat_hf-{VERSION}",
-                                          "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+            return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                          "model": model, "system_fingerprint": f"nanochat_hf-{__version__}",
+                                          "choices": [{"index": 0, "delta": delta,
+                                                       "finish_reason": finish, "logprobs": None}],
                                           **extra}) + "\n\n"
 
         parts = Parts(server)
@@ -589,7 +595,8 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
                         if r.include_usage:
                             usage = {"prompt_tokens": len(prompt), "completion_tokens": parts.count,
                                      "total_tokens": len(prompt) + parts.count}
-                            out.append("data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
+                            out.append("data: " + json.dumps({"id": cid, "object": "chat.completion.chunk",
+                                                              "created": created,
                                                               "model": model, "choices": [], "usage": usage}) + "\n\n")
                         out.append("data: [DONE]\n\n")
                         yield "".join(out)
@@ -597,7 +604,8 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
                 if out:
                     yield "".join(out)
         except ApiError as err:
-            yield "data: " + json.dumps({"error": {"message": err.message, "type": err.kind, "code": err.status}}) + "\n\n"
+            yield "data: " + json.dumps({"error": {"message": err.message,
+                                                   "type": err.kind, "code": err.status}}) + "\n\n"
 
     return app
 
@@ -630,8 +638,8 @@ def _logprob_entry(server: Server, ev: Event) -> dict:
 class Parts:
     """Completion tokens -> readable content (tool call as `[calculator: expr = result]`) and nanochat parts."""
 
-    MARK_OPEN = {"python": "[calculator: ", "python_output": " = "}
-    MARK_CLOSE = {"python": "", "python_output": "]"}
+    MARK_OPEN = {kind: TOOL_MARKERS[start] for kind, (start, _) in TOOL_PARTS.items()}
+    MARK_CLOSE = {kind: TOOL_MARKERS[end] for kind, (_, end) in TOOL_PARTS.items()}
 
     def __init__(self, server: Server):
         self.server = server

@@ -52,7 +52,8 @@ def parse_json_body(raw: bytes) -> dict:
     try:
         body = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ApiError(400, f"the request body is not valid JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        raise ApiError(400, f"the request body is not valid JSON: {err.msg} at line "
+                            f"{err.lineno} column {err.colno}") from None
     if not isinstance(body, dict):
         raise bad(f"the request body must be a JSON object, got {type(body).__name__}")
     return body
@@ -152,7 +153,8 @@ def parse_tgi(body: dict, limits: Limits, stream: bool | None = None) -> TGIRequ
     seed = _int(p, "seed", 0, 2**63 - 1, name="parameters.seed")
     do_sample = _bool(p, "do_sample", default=False)
     # TGI: greedy unless sampling is asked for (do_sample, or any sampling knob).
-    sampling = do_sample or any(v is not None for v in (top_k, top_p)) or (temperature not in (None, 1.0) and temperature > 0)
+    sampling = (do_sample or any(v is not None for v in (top_k, top_p))
+                or (temperature not in (None, 1.0) and temperature > 0))
     params = SamplingParams(max_tokens=max_new or min(100, limits.max_new_tokens),
                             temperature=(temperature if temperature is not None else 1.0) if sampling else 0.0,
                             top_k=top_k, top_p=top_p, seed=seed)
@@ -192,7 +194,8 @@ def _content(message: dict, i: int):
             kind = part.get("type", "text")
             allowed = ASSISTANT_PART_TYPES if role == "assistant" else ("text",)
             if kind not in allowed:
-                raise bad(f"messages[{i}].content[{j}] has type {kind!r}; a {role} message allows {', '.join(allowed)}")
+                raise bad(f"messages[{i}].content[{j}] has type {kind!r}; a {role} message allows "
+                          f"{', '.join(allowed)}")
             parts.append({"type": kind, "text": part["text"]})
         if role != "assistant":  # user/system: OpenAI's list of text parts is just the joined text
             return "".join(p["text"] for p in parts)
