@@ -401,7 +401,8 @@ def evaluate_core(model, tokenizer, bundle: str | os.PathLike | None = None, max
     try:
         for task in tqdm(tasks, desc="CORE", disable=not progress):
             rows = load_task_rows(bundle, task, max_per_task)
-            correct = evaluate_task(model, tokenizer, rows, task, batch_tokens, crop_length(model, max_context), progress)
+            crop = crop_length(model, max_context)
+            correct = evaluate_task(model, tokenizer, rows, task, batch_tokens, crop, progress)
             acc = sum(correct) / len(correct)
             results[task.label] = {"accuracy": acc, "centered": centered(acc, task.random_baseline), "n": len(correct),
                                    "shots": task.num_fewshot, "type": task.task_type}

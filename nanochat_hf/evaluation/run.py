@@ -174,13 +174,8 @@ def _commit() -> str | None:
 
 def evaluate(model, tokenizer, tasks: str = "core", max_per_task: int = -1, bundle=None, chat_data=None,
              bpb_text: str | None = None, batch_tokens: int = core.BATCH_TOKENS,
-<<<<<<< HEAD
              max_new_tokens: int = chat_tasks.MAX_NEW_TOKENS, progress: bool = True, model_name: str = "model",
              max_context: str | int = "auto") -> dict:
-=======
-             max_new_tokens: int = chat_tasks.MAX_NEW_TOKENS, progress: bool = True,
-             model_name: str = "model") -> dict:
->>>>>>> h18-lint
     """Run the requested tasks on an in-memory model; the result dict `--output` writes."""
     core_labels, chat, want_bpb = resolve_tasks(tasks, core.known_labels(bundle))
     started, t0 = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), time.time()
@@ -205,15 +200,9 @@ def evaluate(model, tokenizer, tasks: str = "core", max_per_task: int = -1, bund
     if want_bpb:
         text = Path(bpb_text).read_text(encoding="utf-8") if bpb_text else _default_bpb_text()
         result["bpb"] = bits_per_byte(model, tokenizer, text)
-<<<<<<< HEAD
-    result["run"] = {"model": model_name, "commit": _commit(), "started": started, "seconds": round(time.time() - t0, 3),
-                     "max_per_task": max_per_task, "tasks": tasks,
-                     "max_context": max_context}
-=======
     result["run"] = {"model": model_name, "commit": _commit(), "started": started,
                      "seconds": round(time.time() - t0, 3),
-                     "max_per_task": max_per_task, "tasks": tasks}
->>>>>>> h18-lint
+                     "max_per_task": max_per_task, "tasks": tasks, "max_context": max_context}
     return result
 
 
