@@ -326,8 +326,7 @@ class NanoChatModel(NanoChatPreTrainedModel):
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         if position_ids is None:
-            past = cache.get_seq_length() if cache is not None else 0
-            position_ids = torch.arange(past, past + inputs_embeds.shape[1], device=inputs_embeds.device).unsqueeze(0)
+            position_ids = default_position_ids(attention_mask, cache, inputs_embeds)
 
         # Masks: causal (+ padding, + packed documents from position_ids resets) and the sliding one.
         # An empty cache changes nothing in the mask but would hide packed documents from transformers'
@@ -367,6 +366,20 @@ class NanoChatModel(NanoChatPreTrainedModel):
             x = x - self.backout_lambda.to(x.dtype) * x_backout  # remove low-level features before the head
         x = rms_norm(x, eps)
         return BaseModelOutputWithPast(x, cache if use_cache else None)  # positional: the field's name moved too
+
+
+def default_position_ids(attention_mask, cache, inputs_embeds) -> torch.Tensor:
+    """Positions counted from each row's first real token, as `generate()` counts them.
+
+    A trainer's forward over left-padded rows (TRL's GRPO scores prompt + completion that way) passes no
+    position ids: counted from the pads, a row's BOS sits at position > 0 and the smear mixes the pad's
+    embedding into it, so the scored log-probs are not those of the unpadded sequence that was sampled.
+    """
+    past = cache.get_seq_length() if cache is not None else 0
+    length = inputs_embeds.shape[1]
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and not attention_mask.all():
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+    return torch.arange(past, past + length, device=inputs_embeds.device).unsqueeze(0)
 
 
 class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):

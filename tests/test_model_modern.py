@@ -127,3 +127,21 @@ def test_generate_with_a_static_cache_gives_the_default_tokens(arch):
     mask[1, :5] = 0
     kwargs = dict(attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
     assert torch.equal(model.generate(ids, cache_implementation="static", **kwargs), model.generate(ids, **kwargs))
+
+
+@pytest.mark.parametrize("arch", ["classic", "modern"])
+def test_left_padded_forward_scores_each_row_as_unpadded(arch):
+    """A trainer's forward over left-padded rows without position ids (TRL's GRPO scores prompt + completion
+    so) gives each row the log-probs of the row alone: the positions count from its first real token, so the
+    smear does not pull the pad into its BOS. RL's gradient is of the same log-probs its samples were drawn from."""
+    model = modern_model() if arch == "modern" else randomize(NanoChatForCausalLM(
+        NanoChatConfig.from_depth(2, arch="classic", vocab_size=90, head_dim=8, aspect_ratio=16)), seed=3).double().eval()
+    short, long = IDX[0, :6], IDX[1]
+    batch = torch.stack([torch.cat([torch.zeros(4, dtype=torch.long), short]), long])
+    mask = torch.stack([torch.cat([torch.zeros(4, dtype=torch.long), torch.ones(6, dtype=torch.long)]),
+                        torch.ones(10, dtype=torch.long)])
+    with torch.no_grad():
+        padded = model(batch, attention_mask=mask).logits
+        alone = [model(row[None]).logits[0] for row in (short, long)]
+    assert (padded[0, 4:] - alone[0]).abs().max().item() < 1e-9
+    assert (padded[1] - alone[1]).abs().max().item() < 1e-9
