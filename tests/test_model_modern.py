@@ -134,8 +134,8 @@ def test_left_padded_forward_scores_each_row_as_unpadded(arch):
     """A trainer's forward over left-padded rows without position ids (TRL's GRPO scores prompt + completion
     so) gives each row the log-probs of the row alone: the positions count from its first real token, so the
     smear does not pull the pad into its BOS. RL's gradient is of the same log-probs its samples were drawn from."""
-    model = modern_model() if arch == "modern" else randomize(NanoChatForCausalLM(
-        NanoChatConfig.from_depth(2, arch="classic", vocab_size=90, head_dim=8, aspect_ratio=16)), seed=3).double().eval()
+    classic = NanoChatConfig.from_depth(2, arch="classic", vocab_size=90, head_dim=8, aspect_ratio=16)
+    model = modern_model() if arch == "modern" else randomize(NanoChatForCausalLM(classic), seed=3).double().eval()
     short, long = IDX[0, :6], IDX[1]
     batch = torch.stack([torch.cat([torch.zeros(4, dtype=torch.long), short]), long])
     mask = torch.stack([torch.cat([torch.zeros(4, dtype=torch.long), torch.ones(6, dtype=torch.long)]),
