@@ -377,7 +377,7 @@ def evaluate_task(model, tokenizer, rows: list[dict], task: CoreTask, batch_toke
     `max_seq_len`: -1 = `prompt_crop_length`'s rule for this model, None = never crop, N = keep the last N.
     """
     if max_seq_len == -1:
-        max_seq_len = prompt_crop_length(getattr(model, "config", None))
+        max_seq_len = crop_length(model, "auto")
     if task.num_fewshot >= len(rows):
         raise ValueError(f"{task.label}: {task.num_fewshot}-shot needs more than {len(rows)} rows; "
                          "raise --max-per-task")
@@ -398,10 +398,10 @@ def evaluate_core(model, tokenizer, bundle: str | os.PathLike | None = None, max
     results = {}
     was_training = getattr(model, "training", False)
     model.eval()
+    crop = crop_length(model, max_context)  # one model, one rule for every task
     try:
         for task in tqdm(tasks, desc="CORE", disable=not progress):
             rows = load_task_rows(bundle, task, max_per_task)
-            crop = crop_length(model, max_context)
             correct = evaluate_task(model, tokenizer, rows, task, batch_tokens, crop, progress)
             acc = sum(correct) / len(correct)
             results[task.label] = {"accuracy": acc, "centered": centered(acc, task.random_baseline), "n": len(correct),
