@@ -1,7 +1,7 @@
 """The chat page in headless Chromium (Debian's `chromium`, driven by Playwright; no browser download).
 
 Needs `pip install playwright` and `apt-get install -y chromium`; skipped when either is missing.
-Set NANOCHAT_SCREENSHOT=docs/chat_page.png to (re)write the README's screenshot.
+Set NANOCHAT_SCREENSHOT=docs/chat_page.png to (re)write the screenshot in docs/serving.md.
 """
 
 import os
