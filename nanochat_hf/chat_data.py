@@ -398,6 +398,8 @@ def load_rows(path: str, subset: str | None, split: str):
     """A Hub id, a local file (.jsonl/.json/.parquet) or a folder of them, as a `datasets.Dataset`."""
     from datasets import load_dataset
 
+    from nanochat_hf.loading import is_hub_id
+
     p = Path(path).expanduser()
     if p.is_file() or p.is_dir():
         files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.suffix in (".jsonl", ".json", ".parquet"))
@@ -407,7 +409,7 @@ def load_rows(path: str, subset: str | None, split: str):
         if not files:
             raise FileNotFoundError(f"{p} has no .jsonl/.json/.parquet files")
         return load_local_files(files)
-    if path.startswith((".", "/", "~")) or path.count("/") != 1:
+    if not is_hub_id(path):
         raise FileNotFoundError(f"dataset {path!r} is neither a local file/folder nor a Hub id (owner/name)")
     return load_dataset(path, subset, split=split)
 

@@ -161,14 +161,13 @@ def convert_nanochat_checkpoint(src_dir, output_dir, step: int | None = None, to
     if tokenizer_path and not pkl.exists():
         raise FileNotFoundError(f"tokenizer {pkl} does not exist")
     if pkl.exists():
+        from nanochat_hf.loading import set_generation_config
         from nanochat_hf.tokenization import convert_tiktoken_tokenizer, load_tokenizer
 
         convert_tiktoken_tokenizer(str(pkl), str(out_dir))
         tokenizer = load_tokenizer(str(out_dir))
         check_tokenizer_fits(config, tokenizer)
-        bos, eos = tokenizer.convert_tokens_to_ids(["<|bos|>", "<|assistant_end|>"])
-        for obj in (config, model.generation_config):
-            obj.bos_token_id, obj.eos_token_id, obj.pad_token_id = bos, eos, bos
+        set_generation_config(model, tokenizer)
     model.save_pretrained(out_dir)
     (out_dir / "nanochat_meta.json").write_text(json.dumps({"source": str(src.name), "step": step, **{
         k: v for k, v in meta.items() if k in ("val_bpb", "model_config", "user_config")}}, indent=2, default=str))

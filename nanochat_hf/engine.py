@@ -774,26 +774,7 @@ def parse_assistant(tokenizer, tokens: list[int]) -> list[dict]:
 
 def load_engine(model_path: str, device: str | None = None, dtype: str | None = None, compile: bool = False) -> Engine:
     """Model + tokenizer from a stage's output folder or a Hub id -> Engine (bf16 on GPU, fp32 on CPU)."""
-    from pathlib import Path
+    from nanochat_hf.loading import load_model
 
-    from transformers import AutoModelForCausalLM
-
-    import nanochat_hf.modeling  # noqa: F401  (registers our architectures with the Auto classes)
-    from nanochat_hf.tokenization import load_tokenizer
-
-    local = Path(model_path).expanduser()
-    if local.exists() and not (local / "config.json").is_file():
-        raise FileNotFoundError(f"{model_path} has no config.json; pass a model folder written by a training stage "
-                                "(e.g. runs/tiny/sft) or a Hub id like user/nanochat-d20")
-    if not local.exists() and (model_path.startswith((".", "/", "~")) or model_path.count("/") != 1):
-        raise FileNotFoundError(f"model {model_path!r} not found; pass a model folder or a Hub id "
-                                "like user/nanochat-d20")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    source = str(local) if local.exists() else model_path
-    tokenizer = load_tokenizer(source)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype).to(device)
-    if model.config.vocab_size < len(tokenizer):
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}; "
-                         "they do not belong together")
+    model, tokenizer = load_model(model_path, device=device or "auto", dtype=dtype or "auto")
     return Engine(model, tokenizer, compile=compile)

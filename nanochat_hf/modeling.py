@@ -502,6 +502,8 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' loader, with a damaged weights file or a tensor of the wrong shape reported in one line."""
+        if not kwargs.get("subfolder"):
+            _check_has_weights(pretrained_model_name_or_path)
         if not kwargs.get("ignore_mismatched_sizes") and not kwargs.get("subfolder"):
             _check_tensor_shapes(cls, pretrained_model_name_or_path, kwargs.get("config"))
         try:
@@ -533,6 +535,18 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
             self.__class__ = sharded_cls
             cls._auto_class = before
             self.config._auto_class = None
+
+
+def _check_has_weights(folder) -> None:
+    """A local folder with a config but no weights file (an interrupted save or copy) is refused as such:
+    transformers' "no file named model.safetensors" would otherwise read as a damaged file."""
+    folder = str(folder)
+    if not os.path.isdir(folder):
+        return  # a Hub id
+    names = os.listdir(folder)
+    if not any(n.endswith((".safetensors", ".bin", ".index.json")) for n in names):
+        raise FileNotFoundError(f"{folder} has no weights (no model.safetensors); the save that wrote it did not "
+                                "finish: run that stage again, or copy the whole model folder")
 
 
 def _check_tensor_shapes(cls, folder, config=None) -> None:

@@ -585,7 +585,8 @@ def sample(model, tokenizer, max_tokens: int, device) -> list[tuple[str, str]]:
 
 def save_final(accelerator, model, tokenizer, output_dir: Path) -> None:
     """Hub-ready folder: config + safetensors + generation config + tokenizer (+ token_bytes.pt)."""
-    from transformers import GenerationConfig
+    from nanochat_hf.loading import set_generation_config
+    from nanochat_hf.tokenization import save_tokenizer
 
     # The model without torch.compile's wrapper, whose state dict names every weight `_orig_mod.<name>`:
     # saved from the wrapper, from_pretrained would find none of them and start from random weights.
@@ -593,12 +594,7 @@ def save_final(accelerator, model, tokenizer, output_dir: Path) -> None:
     state_dict = accelerator.get_state_dict(unwrapped)  # gathers FSDP shards; a no-op copy under DDP
     if accelerator.is_main_process:
         unwrapped.config.use_cache = True
-        # A base model ends a document by starting the next one: stop on BOS as well.
-        stop = [i for i in (tokenizer.eos_token_id, tokenizer.bos_token_id) if i is not None]
-        unwrapped.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=stop,
-                                                       pad_token_id=tokenizer.pad_token_id or tokenizer.bos_token_id)
-        from nanochat_hf.tokenization import save_tokenizer
-
+        set_generation_config(unwrapped, tokenizer)  # a base model ends a document by starting the next one
         with writing(output_dir):
             unwrapped.save_pretrained(output_dir, state_dict=state_dict, safe_serialization=True)
             save_tokenizer(tokenizer, output_dir)  # tokenizer files, chat template, token_bytes.pt

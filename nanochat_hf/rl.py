@@ -416,24 +416,19 @@ def truncate_log(path: Path, step: int) -> None:
 # ----------------------------------------------------------------------------- model, optimizer
 
 
+SFT_FIX = "run `nanochat-hf sft` first or pass the right --model_name_or_path"
+
+
 def load_model(args: RLArguments, config):
-    from transformers import AutoModelForCausalLM
+    from nanochat_hf.loading import load_model as load, set_generation_config
 
-    import nanochat_hf.modeling  # noqa: F401  registers our architectures with the Auto classes
-    from nanochat_hf.tokenization import load_tokenizer
-
-    tokenizer = load_tokenizer(args.tokenizer_name_or_path or args.model_name_or_path)
-    tokenizer.padding_side = "left"  # GRPO left-pads prompts
     # fp32 master weights; bf16 autocast comes from `bf16: true` on GPUs (as nanochat).
-    model = AutoModelForCausalLM.from_pretrained(args.model_name_or_path, dtype=torch.float32,
-                                                 trust_remote_code=config.trust_remote_code)
-    if model.config.vocab_size < len(tokenizer):
-        raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model only {model.config.vocab_size}: "
-                         "pass the tokenizer the model was trained with (--tokenizer_name_or_path)")
-    # The saved folder generates like nanochat's chat: stop at <|assistant_end|> (or a stray <|bos|>).
+    model, tokenizer = load(args.model_name_or_path, dtype=torch.float32, tokenizer=args.tokenizer_name_or_path,
+                            trust_remote_code=config.trust_remote_code, fix=SFT_FIX)
+    tokenizer.padding_side = "left"  # GRPO left-pads prompts
+    # The saved folder stops like every stage's, and samples like nanochat's chat.
+    set_generation_config(model, tokenizer)
     gen = model.generation_config
-    gen.eos_token_id = [tokenizer.convert_tokens_to_ids("<|assistant_end|>"), tokenizer.bos_token_id]
-    gen.bos_token_id, gen.pad_token_id = tokenizer.bos_token_id, tokenizer.pad_token_id
     gen.do_sample, gen.temperature, gen.top_k = True, config.temperature, config.top_k or None
     return model, tokenizer
 
@@ -487,15 +482,12 @@ def _trainer_class(args: RLArguments):
 
 def check_args(args: RLArguments, config) -> None:
     """Refuse bad settings in one line each, before loading anything."""
+    from nanochat_hf.loading import model_source
     from nanochat_hf.rewards import REWARD_FUNCS
 
     if not args.model_name_or_path:
         raise ValueError("--model_name_or_path is required: the SFT model folder (e.g. runs/tiny/sft) or a Hub id")
-    local = Path(args.model_name_or_path).expanduser()
-    looks_local = local.exists() or args.model_name_or_path.startswith((".", "/", "~"))
-    if looks_local and not (local / "config.json").is_file():
-        raise FileNotFoundError(f"{local} is not a model folder (no config.json); run `nanochat-hf sft` first or "
-                                "pass the right --model_name_or_path")
+    model_source(args.model_name_or_path, SFT_FIX)
     unknown = [r for r in args.reward_funcs if r not in REWARD_FUNCS]
     if unknown or not args.reward_funcs:
         raise ValueError(f"unknown reward_funcs {unknown}; choose from {sorted(REWARD_FUNCS)}")

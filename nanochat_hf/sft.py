@@ -169,20 +169,12 @@ class ChatSFTConfig(SFTConfig):
 
 def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32):
     """The base checkpoint and its tokenizer; refused with the fix if the tokenizer cannot chat."""
-    from transformers import AutoModelForCausalLM
-
+    from nanochat_hf.loading import load_model, model_source
     from nanochat_hf.tokenization import CHAT_TEMPLATE, load_tokenizer
 
-    try:  # registers our modern architecture with the Auto classes
-        import nanochat_hf.modeling  # noqa: F401
-    except ImportError:
-        pass
-    local = Path(path).expanduser()
-    if (local.exists() or path.startswith((".", "/", "~"))) and not (local / "config.json").is_file():
-        raise ChatTrainingError(f"{path} is not a model folder (no config.json); pretrain one with "
-                                f"`nanochat-hf pretrain --output_dir {path}` or pass --model_name_or_path")
+    fix = f"pretrain one with `nanochat-hf pretrain --output_dir {path}` or pass --model_name_or_path"
     try:
-        tokenizer = load_tokenizer(path)
+        tokenizer = load_tokenizer(model_source(path, fix))
     except ValueError as err:
         raise ChatTrainingError(f"{err}. The base checkpoint's tokenizer lacks nanochat's chat tokens, so it cannot "
                                 "learn conversations: pretrain with a tokenizer from "
@@ -190,11 +182,7 @@ def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32):
     if not tokenizer.chat_template or "{% generation %}" not in tokenizer.chat_template:
         # The tokens are there, only the template is missing or has no loss spans: ours fits them.
         tokenizer.chat_template = CHAT_TEMPLATE
-    model = AutoModelForCausalLM.from_pretrained(str(local) if local.exists() else path, dtype=dtype)
-    if model.config.vocab_size < len(tokenizer):
-        raise ChatTrainingError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the tokenizer's "
-                                f"({len(tokenizer)}): {path} holds a tokenizer from another run")
-    return model, tokenizer
+    return load_model(path, dtype=dtype, tokenizer=tokenizer, fix=fix)
 
 
 # ----------------------------------------------------------------------------- batches
@@ -409,19 +397,14 @@ class ChatCoreCallback(TrainerCallback):
 
 def save_chat_model(trainer, tokenizer, output_dir: Path) -> None:
     """Hub-ready folder: model, tokenizer (+ chat template, token_bytes.pt), generation config stopping on
-    <|assistant_end|>."""
-    from transformers import GenerationConfig
-
+    <|assistant_end|> or <|bos|> (`set_generation_config`)."""
     from nanochat_hf.distributed import save_trainer_model
+    from nanochat_hf.loading import set_generation_config
     from nanochat_hf.tokenization import save_tokenizer
 
     model = trainer.accelerator.unwrap_model(trainer.model)
     model.config.use_cache = True
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|assistant_end|>"),
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    set_generation_config(model, tokenizer)
     with writing(output_dir):
         save_trainer_model(trainer, output_dir)
         if trainer.is_world_process_zero():

@@ -304,13 +304,15 @@ def load_tokenizer(path_or_hub_id: str | os.PathLike):
     """`AutoTokenizer.from_pretrained` plus a check that the 9 nanochat special tokens are there."""
     from transformers import AutoTokenizer
 
+    from nanochat_hf.loading import is_hub_id
+
     path = str(path_or_hub_id)
     local = Path(path).expanduser()
-    if not local.exists() and (path.startswith((".", "/", "~")) or path.count("/") != 1):
+    if is_hub_id(path):
+        tok = AutoTokenizer.from_pretrained(path)
+    elif not local.exists():
         raise FileNotFoundError(f"tokenizer {path!r} not found; train one with `nanochat-hf tokenizer "
                                 f"train --output {path}`")
-    if not local.exists():  # a Hub id
-        tok = AutoTokenizer.from_pretrained(path)
     else:
         # Both files are needed: tokenizer.json holds the vocabulary, tokenizer_config.json which ids are
         # BOS / EOS / padding (without it the tokenizer loads, but with no BOS, and every row would be wrong).

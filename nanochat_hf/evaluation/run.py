@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from nanochat_hf.errors import run_main
+from nanochat_hf.loading import load_model
 
 from . import chat_tasks, core
 
@@ -56,28 +57,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--no-progress", action="store_true")
     return p
-
-
-def load_model(name: str, device: str | None = None, dtype: str = "auto"):
-    """Any `AutoModelForCausalLM` (ours register themselves on import) and its tokenizer, in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    import nanochat_hf.modeling  # noqa: F401  (registers our architectures with the Auto classes)
-
-    path = Path(name).expanduser()
-    if (name.startswith((".", "/", "~")) or path.exists()) and not (path / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a model folder (no config.json); give a checkpoint folder or a Hub id")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, trust_remote_code=True)
-    except OSError as err:
-        raise FileNotFoundError(f"could not load model {name!r}: {str(err).splitlines()[0]}") from None
-    return model.to(device).eval(), tokenizer
 
 
 GROUPS = ("core", "chatcore", "bpb")
@@ -233,7 +212,7 @@ def _run(args) -> None:
         if missing:
             raise FileNotFoundError(f"the bundle {bundle} lacks the data of {', '.join(missing)}; use the full bundle "
                                     f"({core.EVAL_BUNDLE_URL}) or list the other tasks with --tasks")
-    model, tokenizer = load_model(args.model, args.device, args.dtype)
+    model, tokenizer = load_model(args.model, args.device or "auto", args.dtype, any_model=True)
     result = evaluate(model, tokenizer, args.tasks, args.max_per_task, args.bundle, args.chat_data, args.bpb_text,
                       args.batch_tokens, args.max_new_tokens, not args.no_progress, model_name=args.model,
                       max_context=args.max_context)
