@@ -98,7 +98,7 @@ def test_tokenizer_pkl_is_imported_and_sets_special_ids(tmp_path):
     out = convert_nanochat_checkpoint(src, tmp_path / "hf")
     assert (out / "tokenizer.json").exists()
     gen = json.loads((out / "generation_config.json").read_text())
-    assert gen["bos_token_id"] == 256 and gen["eos_token_id"] == 260  # <|bos|>, <|assistant_end|>
+    assert gen["bos_token_id"] == 256 and gen["eos_token_id"] == [260, 256]  # <|bos|>, [<|assistant_end|>, <|bos|>]
     assert json.loads((out / "config.json").read_text())["bos_token_id"] == 256
     # a tokenizer larger than the model is refused
     small = {**MC, "vocab_size": 200}

@@ -286,7 +286,7 @@ def test_grpo_raises_the_reward_of_an_sft_model(sft_model_dir, tmp_path):
 
     tokenizer = load_tokenizer(out)
     gen = json.loads((out / "generation_config.json").read_text())
-    assert tokenizer.convert_tokens_to_ids("<|assistant_end|>") in gen["eos_token_id"]
+    assert gen["eos_token_id"] == tokenizer.convert_tokens_to_ids(["<|assistant_end|>", "<|bos|>"])
 
 
 def test_kill_and_resume_matches_the_uninterrupted_run(sft_model_dir, tmp_path, kill_mid_run):

@@ -82,7 +82,7 @@ def test_output_is_a_hub_ready_chat_model(runs):
     tok = AutoTokenizer.from_pretrained(out)
     assert "{% generation %}" in tok.chat_template
     gen = GenerationConfig.from_pretrained(out)
-    assert gen.eos_token_id == tok.convert_tokens_to_ids("<|assistant_end|>")
+    assert gen.eos_token_id == tok.convert_tokens_to_ids(["<|assistant_end|>", "<|bos|>"])
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.config.vocab_size >= len(tok)
 
