@@ -1,14 +1,8 @@
-"""Loading and saving models: the one home of three rules every command shares.
+"""Loading and saving models, for every command and stage: `is_hub_id` (a local folder or a Hub id?),
+`load_model` (model + tokenizer, dtype, device, the tokenizer-fits-model check) and
+`set_generation_config` (the stop tokens every saved folder carries).
 
-    from nanochat_hf.loading import is_hub_id, load_model, set_generation_config
-    model, tokenizer = load_model("runs/tiny/sft", device="auto")   # a stage's folder or a Hub id
-    set_generation_config(model, tokenizer)                          # before save_pretrained, in every stage
-
-- `is_hub_id`: whether a name means the Hub (`owner/name`) or a local folder, so a typo'd local path
-  fails at once, naming the fix, instead of going to the network.
-- `load_model`: model + tokenizer, dtype and device, and the check that the tokenizer fits the model.
-- `set_generation_config`: the stop tokens every saved model carries, so base, mid, sft, rl and imported
-  checkpoints all end generation the same way under `model.generate` or any Hub runtime.
+    model, tokenizer = load_model("runs/tiny/sft", device="auto")   # a stage's folder or owner/name
 """
 
 from __future__ import annotations
