@@ -385,7 +385,7 @@ async def respond(server: Server, http: Request, answer, stream: bool, prompt_lo
                 answer.take(ev)
                 if answer.finish is not None:
                     return JSONResponse(answer.body())
-    return JSONResponse(answer.CANCELLED, status_code=499)  # a client that left: nobody reads this
+    raise ApiError(499, "cancelled", "cancelled")  # a client that left: nobody reads this
 
 
 async def sse(server: Server, http: Request, answer):
@@ -413,7 +413,6 @@ async def sse(server: Server, http: Request, answer):
 class TGIAnswer:
     """TGI's answer to one request: `generated_text` (+ details), whole or as a stream of token events."""
 
-    CANCELLED = {"error": "cancelled", "error_type": "cancelled"}
     FINISH = {"stop": "eos_token", "length": "length"}  # ours -> TGI's names
 
     def __init__(self, server: Server, r, prompt: list[int], params: SamplingParams, as_list: bool):
@@ -482,13 +481,15 @@ class TGIAnswer:
 class ChatAnswer:
     """OpenAI's chat completion for one request, whole or as chunks; `parts` carries nanochat's tool calls."""
 
-    CANCELLED = {"error": {"message": "cancelled"}}
     FINGERPRINT = f"nanochat_hf-{__version__}"
 
     def __init__(self, server: Server, r, prompt: list[int], params: SamplingParams):
         self.server, self.r, self.prompt, self.params = server, r, prompt, params
-        self.id, self.created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        self.model = r.model or server.model_id
+        self.head_fields = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
+                            "created": int(time.time()), "model": r.model or server.model_id}
+        chunk = {**self.head_fields, "object": "chat.completion.chunk"}  # same order of keys
+        self.chunk_fields = {**chunk, "system_fingerprint": self.FINGERPRINT}
+        self.usage_fields = {**chunk, "choices": []}
         self.parts, self.logprobs, self.finish = Parts(server.tokenizer), [], None
 
     def take(self, ev: Event) -> tuple[str, str, str]:
@@ -512,17 +513,14 @@ class ChatAnswer:
     def body(self) -> dict:
         content, parts = self.parts.finish(self.r.stop)
         message = {"role": "assistant", "content": content, "parts": parts}
-        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
-                "system_fingerprint": self.FINGERPRINT,
+        return {**self.head_fields, "system_fingerprint": self.FINGERPRINT,
                 "choices": [{"index": 0, "message": message, "finish_reason": self.finish,
                              "logprobs": {"content": self.logprobs} if self.r.logprobs else None}],
                 "usage": self.usage()}
 
     def chunk(self, delta: dict, finish: str | None = None) -> str:
-        return "data: " + json.dumps({"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                                      "model": self.model, "system_fingerprint": self.FINGERPRINT,
-                                      "choices": [{"index": 0, "delta": delta,
-                                                   "finish_reason": finish, "logprobs": None}]}) + "\n\n"
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return f"data: {json.dumps({**self.chunk_fields, 'choices': [choice]})}\n\n"
 
     def head(self) -> list[str]:
         return [self.chunk({"role": "assistant", "content": ""})]
@@ -534,9 +532,7 @@ class ChatAnswer:
         if self.finish is not None:
             out.append(self.chunk({}, self.finish))
             if self.r.include_usage:
-                out.append("data: " + json.dumps({"id": self.id, "object": "chat.completion.chunk",
-                                                  "created": self.created, "model": self.model, "choices": [],
-                                                  "usage": self.usage()}) + "\n\n")
+                out.append(f"data: {json.dumps({**self.usage_fields, 'usage': self.usage()})}\n\n")
             out.append("data: [DONE]\n\n")
         return out
 
