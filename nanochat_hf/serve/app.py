@@ -8,6 +8,11 @@ active requests together). Its events cross from that thread to the event loop t
 asyncio.Queue; a request that ends early (client gone, stop sequence, timeout) is cancelled and
 its row leaves the batch at the next step.
 
+Each route is a handler in `ROUTES`. One that generates builds its protocol's answer (`TGIAnswer`,
+`ChatAnswer`: the JSON body, the stream's events) and hands it to `respond`, which runs one of the two
+loops over the events: to the end for a JSON answer, or `sse` for a stream. Text is shaped by the
+engine's own pieces: `StreamDecoder` for UTF-8, `ChatRenderer` for how a calculator call reads.
+
 Slow or stuck clients cannot slow the others: the scheduler never waits on a socket, a body that has
 not arrived within `Limits.body_timeout_s` gets 408, a stream whose client stops reading leaves the
 batch once `Limits.max_unread_tokens` tokens wait for it, and a client that has read nothing for
@@ -411,13 +416,18 @@ async def sse(server: Server, http: Request, answer):
 
 
 class TGIAnswer:
-    """TGI's answer to one request: `generated_text` (+ details), whole or as a stream of token events."""
+    """TGI's answer to one request: `generated_text` (+ details), whole or as a stream of token events.
+
+    Token pieces are streamed as they become valid UTF-8, and the same pieces make `generated_text`, so a
+    streamed answer and a non-streamed one read the same. Special tokens keep their spelling (a tool call
+    stays visible); the stop token is not part of the text.
+    """
 
     FINISH = {"stop": "eos_token", "length": "length"}  # ours -> TGI's names
 
     def __init__(self, server: Server, r, prompt: list[int], params: SamplingParams, as_list: bool):
         self.server, self.r, self.prompt, self.params, self.as_list = server, r, prompt, params, as_list
-        self.assembler = TextAssembler(server)
+        self.decoder, self.generated = StreamDecoder(server.tokenizer), ""
         self.tokens: list[tuple[int, float | None]] = []
         self.prefill, self.finish, self.stop_text = [], None, None
 
@@ -429,17 +439,28 @@ class TGIAnswer:
         piece, special = "", False
         if ev.token is not None:
             self.tokens.append((ev.token, ev.logprob))
-            piece, special = self.assembler.push(ev.token, final=ev.finish_reason is not None)
-            if self.r.stop and (hit := _stop_hit(self.assembler.text, self.r.stop)):
+            piece, special = self.push(ev.token, final=ev.finish_reason is not None)
+            if self.r.stop and (hit := _stop_hit(self.generated, self.r.stop)):
                 self.stop_text, self.finish = hit, "stop_sequence"
                 return piece, special
         if ev.finish_reason:
             self.finish = self.FINISH.get(ev.finish_reason, ev.finish_reason)
         return piece, special
 
+    def push(self, token: int, final: bool) -> tuple[str, bool]:
+        s = self.server
+        if token in s.special_ids:
+            pending = self.decoder.flush()  # bytes of a split character end at a special token
+            self.decoder = StreamDecoder(s.tokenizer)
+            self.generated += pending + ("" if token in s.engine.stop_ids else s.token_text(token))
+            return pending + s.token_text(token), True
+        piece = self.decoder.push(token) + (self.decoder.flush() if final else "")
+        self.generated += piece
+        return piece, False
+
     @property
     def text(self) -> str:
-        text = self.assembler.text
+        text = self.generated
         if self.stop_text is not None:  # TGI keeps the stop sequence
             text = text[: text.index(self.stop_text) + len(self.stop_text)]
         return (self.r.inputs + text) if self.r.return_full_text else text
@@ -538,26 +559,6 @@ class ChatAnswer:
 
     def stream_error(self, err: ApiError) -> str:
         return f"data: {json.dumps({'error': {'message': err.message, 'type': err.kind, 'code': err.status}})}\n\n"
-
-
-class TextAssembler:
-    """TGI text: token pieces streamed as they become valid UTF-8; the same pieces make `generated_text`,
-    so a streamed answer and a non-streamed one read the same. Special tokens keep their spelling
-    (a tool call stays visible); the stop token is not part of the text."""
-
-    def __init__(self, server: Server):
-        self.server, self.decoder, self.text = server, StreamDecoder(server.tokenizer), ""
-
-    def push(self, token: int, final: bool = False) -> tuple[str, bool]:
-        s = self.server
-        if token in s.special_ids:
-            pending = self.decoder.flush()  # bytes of a split character end at a special token
-            self.decoder = StreamDecoder(s.tokenizer)
-            self.text += pending + ("" if token in s.engine.stop_ids else s.token_text(token))
-            return pending + s.token_text(token), True
-        piece = self.decoder.push(token) + (self.decoder.flush() if final else "")
-        self.text += piece
-        return piece, False
 
 
 def _logprob_entry(server: Server, ev: Event) -> dict:
