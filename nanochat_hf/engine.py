@@ -721,23 +721,32 @@ class StreamDecoder:
 class ChatRenderer:
     """Generated token ids -> display text with the tool call made visible, streamed piece by piece.
 
-    Plain tokens go through a StreamDecoder; the tool's special tokens become TOOL_MARKERS
-    (`[calculator: 12*3 = 36]`), the stop tokens nothing.
+    Plain tokens go through a StreamDecoder; a tool part's opening token becomes its TOOL_MARKERS
+    (`[calculator: 12*3 = 36]`), a closing token the marker of the part it closes (a stray one closes
+    nothing and shows nothing, so the brackets stay balanced), the stop tokens nothing. `kind` is the
+    part the latest token belongs to: "text", "python" or "python_output".
     """
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        markers = {**TOOL_MARKERS, **dict.fromkeys(STOP_TOKENS, "")}
         vocab = tokenizer.get_vocab()
-        self.markers = {vocab[k]: v for k, v in markers.items() if k in vocab}
-        self.special = set(tokenizer.all_special_ids) | set(self.markers)
-        self.decoder = StreamDecoder(tokenizer)
+        self.opens = {vocab[start]: kind for kind, (start, _) in TOOL_PARTS.items()}
+        self.closes = {vocab[end] for _, end in TOOL_PARTS.values()}
+        stops = {vocab[t] for t in STOP_TOKENS if t in vocab}
+        self.special = set(tokenizer.all_special_ids) | set(self.opens) | self.closes | stops
+        self.kind, self.decoder = "text", StreamDecoder(tokenizer)
 
     def push(self, token: int) -> str:
-        if token in self.special:
-            self.decoder = StreamDecoder(self.tokenizer)  # a special token ends any pending text
-            return self.markers.get(token, "")
-        return self.decoder.push(token)
+        if token not in self.special:
+            return self.decoder.push(token)
+        self.decoder = StreamDecoder(self.tokenizer)  # a special token ends any pending text
+        if token in self.opens:
+            self.kind = self.opens[token]
+            return TOOL_MARKERS[TOOL_PARTS[self.kind][0]]
+        if token in self.closes:
+            closed, self.kind = self.kind, "text"
+            return TOOL_MARKERS[TOOL_PARTS[closed][1]] if closed in TOOL_PARTS else ""
+        return ""
 
 
 def parse_assistant(tokenizer, tokens: list[int]) -> list[dict]:

@@ -82,6 +82,9 @@ def test_tool_calls_render_and_parse(tiny_tokenizer):
         enc("42") + [sp("<|output_end|>")] + enc(" so 42.") + [sp("<|assistant_end|>")]
     r = ChatRenderer(tiny_tokenizer)
     assert "".join(r.push(t) for t in ids) == "It is [calculator: 6*7 = 42] so 42."
+    r = ChatRenderer(tiny_tokenizer)  # a closer with no part open shows nothing: the brackets stay balanced
+    assert r.push(sp("<|output_end|>")) == "" and r.kind == "text"
+    assert r.push(sp("<|python_start|>")) == "[calculator: " and r.kind == "python"
     parts = parse_assistant(tiny_tokenizer, ids)
     assert parts == [{"type": "text", "text": "It is "}, {"type": "python", "text": "6*7"},
                      {"type": "python_output", "text": "42"}, {"type": "text", "text": " so 42."}]

@@ -8,6 +8,11 @@ active requests together). Its events cross from that thread to the event loop t
 asyncio.Queue; a request that ends early (client gone, stop sequence, timeout) is cancelled and
 its row leaves the batch at the next step.
 
+Each route is a handler in `ROUTES`. One that generates builds its protocol's answer (`TGIAnswer`,
+`ChatAnswer`: the JSON body, the stream's events) and hands it to `respond`, which runs one of the two
+loops over the events: to the end for a JSON answer, or `sse` for a stream. Text is shaped by the
+engine's own pieces: `StreamDecoder` for UTF-8, `ChatRenderer` for how a calculator call reads.
+
 Slow or stuck clients cannot slow the others: the scheduler never waits on a socket, a body that has
 not arrived within `Limits.body_timeout_s` gets 408, a stream whose client stops reading leaves the
 batch once `Limits.max_unread_tokens` tokens wait for it, and a client that has read nothing for
@@ -25,6 +30,7 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 
@@ -34,11 +40,10 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 
 from nanochat_hf import __version__
-from nanochat_hf.engine import TOOL_MARKERS, TOOL_PARTS, Engine, Event, SamplingParams, StreamDecoder
+from nanochat_hf.engine import ChatRenderer, Engine, Event, SamplingParams, StreamDecoder
 from nanochat_hf.serve.protocol import ApiError, Limits, bad, parse_chat, parse_json_body, parse_tgi
+from nanochat_hf.tokenization import render_for_completion
 
-PART_OF = {start: kind for kind, (start, _) in TOOL_PARTS.items()}  # a special token opens a part
-CLOSERS = tuple(end for _, end in TOOL_PARTS.values())
 STREAM_SEND_BUFFER = 64 * 1024  # kernel send buffer of a streaming connection (bytes)
 TRANSPORT = "nanochat_hf.transport"  # scope key: the connection's asyncio transport, when the server is uvicorn
 
@@ -261,7 +266,7 @@ class Mailbox:
 
 
 class Server:
-    """State shared by the routes: engine, scheduler, limits and the in-flight count."""
+    """State shared by the handlers: engine, scheduler, limits, the in-flight count and the chat page."""
 
     def __init__(self, engine: Engine, limits: Limits, model_id: str):
         self.engine, self.limits, self.model_id = engine, limits, model_id
@@ -270,10 +275,8 @@ class Server:
         self.mailbox: Mailbox | None = None
         self.in_flight = 0
         self.created = int(time.time())
-        vocab = self.tokenizer.get_vocab()
-        self.special_ids = set(self.tokenizer.all_special_ids) | {vocab[t] for t in (*PART_OF, *CLOSERS)}
-        self.part_of = {vocab[t]: kind for t, kind in PART_OF.items()}
-        self.closers = {vocab[t] for t in CLOSERS}
+        self.special_ids = ChatRenderer(self.tokenizer).special
+        self.page = resources.files("nanochat_hf.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
     def start(self):
         self.mailbox = Mailbox(asyncio.get_running_loop())
@@ -358,15 +361,6 @@ class Server:
             if req is not None and not finished:
                 req.cancel()  # client gone, stop sequence or timeout: free the row
 
-    async def events(self, http: Request, prompt: list[int], params: SamplingParams, prompt_logprobs: bool = False):
-        """The same Events one at a time (for routes that answer once, at the end)."""
-        async for batch in self.event_batches(http, prompt, params, prompt_logprobs):
-            for ev in batch:
-                yield ev
-
-    def stream(self, http: Request, chunks) -> ClientStream:
-        return ClientStream(chunks, http, self.limits.idle_timeout_s)
-
     @property
     def parked(self) -> int:
         """Requests out of the batch because their client is not reading."""
@@ -380,254 +374,191 @@ def _stop_hit(text: str, stops: list[str]) -> str | None:
     return next((s for s in stops if s in text), None)
 
 
-def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "nanochat",
-               access: Access | None = None) -> FastAPI:
-    """`access` defaults to a loopback server without a key (Host must be localhost, 127.0.0.1 or [::1])."""
-    limits = limits or Limits()
-    server = Server(engine, limits, model_id)
+# ----------------------------------------------------------------------------- the two ways to answer
+# An answer (TGIAnswer, ChatAnswer) turns a request's Events into its protocol's JSON; these two loops
+# drive every route that generates, so the routes differ only in what they parse and how they shape.
 
-    from contextlib import asynccontextmanager
 
-    @asynccontextmanager
-    async def lifespan(app):
-        server.start()
-        yield
-        server.stop()
+async def respond(server: Server, http: Request, answer, stream: bool, prompt_logprobs: bool = False):
+    """The whole answer as JSON once generation ends, or server-sent events as tokens come."""
+    if stream:
+        return ClientStream(sse(server, http, answer), http, server.limits.idle_timeout_s)
+    batches = server.event_batches(http, answer.prompt, answer.params, prompt_logprobs)
+    async with aclosing(batches):  # leaving early (a stop sequence) cancels the request at once
+        async for batch in batches:
+            for ev in batch:
+                answer.take(ev)
+                if answer.finish is not None:
+                    return JSONResponse(answer.body())
+    raise ApiError(499, "cancelled", "cancelled")  # a client that left: nobody reads this
 
-    app = App(title="nanochat_hf", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.state.server = server
-    add_access_control(app, access or Access())
 
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, err: ApiError):
-        return _error_response(request, err)
-
-    # ------------------------------------------------------------------ page, health, info
-
-    page = resources.files("nanochat_hf.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
-
-    @app.get("/", response_class=HTMLResponse)
-    async def chat_page():
-        return HTMLResponse(page)
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok", "in_flight": server.in_flight, "parked": server.parked}
-
-    @app.get("/info")
-    async def info():
-        p = next(engine.model.parameters())
-        return {
-            "model_id": model_id, "model_sha": None, "model_dtype": str(p.dtype).replace("torch.", ""),
-            "model_device_type": p.device.type, "model_pipeline_tag": "text-generation",
-            "max_concurrent_requests": limits.max_concurrent + limits.max_queue, "max_best_of": 1,
-            "max_stop_sequences": limits.max_stop_sequences, "max_input_tokens": limits.max_prompt_tokens,
-            "max_input_length": limits.max_prompt_tokens,
-            "max_total_tokens": min(limits.max_prompt_tokens + limits.max_new_tokens, engine.max_context),
-            "max_batch_size": limits.max_concurrent, "validation_workers": 1, "max_client_batch_size": 1,
-            "router": "nanochat_hf", "version": __version__, "sha": None, "docker_label": None,
-        }
-
-    @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": model_id, "object": "model", "created": server.created,
-                                            "owned_by": "nanochat_hf"}]}
-
-    @app.post("/tokenize")
-    async def tokenize(request: Request):
-        body = await server.read_body(request)
-        inputs = body.get("inputs")
-        if not isinstance(inputs, str) or not inputs:
-            raise bad("`inputs` must be a non-empty string")
-        enc = server.tokenizer(inputs, return_offsets_mapping=True)
-        return [{"id": i, "text": inputs[a:b] if b > a else server.token_text(i), "start": a, "stop": b}
-                for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])]
-
-    # ------------------------------------------------------------------ TGI
-
-    async def tgi(request: Request, stream: bool | None, as_list: bool):
-        body = await server.read_body(request)
-        r = parse_tgi(body, limits, stream)
-        prompt = server.tokenizer(r.inputs)["input_ids"]
-        if r.truncate is not None:
-            prompt = prompt[-r.truncate:]
-        prompt = server.check_prompt(prompt)
-        params = server.seeded(r.params)
-        if r.stream:
-            return server.stream(request, tgi_stream(request, r, prompt, params))
-        tokens, finish, prefill, stop_text, assembler = [], None, None, None, TextAssembler(server)
-        async for ev in server.events(request, prompt, params, prompt_logprobs=r.decoder_input_details):
-            if ev.prompt_logprobs is not None:
-                prefill = [{"id": t,
-                            "text": server.token_text(t), "logprob": lp} for t, lp in zip(prompt, ev.prompt_logprobs)]
-            if ev.token is not None:
-                tokens.append((ev.token, ev.logprob))
-                assembler.push(ev.token, final=ev.finish_reason is not None)
-                if r.stop and (stop_text := _stop_hit(assembler.text, r.stop)):
-                    finish = "stop_sequence"
-                    break
-            if ev.finish_reason:
-                finish = {"stop": "eos_token", "length": "length"}.get(ev.finish_reason, ev.finish_reason)
-        if finish is None:  # a client that left: nobody reads this
-            return JSONResponse({"error": "cancelled", "error_type": "cancelled"}, status_code=499)
-        text = assembler.text
-        if stop_text is not None:
-            text = text[: text.index(stop_text) + len(stop_text)]
-        out = {"generated_text": (r.inputs + text) if r.return_full_text else text}
-        if r.details:
-            out["details"] = {
-                "finish_reason": finish, "generated_tokens": len(tokens),
-                "seed": params.seed if params.temperature > 0 else None,
-                "prefill": prefill or [], "top_tokens": None, "best_of_sequences": None,
-                "tokens": [{"id": t, "text": server.token_text(t), "logprob": lp, "special": t in server.special_ids}
-                           for t, lp in tokens],
-            }
-        return JSONResponse([out] if as_list else out)
-
-    async def tgi_stream(request: Request, r, prompt, params):
-        assembler, tokens = TextAssembler(server), []
-        try:
-            async for batch in server.event_batches(request, prompt, params):
-                out = []  # every token that is ready goes out in one write
+async def sse(server: Server, http: Request, answer):
+    """The one streaming loop: each token's events, every token that is ready in one write."""
+    for chunk in answer.head():
+        yield chunk
+    batches = server.event_batches(http, answer.prompt, answer.params)
+    try:
+        async with aclosing(batches):
+            async for batch in batches:
+                out = []
                 for ev in batch:
                     if ev.token is None:
                         continue
-                    tokens.append(ev.token)
-                    piece, special = assembler.push(ev.token, final=ev.finish_reason is not None)
-                    finish = {"stop": "eos_token", "length": "length"}.get(ev.finish_reason, ev.finish_reason)
-                    text = assembler.text
-                    stop_text = _stop_hit(text, r.stop) if r.stop else None
-                    if stop_text is not None:
-                        text, finish = text[: text.index(stop_text) + len(stop_text)], "stop_sequence"
-                    event = {"index": len(tokens),
-                             "token": {"id": ev.token, "text": piece, "logprob": ev.logprob, "special": special},
-                             "top_tokens": None, "generated_text": None, "details": None}
-                    if finish is not None:
-                        event["generated_text"] = (r.inputs + text) if r.return_full_text else text
-                        event["details"] = {"finish_reason": finish, "generated_tokens": len(tokens),
-                                            "seed": params.seed if params.temperature > 0 else None,
-                                            "input_length": len(prompt)}
-                    out.append(f"data:{json.dumps(event)}\n\n")
-                    if finish is not None:
+                    out += answer.stream_event(ev)
+                    if answer.finish is not None:
                         yield "".join(out)
                         return
                 if out:
                     yield "".join(out)
-        except ApiError as err:  # headers are already sent: report in the stream, as TGI does
-            yield f"data:{json.dumps({'error': err.message, 'error_type': err.kind})}\n\n"
-
-    @app.post("/")
-    async def tgi_compat(request: Request):
-        return await tgi(request, None, as_list=True)
-
-    @app.post("/generate")
-    async def generate(request: Request):
-        return await tgi(request, False, as_list=False)
-
-    @app.post("/generate_stream")
-    async def generate_stream(request: Request):
-        return await tgi(request, True, as_list=False)
-
-    # ------------------------------------------------------------------ OpenAI chat completions
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        from nanochat_hf.tokenization import render_for_completion
-
-        body = await server.read_body(request)
-        r = parse_chat(body, limits)
-        try:
-            prompt = render_for_completion(server.tokenizer, r.messages)
-        except ValueError as err:  # the chat template's own checks (alternating roles, ...)
-            raise bad(str(err)) from None
-        prompt = server.check_prompt(prompt)
-        params = server.seeded(r.params)
-        cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time()), r.model or model_id
-        if r.stream:
-            return server.stream(request, chat_stream(request, r, prompt, params, cid, created, model))
-        parts = Parts(server)
-        finish, logprobs = None, []
-        async for ev in server.events(request, prompt, params):
-            if ev.token is not None:
-                parts.push(ev.token)
-                if r.logprobs and ev.token not in engine.stop_ids:
-                    logprobs.append(_logprob_entry(server, ev))
-                if r.stop and _stop_hit(parts.content, r.stop):
-                    finish = "stop"
-                    break
-            if ev.finish_reason:
-                finish = ev.finish_reason
-        if finish is None:
-            return JSONResponse({"error": {"message": "cancelled"}}, status_code=499)
-        content, raw_parts = parts.finish(r.stop)
-        message = {"role": "assistant", "content": content, "parts": raw_parts}
-        return {"id": cid, "object": "chat.completion", "created": created, "model": model,
-                "system_fingerprint": f"nanochat_hf-{__version__}",
-                "choices": [{"index": 0, "message": message, "finish_reason": finish,
-                             "logprobs": {"content": logprobs} if r.logprobs else None}],
-                "usage": {"prompt_tokens": len(prompt), "completion_tokens": parts.count,
-                          "total_tokens": len(prompt) + parts.count}}
-
-    async def chat_stream(request: Request, r, prompt, params, cid, created, model):
-        def chunk(delta, finish=None, **extra):
-            return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                          "model": model, "system_fingerprint": f"nanochat_hf-{__version__}",
-                                          "choices": [{"index": 0, "delta": delta,
-                                                       "finish_reason": finish, "logprobs": None}],
-                                          **extra}) + "\n\n"
-
-        parts = Parts(server)
-        yield chunk({"role": "assistant", "content": ""})
-        try:
-            async for batch in server.event_batches(request, prompt, params):
-                out = []  # every token that is ready goes out in one write
-                for ev in batch:
-                    if ev.token is None:
-                        continue
-                    content, kind, raw = parts.push(ev.token)
-                    finish = ev.finish_reason
-                    if r.stop and _stop_hit(parts.content, r.stop):
-                        finish = "stop"
-                    if content or raw or kind != "text":
-                        out.append(chunk({"content": content, "nanochat": {"type": kind, "text": raw}}))
-                    if finish is not None:
-                        out.append(chunk({}, finish))
-                        if r.include_usage:
-                            usage = {"prompt_tokens": len(prompt), "completion_tokens": parts.count,
-                                     "total_tokens": len(prompt) + parts.count}
-                            out.append("data: " + json.dumps({"id": cid, "object": "chat.completion.chunk",
-                                                              "created": created,
-                                                              "model": model, "choices": [], "usage": usage}) + "\n\n")
-                        out.append("data: [DONE]\n\n")
-                        yield "".join(out)
-                        return
-                if out:
-                    yield "".join(out)
-        except ApiError as err:
-            yield "data: " + json.dumps({"error": {"message": err.message,
-                                                   "type": err.kind, "code": err.status}}) + "\n\n"
-
-    return app
+    except ApiError as err:  # headers are already sent: report in the stream, as TGI and OpenAI do
+        yield answer.stream_error(err)
 
 
-class TextAssembler:
-    """TGI text: token pieces streamed as they become valid UTF-8; the same pieces make `generated_text`,
-    so a streamed answer and a non-streamed one read the same. Special tokens keep their spelling
-    (a tool call stays visible); the stop token is not part of the text."""
+class TGIAnswer:
+    """TGI's answer to one request: `generated_text` (+ details), whole or as a stream of token events.
 
-    def __init__(self, server: Server):
-        self.server, self.decoder, self.text = server, StreamDecoder(server.tokenizer), ""
+    Token pieces are streamed as they become valid UTF-8, and the same pieces make `generated_text`, so a
+    streamed answer and a non-streamed one read the same. Special tokens keep their spelling (a tool call
+    stays visible); the stop token is not part of the text.
+    """
 
-    def push(self, token: int, final: bool = False) -> tuple[str, bool]:
+    FINISH = {"stop": "eos_token", "length": "length"}  # ours -> TGI's names
+
+    def __init__(self, server: Server, r, prompt: list[int], params: SamplingParams, as_list: bool):
+        self.server, self.r, self.prompt, self.params, self.as_list = server, r, prompt, params, as_list
+        self.decoder, self.generated = StreamDecoder(server.tokenizer), ""
+        self.tokens: list[tuple[int, float | None]] = []
+        self.prefill, self.finish, self.stop_text = [], None, None
+
+    def take(self, ev: Event) -> tuple[str, bool]:
+        """One event in -> the token's text piece and whether it is a special token."""
+        if ev.prompt_logprobs is not None:
+            self.prefill = [{"id": t, "text": self.server.token_text(t), "logprob": lp}
+                            for t, lp in zip(self.prompt, ev.prompt_logprobs)]
+        piece, special = "", False
+        if ev.token is not None:
+            self.tokens.append((ev.token, ev.logprob))
+            piece, special = self.push(ev.token, final=ev.finish_reason is not None)
+            if self.r.stop and (hit := _stop_hit(self.generated, self.r.stop)):
+                self.stop_text, self.finish = hit, "stop_sequence"
+                return piece, special
+        if ev.finish_reason:
+            self.finish = self.FINISH.get(ev.finish_reason, ev.finish_reason)
+        return piece, special
+
+    def push(self, token: int, final: bool) -> tuple[str, bool]:
         s = self.server
         if token in s.special_ids:
             pending = self.decoder.flush()  # bytes of a split character end at a special token
             self.decoder = StreamDecoder(s.tokenizer)
-            self.text += pending + ("" if token in s.engine.stop_ids else s.token_text(token))
+            self.generated += pending + ("" if token in s.engine.stop_ids else s.token_text(token))
             return pending + s.token_text(token), True
         piece = self.decoder.push(token) + (self.decoder.flush() if final else "")
-        self.text += piece
+        self.generated += piece
         return piece, False
+
+    @property
+    def text(self) -> str:
+        text = self.generated
+        if self.stop_text is not None:  # TGI keeps the stop sequence
+            text = text[: text.index(self.stop_text) + len(self.stop_text)]
+        return (self.r.inputs + text) if self.r.return_full_text else text
+
+    @property
+    def seed(self) -> int | None:
+        return self.params.seed if self.params.temperature > 0 else None
+
+    def body(self) -> dict | list:
+        out = {"generated_text": self.text}
+        if self.r.details:
+            s = self.server
+            out["details"] = {
+                "finish_reason": self.finish, "generated_tokens": len(self.tokens), "seed": self.seed,
+                "prefill": self.prefill, "top_tokens": None, "best_of_sequences": None,
+                "tokens": [{"id": t, "text": s.token_text(t), "logprob": lp, "special": t in s.special_ids}
+                           for t, lp in self.tokens],
+            }
+        return [out] if self.as_list else out
+
+    def head(self) -> list[str]:
+        return []
+
+    def stream_event(self, ev: Event) -> list[str]:
+        piece, special = self.take(ev)
+        event = {"index": len(self.tokens),
+                 "token": {"id": ev.token, "text": piece, "logprob": ev.logprob, "special": special},
+                 "top_tokens": None, "generated_text": None, "details": None}
+        if self.finish is not None:
+            event["generated_text"] = self.text
+            event["details"] = {"finish_reason": self.finish, "generated_tokens": len(self.tokens),
+                                "seed": self.seed, "input_length": len(self.prompt)}
+        return [f"data:{json.dumps(event)}\n\n"]
+
+    def stream_error(self, err: ApiError) -> str:
+        return f"data:{json.dumps({'error': err.message, 'error_type': err.kind})}\n\n"
+
+
+class ChatAnswer:
+    """OpenAI's chat completion for one request, whole or as chunks; `parts` carries nanochat's tool calls."""
+
+    FINGERPRINT = f"nanochat_hf-{__version__}"
+
+    def __init__(self, server: Server, r, prompt: list[int], params: SamplingParams):
+        self.server, self.r, self.prompt, self.params = server, r, prompt, params
+        self.head_fields = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion",
+                            "created": int(time.time()), "model": r.model or server.model_id}
+        chunk = {**self.head_fields, "object": "chat.completion.chunk"}  # same order of keys
+        self.chunk_fields = {**chunk, "system_fingerprint": self.FINGERPRINT}
+        self.usage_fields = {**chunk, "choices": []}
+        self.parts, self.logprobs, self.finish = Parts(server.tokenizer), [], None
+
+    def take(self, ev: Event) -> tuple[str, str, str]:
+        """One event in -> (content piece, the part's type, raw text piece of the part)."""
+        piece = ("", self.parts.renderer.kind, "")
+        if ev.token is not None:
+            piece = self.parts.push(ev.token)
+            if self.r.logprobs and ev.token not in self.server.engine.stop_ids:
+                self.logprobs.append(_logprob_entry(self.server, ev))
+            if self.r.stop and _stop_hit(self.parts.content, self.r.stop):
+                self.finish = "stop"
+                return piece
+        if ev.finish_reason:
+            self.finish = ev.finish_reason
+        return piece
+
+    def usage(self) -> dict:
+        n = len(self.prompt)
+        return {"prompt_tokens": n, "completion_tokens": self.parts.count, "total_tokens": n + self.parts.count}
+
+    def body(self) -> dict:
+        content, parts = self.parts.finish(self.r.stop)
+        message = {"role": "assistant", "content": content, "parts": parts}
+        return {**self.head_fields, "system_fingerprint": self.FINGERPRINT,
+                "choices": [{"index": 0, "message": message, "finish_reason": self.finish,
+                             "logprobs": {"content": self.logprobs} if self.r.logprobs else None}],
+                "usage": self.usage()}
+
+    def chunk(self, delta: dict, finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return f"data: {json.dumps({**self.chunk_fields, 'choices': [choice]})}\n\n"
+
+    def head(self) -> list[str]:
+        return [self.chunk({"role": "assistant", "content": ""})]
+
+    def stream_event(self, ev: Event) -> list[str]:
+        content, kind, raw = self.take(ev)
+        out = [self.chunk({"content": content, "nanochat": {"type": kind, "text": raw}})] \
+            if content or raw or kind != "text" else []
+        if self.finish is not None:
+            out.append(self.chunk({}, self.finish))
+            if self.r.include_usage:
+                out.append(f"data: {json.dumps({**self.usage_fields, 'usage': self.usage()})}\n\n")
+            out.append("data: [DONE]\n\n")
+        return out
+
+    def stream_error(self, err: ApiError) -> str:
+        return f"data: {json.dumps({'error': {'message': err.message, 'type': err.kind, 'code': err.status}})}\n\n"
 
 
 def _logprob_entry(server: Server, ev: Event) -> dict:
@@ -636,38 +567,28 @@ def _logprob_entry(server: Server, ev: Event) -> dict:
 
 
 class Parts:
-    """Completion tokens -> readable content (tool call as `[calculator: expr = result]`) and nanochat parts."""
+    """Completion tokens -> readable content (ChatRenderer's, a tool call as `[calculator: expr = result]`)
+    and nanochat's message parts."""
 
-    MARK_OPEN = {kind: TOOL_MARKERS[start] for kind, (start, _) in TOOL_PARTS.items()}
-    MARK_CLOSE = {kind: TOOL_MARKERS[end] for kind, (_, end) in TOOL_PARTS.items()}
-
-    def __init__(self, server: Server):
-        self.server = server
-        self.kind, self.decoder = "text", StreamDecoder(server.tokenizer)
+    def __init__(self, tokenizer):
+        self.renderer = ChatRenderer(tokenizer)
         self.parts: list[dict] = []
         self.content, self.count = "", 0
 
     def push(self, token: int) -> tuple[str, str, str]:
         """-> (content piece, the part's type, raw text piece of the part)."""
         self.count += 1
-        s = self.server
-        if token in s.special_ids:
-            piece = self.MARK_CLOSE.get(self.kind, "") if token in s.closers else ""
-            if token in s.part_of:
-                self.kind = s.part_of[token]
-                self.parts.append({"type": self.kind, "text": ""})
-                piece = self.MARK_OPEN[self.kind]
-            elif token in s.closers:
-                self.kind = "text"
-            self.decoder = StreamDecoder(s.tokenizer)
-            self.content += piece
-            return piece, self.kind, ""
-        raw = self.decoder.push(token)
-        if not self.parts or self.parts[-1]["type"] != self.kind:
-            self.parts.append({"type": self.kind, "text": ""})
-        self.parts[-1]["text"] += raw
-        self.content += raw
-        return raw, self.kind, raw
+        r = self.renderer
+        piece = r.push(token)
+        self.content += piece
+        if token in r.special:
+            if token in r.opens:
+                self.parts.append({"type": r.kind, "text": ""})
+            return piece, r.kind, ""
+        if not self.parts or self.parts[-1]["type"] != r.kind:
+            self.parts.append({"type": r.kind, "text": ""})
+        self.parts[-1]["text"] += piece
+        return piece, r.kind, piece
 
     def finish(self, stops: list[str]) -> tuple[str, list[dict]]:
         content = self.content
@@ -675,3 +596,120 @@ class Parts:
         if hit is not None:
             content = content[: content.index(hit)]  # OpenAI drops the stop sequence
         return content, [p for p in self.parts if p["text"] or p["type"] != "text"]
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+def _server(request: Request) -> Server:
+    return request.app.state.server
+
+
+async def chat_page(request: Request):
+    return HTMLResponse(_server(request).page)
+
+
+async def health(request: Request):
+    server = _server(request)
+    return {"status": "ok", "in_flight": server.in_flight, "parked": server.parked}
+
+
+async def info(request: Request):
+    server = _server(request)
+    limits, engine = server.limits, server.engine
+    p = next(engine.model.parameters())
+    return {
+        "model_id": server.model_id, "model_sha": None, "model_dtype": str(p.dtype).replace("torch.", ""),
+        "model_device_type": p.device.type, "model_pipeline_tag": "text-generation",
+        "max_concurrent_requests": limits.max_concurrent + limits.max_queue, "max_best_of": 1,
+        "max_stop_sequences": limits.max_stop_sequences, "max_input_tokens": limits.max_prompt_tokens,
+        "max_input_length": limits.max_prompt_tokens,
+        "max_total_tokens": min(limits.max_prompt_tokens + limits.max_new_tokens, engine.max_context),
+        "max_batch_size": limits.max_concurrent, "validation_workers": 1, "max_client_batch_size": 1,
+        "router": "nanochat_hf", "version": __version__, "sha": None, "docker_label": None,
+    }
+
+
+async def models(request: Request):
+    server = _server(request)
+    return {"object": "list", "data": [{"id": server.model_id, "object": "model", "created": server.created,
+                                        "owned_by": "nanochat_hf"}]}
+
+
+async def tokenize(request: Request):
+    server = _server(request)
+    inputs = (await server.read_body(request)).get("inputs")
+    if not isinstance(inputs, str) or not inputs:
+        raise bad("`inputs` must be a non-empty string")
+    enc = server.tokenizer(inputs, return_offsets_mapping=True)
+    return [{"id": i, "text": inputs[a:b] if b > a else server.token_text(i), "start": a, "stop": b}
+            for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])]
+
+
+async def tgi(request: Request, stream: bool | None, as_list: bool):
+    server = _server(request)
+    r = parse_tgi(await server.read_body(request), server.limits, stream)
+    prompt = server.tokenizer(r.inputs)["input_ids"]
+    if r.truncate is not None:
+        prompt = prompt[-r.truncate:]
+    answer = TGIAnswer(server, r, server.check_prompt(prompt), server.seeded(r.params), as_list)
+    return await respond(server, request, answer, r.stream, prompt_logprobs=r.decoder_input_details)
+
+
+async def tgi_compat(request: Request):
+    return await tgi(request, None, as_list=True)
+
+
+async def generate(request: Request):
+    return await tgi(request, False, as_list=False)
+
+
+async def generate_stream(request: Request):
+    return await tgi(request, True, as_list=False)
+
+
+async def chat_completions(request: Request):
+    server = _server(request)
+    r = parse_chat(await server.read_body(request), server.limits)
+    try:
+        prompt = render_for_completion(server.tokenizer, r.messages)
+    except ValueError as err:  # the chat template's own checks (alternating roles, ...)
+        raise bad(str(err)) from None
+    answer = ChatAnswer(server, r, server.check_prompt(prompt), server.seeded(r.params))
+    return await respond(server, request, answer, r.stream)
+
+
+ROUTES = (  # method, path, handler, extra arguments of FastAPI's add_api_route
+    ("GET", "/", chat_page, {"response_class": HTMLResponse}),
+    ("GET", "/health", health, {}),
+    ("GET", "/info", info, {}),
+    ("GET", "/v1/models", models, {}),
+    ("POST", "/tokenize", tokenize, {}),
+    ("POST", "/", tgi_compat, {}),
+    ("POST", "/generate", generate, {}),
+    ("POST", "/generate_stream", generate_stream, {}),
+    ("POST", "/v1/chat/completions", chat_completions, {}),
+)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI):
+    app.state.server.start()
+    yield
+    app.state.server.stop()
+
+
+async def api_error(request: Request, err: ApiError) -> JSONResponse:
+    return _error_response(request, err)
+
+
+def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "nanochat",
+               access: Access | None = None) -> FastAPI:
+    """`access` defaults to a loopback server without a key (Host must be localhost, 127.0.0.1 or [::1])."""
+    app = App(title="nanochat_hf", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.server = Server(engine, limits or Limits(), model_id)
+    add_access_control(app, access or Access())
+    app.add_exception_handler(ApiError, api_error)
+    for method, path, handler, extra in ROUTES:
+        app.add_api_route(path, handler, methods=[method], **extra)
+    return app
