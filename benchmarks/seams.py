@@ -110,8 +110,10 @@ def decode_seam(tok, depth: int, tokens: int, repeats: int, compile: bool) -> di
             t = time.perf_counter()
             fn()
             best[name] = max(best[name], tokens / (time.perf_counter() - t))
-    same = all(out == outputs["Engine"] for out in outputs.values())
-    return {"tok_s": best, "first_call_s": compile_s, "same_tokens": same}
+    # near-flat logits of random weights: a different summation order may flip a near-tie, so report the agreement
+    agree = {name: next((i for i, (a, b) in enumerate(zip(out, outputs["Engine"])) if a != b), tokens)
+             for name, out in outputs.items()}
+    return {"tok_s": best, "first_call_s": compile_s, "agree": agree}
 
 
 # ----------------------------------------------------------------------------- 2. shard reader
@@ -293,10 +295,10 @@ def sandbox_seam(tmp: Path, runs: int) -> dict:
 
 def print_decode(r: dict) -> None:
     base = r["tok_s"]["Engine"]
-    print(f"[decode] batch 1, greedy, same tokens everywhere: {r['same_tokens']}")
+    print("[decode] batch 1, greedy (tokens: how many of the Engine's it reproduces before the first difference)")
     for name, v in r["tok_s"].items():
-        first = r["first_call_s"][name]
-        print(f"  {name:<36} {v:8.1f} tok/s  {v / base:5.2f}x the Engine   first call {first:6.1f} s")
+        first, agree = r["first_call_s"][name], r["agree"][name]
+        print(f"  {name:<36} {v:8.1f} tok/s  {v / base:5.2f}x the Engine   first call {first:6.1f} s   tokens {agree}")
 
 
 def print_reader(r: dict) -> None:
