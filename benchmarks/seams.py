@@ -174,13 +174,13 @@ def reader_seam(tmp: Path, files: int, groups: int, rows: int, world: int, repea
     t_theirs = best_of(lambda: sum(1 for _ in rank0), repeats)
     return {"n_shards": full.num_shards, "world": world, "files": files, "rows": files * groups * rows,
             "ours_disjoint": ours_disjoint, "theirs_disjoint": theirs_disjoint, "t_full": t_full, "t_ours": t_ours,
-            "t_theirs": t_theirs, "resume_exact": datasets_resume_is_exact(paths, world, rows + 7, 50)}
+            "t_theirs": t_theirs, "resume_exact": datasets_resume_is_exact(paths, world, rows + 7, rows)}
 
 
 # ----------------------------------------------------------------------------- 3. tokenizer
 
 
-def tokenizer_seam(tok, tmp: Path) -> dict:
+def tokenizer_seam(tok, tmp: Path, max_docs: int | None = None) -> dict:
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     from nanochat_hf.assets import embedded_corpus_path
@@ -197,7 +197,7 @@ def tokenizer_seam(tok, tmp: Path) -> dict:
     theirs = TikTokenConverter(str(path), pattern=SPLIT_PATTERN, extra_special_tokens=SPECIAL_TOKENS).converted()
     t_theirs = time.perf_counter() - t
     text = embedded_corpus_path().read_text(encoding="utf-8")
-    docs = [d for d in text.split("\n\n") if d.strip()] + ["  x\r\n\t 123456 ünïcödé 🤖 <|bos|>", "\x00\x01 \n\n\n"]
+    docs = [d for d in text.split("\n\n") if d.strip()][:max_docs] + ["  x\r\n\t 123456 ünïcödé 🤖 <|bos|>", "\x00\x01 \n\n\n"]
     a = [e.ids for e in ours.encode_batch(docs, add_special_tokens=False)]
     b = [e.ids for e in theirs.encode_batch(docs, add_special_tokens=False)]
     t_enc_ours = best_of(lambda: ours.encode_batch(docs, add_special_tokens=False), 3)

@@ -59,7 +59,7 @@ def test_cpu_paths_run():
 
 def test_seams_tokenizer_converter_and_reader_sides_run(tiny_tokenizer, tmp_path):
     bench = _load("seams.py")
-    r = bench.tokenizer_seam(tiny_tokenizer, tmp_path)
+    r = bench.tokenizer_seam(tiny_tokenizer, tmp_path, max_docs=500)
     assert r["same_ids"] and r["same_specials"], r  # the claim docs/development.md makes about TikTokenConverter
     (tmp_path / "shards").mkdir()
     r = bench.reader_seam(tmp_path / "shards", files=3, groups=2, rows=20, world=2, repeats=1)
