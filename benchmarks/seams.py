@@ -197,7 +197,8 @@ def tokenizer_seam(tok, tmp: Path, max_docs: int | None = None) -> dict:
     theirs = TikTokenConverter(str(path), pattern=SPLIT_PATTERN, extra_special_tokens=SPECIAL_TOKENS).converted()
     t_theirs = time.perf_counter() - t
     text = embedded_corpus_path().read_text(encoding="utf-8")
-    docs = [d for d in text.split("\n\n") if d.strip()][:max_docs] + ["  x\r\n\t 123456 ünïcödé 🤖 <|bos|>", "\x00\x01 \n\n\n"]
+    docs = [d for d in text.split("\n\n") if d.strip()][:max_docs]
+    docs += ["  x\r\n\t 123456 ünïcödé 🤖 <|bos|>", "\x00\x01 \n\n\n"]
     a = [e.ids for e in ours.encode_batch(docs, add_special_tokens=False)]
     b = [e.ids for e in theirs.encode_batch(docs, add_special_tokens=False)]
     t_enc_ours = best_of(lambda: ours.encode_batch(docs, add_special_tokens=False), 3)
