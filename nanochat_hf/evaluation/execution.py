@@ -10,7 +10,8 @@ throw-away scratch directory. Before the program runs, the child:
   size, number of processes, no core dumps;
 - replaces what a program could use to escape or do harm with functions that raise
   `SandboxViolation`: process creation (fork, exec, spawn, system, popen, subprocess), signals to
-  other processes, sockets, writes/deletes/renames outside the scratch directory, chdir.
+  other processes, sockets, writes/deletes/renames outside the scratch directory, chdir (in `os`, `io`
+  and the C modules under them, `posix` / `nt` and `_io`, which a program can import directly).
 The evaluating process reads the child's stdout/stderr as they come and holds only the last
 MAX_STREAM_BYTES of each, and at the wall-clock limit kills the child's whole session: a program
 printing in a loop costs neither memory nor time beyond its limit.
