@@ -19,6 +19,7 @@ The output folder loads with `AutoTokenizer.from_pretrained(DIR)` anywhere, no n
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pickle
@@ -52,32 +53,27 @@ CHAT_TEMPLATE = (Path(__file__).resolve().parent / "chat_template.jinja").read_t
 
 
 # ----------------------------------------------------------------------------- bytes <-> ByteLevel characters
-# ByteLevel BPE stores each byte as a printable unicode character (GPT-2's table); we need the
-# table to turn learned tokens back into bytes (token_bytes, tiktoken import).
+# ByteLevel BPE stores each byte as a printable unicode character (GPT-2's table, transformers'
+# `bytes_to_unicode`); we need it to turn learned tokens back into bytes (token_bytes, tiktoken import).
+# Imported on first use: importing transformers takes about a second, and `tokenizer --help` needs none of it.
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            table[b] = chr(b)
-        else:  # unprintable bytes go to 256, 257, ...
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+@functools.cache
+def _byte_tables() -> tuple[dict[int, str], dict[str, int]]:
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-
-BYTE_TO_CHAR = _bytes_to_unicode()
-CHAR_TO_BYTE = {c: b for b, c in BYTE_TO_CHAR.items()}
+    to_char = bytes_to_unicode()
+    return to_char, {c: b for b, c in to_char.items()}
 
 
 def _to_chars(token: bytes) -> str:
-    return "".join(BYTE_TO_CHAR[b] for b in token)
+    to_char = _byte_tables()[0]
+    return "".join(to_char[b] for b in token)
 
 
 def _to_bytes(token: str) -> bytes:
-    return bytes(CHAR_TO_BYTE[c] for c in token)
+    to_byte = _byte_tables()[1]
+    return bytes(to_byte[c] for c in token)
 
 
 # ----------------------------------------------------------------------------- reading text
@@ -344,7 +340,8 @@ def get_token_bytes(tokenizer):
     vocab = {token: i for token, i in tokenizer.get_vocab().items() if i not in special and i < len(out)}
     # Byte-level BPE (ours, GPT-2, Llama 3, Qwen): one character per byte. Otherwise (SentencePiece-style,
     # any Hub model): "▁" is a space, <0xAB> byte-fallback pieces are one byte, the rest is UTF-8 text.
-    byte_level = all(ch in CHAR_TO_BYTE for token in vocab for ch in token)
+    char_to_byte = _byte_tables()[1]
+    byte_level = all(ch in char_to_byte for token in vocab for ch in token)
     for token, i in vocab.items():
         if byte_level:
             out[i] = len(token)
@@ -427,8 +424,7 @@ def to_tiktoken(tokenizer, name: str = "nanochat_hf"):
     except ImportError:
         raise ValueError("exporting to tiktoken needs tiktoken: pip install tiktoken") from None
     specials = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    ranks = {bytes(CHAR_TO_BYTE[c] for c in token): i
-             for token, i in tokenizer.get_vocab().items() if token not in specials}
+    ranks = {_to_bytes(token): i for token, i in tokenizer.get_vocab().items() if token not in specials}
     return tiktoken.Encoding(name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
 
 

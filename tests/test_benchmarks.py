@@ -55,3 +55,20 @@ def test_cpu_paths_run():
     res = _run("model.py", "--rounds", "1", "--steps", "1", timeout=900)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "classic / native" in res.stdout and "peak step memory modern" in res.stdout
+
+
+def test_seams_tokenizer_converter_and_reader_sides_run(tiny_tokenizer, tmp_path):
+    bench = _load("seams.py")
+    r = bench.tokenizer_seam(tiny_tokenizer, tmp_path, max_docs=500)
+    assert r["same_ids"] and r["same_specials"], r  # the claim docs/development.md makes about TikTokenConverter
+    (tmp_path / "shards").mkdir()
+    r = bench.reader_seam(tmp_path / "shards", files=3, groups=2, rows=20, world=2, repeats=1)
+    assert r["ours_disjoint"] and r["theirs_disjoint"] and r["rows"] == 120 and r["n_shards"] == 3
+
+
+@pytest.mark.slow
+def test_seams_runs_without_compile():
+    res = _run("seams.py", "--no-compile", "--repeats", "1", "--tokens", "8", "--depth", "2", timeout=900)
+    assert res.returncode == 0, res.stderr[-2000:]
+    for line in ("[decode]", "[reader]", "[tokenizer]", "[classic]", "[sandbox]", "generate (static cache)"):
+        assert line in res.stdout

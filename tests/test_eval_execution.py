@@ -77,6 +77,23 @@ def test_writes_outside_scratch_dir_are_refused(tmp_path):
     assert r.success, r
 
 
+def test_the_os_modules_c_layer_is_guarded_too(tmp_path):
+    # `os` and `io` re-export C modules (`posix` / `nt`, `_io`): the same functions reached through them are refused
+    keep = tmp_path / "keep.txt"
+    keep.write_text("precious")
+    target = tmp_path / "outside.txt"
+    for code, reason in [(f"import posix\nposix.unlink({str(keep)!r})", "outside the scratch directory"),
+                         ("import posix\nposix.fork()", "sandbox: posix.fork is not allowed"),
+                         ("import posix\nposix.system('true')", "sandbox: posix.system is not allowed"),
+                         (f"import posix\nposix.open({str(target)!r}, posix.O_WRONLY | posix.O_CREAT)",
+                          "sandbox: writing"),
+                         (f"import io\nio.FileIO({str(target)!r}, 'w')", "sandbox: writing"),
+                         (f"import _io\n_io.open({str(target)!r}, 'w')", "sandbox: writing")]:
+        r = execute_code(code)
+        assert not r.success and reason in r.reason, (code, r)
+    assert keep.read_text() == "precious" and not target.exists()
+
+
 def test_sockets_are_refused():
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

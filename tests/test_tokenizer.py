@@ -104,9 +104,10 @@ def test_same_ids_as_tiktoken_on_the_same_merges(tok):
     """Our tokenizer.json encodes exactly as nanochat's inference path (tiktoken) with our merges."""
     tiktoken = pytest.importorskip("tiktoken")
     tb_tokens = tok.convert_ids_to_tokens(list(range(len(tok) - 9)))
-    from nanochat_hf.tokenization import CHAR_TO_BYTE
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    ranks = {bytes(CHAR_TO_BYTE[c] for c in t): i for i, t in enumerate(tb_tokens)}
+    char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
+    ranks = {bytes(char_to_byte[c] for c in t): i for i, t in enumerate(tb_tokens)}
     ref = tiktoken.Encoding("ours", pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens={})
     from nanochat_hf.assets import embedded_corpus_path
 
@@ -430,10 +431,12 @@ def _check_import(enc, path, out):
 
 
 def test_import_nanochat_tokenizer_pkl_from_our_merges(tmp_path, tok):
-    from nanochat_hf.tokenization import CHAR_TO_BYTE
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    char_to_byte = {c: b for b, c in bytes_to_unicode().items()}
 
     tokens = tok.convert_ids_to_tokens(list(range(len(tok) - 9)))
-    ranks = {bytes(CHAR_TO_BYTE[c] for c in t): i for i, t in enumerate(tokens)}
+    ranks = {bytes(char_to_byte[c] for c in t): i for i, t in enumerate(tokens)}
     enc, path = _pickled_encoding(tmp_path, ranks)
     _check_import(enc, path, tmp_path / "imported")
 

@@ -10,7 +10,8 @@ throw-away scratch directory. Before the program runs, the child:
   size, number of processes, no core dumps;
 - replaces what a program could use to escape or do harm with functions that raise
   `SandboxViolation`: process creation (fork, exec, spawn, system, popen, subprocess), signals to
-  other processes, sockets, writes/deletes/renames outside the scratch directory, chdir.
+  other processes, sockets, writes/deletes/renames outside the scratch directory, chdir (in `os`, `io`
+  and the C modules under them, `posix` / `nt` and `_io`, which a program can import directly).
 The evaluating process reads the child's stdout/stderr as they come and holds only the last
 MAX_STREAM_BYTES of each, and at the wall-clock limit kills the child's whole session: a program
 printing in a loop costs neither memory nor time beyond its limit.
@@ -84,38 +85,56 @@ def _inside(path):
     path = os.path.realpath(os.fsdecode(path))
     return path == SCRATCH or path.startswith(SCRATCH + os.sep)
 
-_open, _os_open = builtins.open, os.open
+import _io
+# `os` re-exports the C module (`posix`, `nt` on Windows), which a program can import directly: guard both.
+_OS_MODULES = [os] + [m for m in (sys.modules.get("posix"), sys.modules.get("nt")) if m is not None]
+
+def _check_write(path):
+    if not _inside(path):
+        raise SandboxViolation(f"sandbox: writing {path!r} outside the scratch directory is not allowed")
+
+_open, _os_open, _FileIO = builtins.open, os.open, io.FileIO
 def guarded_open(file, mode="r", *args, **kwargs):
-    if any(c in mode for c in "wax+") and not _inside(file):
-        raise SandboxViolation(f"sandbox: writing {file!r} outside the scratch directory is not allowed")
+    if any(c in mode for c in "wax+"):
+        _check_write(file)
     return _open(file, mode, *args, **kwargs)
 def guarded_os_open(path, flags, *args, **kwargs):
-    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND) and not _inside(path):
-        raise SandboxViolation(f"sandbox: writing {path!r} outside the scratch directory is not allowed")
+    if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND):
+        _check_write(path)
     return _os_open(path, flags, *args, **kwargs)
-builtins.open = io.open = guarded_open
-os.open = guarded_os_open
+class GuardedFileIO(_FileIO):
+    def __init__(self, file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+"):
+            _check_write(file)
+        super().__init__(file, mode, *args, **kwargs)
+builtins.open = io.open = _io.open = guarded_open
+io.FileIO = _io.FileIO = GuardedFileIO
+for _m in _OS_MODULES:
+    _m.open = guarded_os_open
 
-def _guard_paths(name, nargs=1):
-    real = getattr(os, name)
+def _guard_paths(module, name, nargs=1):
+    real = getattr(module, name)
     def guarded(*args, **kwargs):
         for p in args[:nargs]:
             if not _inside(p):
-                raise SandboxViolation(f"sandbox: os.{name}({p!r}) outside the scratch directory is not allowed")
+                raise SandboxViolation(f"sandbox: {module.__name__}.{name}({p!r}) outside the scratch directory "
+                                       "is not allowed")
         return real(*args, **kwargs)
-    setattr(os, name, guarded)
-for _name, _n in [("remove", 1), ("unlink", 1), ("rmdir", 1), ("mkdir", 1), ("makedirs", 1), ("removedirs", 1),
-                  ("rename", 2), ("replace", 2), ("renames", 2), ("link", 2), ("symlink", 2), ("truncate", 1),
-                  ("chmod", 1), ("chown", 1), ("utime", 1)]:
-    if hasattr(os, _name):
-        _guard_paths(_name, _n)
+    setattr(module, name, guarded)
+for _m in _OS_MODULES:
+    for _name, _n in [("remove", 1), ("unlink", 1), ("rmdir", 1), ("mkdir", 1), ("makedirs", 1), ("removedirs", 1),
+                      ("rename", 2), ("replace", 2), ("renames", 2), ("link", 2), ("symlink", 2), ("truncate", 1),
+                      ("chmod", 1), ("chown", 1), ("utime", 1)]:
+        if hasattr(_m, _name):
+            _guard_paths(_m, _name, _n)
 
-for _name in ["system", "popen", "fork", "forkpty", "vfork", "kill", "killpg", "putenv", "unsetenv", "chdir",
-              "fchdir", "chroot", "setuid", "setgid", "execl", "execle", "execlp", "execlpe", "execv", "execve",
-              "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp",
-              "spawnvpe", "posix_spawn", "posix_spawnp"]:
-    if hasattr(os, _name):
-        setattr(os, _name, _deny(f"os.{_name}"))
+for _m in _OS_MODULES:
+    for _name in ["system", "popen", "fork", "forkpty", "vfork", "kill", "killpg", "putenv", "unsetenv", "chdir",
+                  "fchdir", "chroot", "setuid", "setgid", "execl", "execle", "execlp", "execlpe", "execv", "execve",
+                  "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp",
+                  "spawnvpe", "posix_spawn", "posix_spawnp"]:
+        if hasattr(_m, _name):
+            setattr(_m, _name, _deny(f"{_m.__name__}.{_name}"))
 
 import shutil, socket, subprocess
 shutil.rmtree = _deny("shutil.rmtree")
