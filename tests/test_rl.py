@@ -377,3 +377,12 @@ def test_rl_horizon_follows_the_data_when_max_steps_is_unset():
     assert rl_horizon(config, 1) == 1  # never zero steps
     _, config = parse_args(recipe)
     assert rl_horizon(config, 2000) == 30  # an explicit max_steps wins
+
+
+def test_rl_lr_warms_up_then_decays_to_zero():
+    from nanochat_hf.rl import rl_lr_multiplier
+
+    assert [rl_lr_multiplier(s, 100) for s in (0, 50, 100)] == [1.0, 0.5, 0.0]  # nanochat: no warmup
+    warm = [rl_lr_multiplier(s, 100, warmup_steps=4) for s in range(6)]
+    assert warm[0] == pytest.approx(0.2) and warm[3] == pytest.approx(0.8 * 0.97)
+    assert warm == sorted(warm[:5]) + warm[5:] and warm[4] == pytest.approx(0.96)  # rises to the decay line
