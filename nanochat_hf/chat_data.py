@@ -128,6 +128,15 @@ def mmlu_to_messages(row: dict) -> list[dict]:
             {"role": "assistant", "content": MMLU_LETTERS[int(answer)]}]
 
 
+def arc_to_messages(row: dict) -> list[dict]:
+    """ARC row {question, choices: {text, label}, answerKey} -> user prompt + one-letter answer."""
+    letters = list(row["choices"]["label"])
+    if row["answerKey"] not in letters:
+        raise ValueError(f"answer {row['answerKey']!r} is not one of {letters}")
+    return [{"role": "user", "content": render_mc(row["question"], letters, row["choices"]["text"])},
+            {"role": "assistant", "content": row["answerKey"]}]
+
+
 CALC_RE = re.compile(r"<<([^<>]*)>>")
 
 
@@ -367,11 +376,14 @@ SYNTHETIC: dict[str, Callable[..., list[list[dict]]]] = {
 
 # ----------------------------------------------------------------------------- real sources: loading
 
-# source -> (default Hub id, default subset, row converter, default split for train / validation)
+# source -> (default Hub id, default subset, row converter, default split for train / validation); the chat
+# evaluation reads its ARC / MMLU / GSM8K test rows from here too.
 HUB_SOURCES: dict[str, tuple[str, str | None, Callable[[dict], list[dict]], str, str]] = {
     "smoltalk": ("HuggingFaceTB/smol-smoltalk", None, messages_of_row, "train", "test"),
     "mmlu": ("cais/mmlu", "all", mmlu_to_messages, "auxiliary_train", "test"),
     "gsm8k": ("openai/gsm8k", "main", gsm8k_to_messages, "train", "test"),
+    "arc-easy": ("allenai/ai2_arc", "ARC-Easy", arc_to_messages, "train", "test"),
+    "arc-challenge": ("allenai/ai2_arc", "ARC-Challenge", arc_to_messages, "train", "test"),
     "conversations": ("", None, messages_of_row, "train", "test"),
 }
 
