@@ -285,12 +285,6 @@ class NanoChatModel(NanoChatPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self):
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embed_tokens = value
-
     def _smear(self, x, position_ids, cache):
         """Add gate * previous token's embedding (a cheap bigram feature); the gate starts at 0.
 
@@ -391,18 +385,6 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = _tag(nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False), "lm_head")
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
                 labels=None, use_cache=None, logits_to_keep=0, return_dict=None, **kwargs) -> CausalLMOutputWithPast:
