@@ -23,11 +23,6 @@ ARCHS = ("classic", "modern")
 WINDOW_CHARS = "SL"  # S = short (a quarter of the context, rounded up to 128), L = long (full context)
 
 
-def short_window_for(seq_len: int) -> int:
-    """nanochat's short window: a quarter of the context, rounded up to FlashAttention's 128 tile."""
-    return -(-seq_len // 4 // 128) * 128
-
-
 def has_value_embed(layer_idx: int, num_layers: int) -> bool:
     """Value embeddings sit on alternating layers, the last layer always included."""
     return layer_idx % 2 == (num_layers - 1) % 2
@@ -111,8 +106,9 @@ class NanoChatConfig(PretrainedConfig):
         types = ["full_attention"] * self.num_hidden_layers
         self.short_window = self.sliding_window = None
         if self.arch == "modern":
-            self.short_window = short_window if short_window is not None else \
-                short_window_for(self.max_position_embeddings)
+            # nanochat's short window: a quarter of the context, rounded up to FlashAttention's 128 tile
+            ctx = self.max_position_embeddings
+            self.short_window = short_window if short_window is not None else -(-ctx // 4 // 128) * 128
             pattern = self.window_pattern.upper()
             types[:-1] = ["sliding_attention" if pattern[i % len(pattern)] == "S" else "full_attention"
                           for i in range(self.num_hidden_layers - 1)]
