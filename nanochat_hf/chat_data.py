@@ -537,16 +537,14 @@ class Mixture:
         if isinstance(obj, Mixture):
             return obj
         if isinstance(obj, str):
+            import yaml
+
             if obj in PRESETS:
                 obj = PRESETS[obj]
             elif Path(obj).expanduser().is_file():
-                import yaml
-
                 obj = yaml.safe_load(Path(obj).expanduser().read_text(encoding="utf-8"))
                 obj = obj.get("mixture", obj) if isinstance(obj, dict) else obj
             else:
-                import yaml
-
                 try:
                     obj = yaml.safe_load(obj)
                 except yaml.YAMLError:

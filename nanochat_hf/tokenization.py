@@ -85,18 +85,6 @@ def _to_bytes(token: str) -> bytes:
 # ----------------------------------------------------------------------------- reading text
 
 
-def _resolve_files(path: str) -> list[Path]:
-    """The files of a --data source as pretraining reads them (`nanochat_hf.dataset.list_files`), minus the
-    last one: nanochat's validation shard."""
-    from nanochat_hf.dataset import list_files
-
-    try:
-        files = list_files(path)
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{err}; or stream it with --data hub:<repo_id>") from None
-    return files[:-1] if len(files) > 1 else files
-
-
 def _hub_documents(repo_id: str) -> Iterator[str]:
     """Stream a Hub dataset's `text` column (train split) with `datasets`, no full download."""
     from datasets import load_dataset
@@ -107,20 +95,22 @@ def _hub_documents(repo_id: str) -> Iterator[str]:
 
 
 def resolve_inputs(inputs: Iterable[str] | None) -> list[str | Path]:
-    """Resolve `--data` values before any long work: files (Path) and Hub ids ('hub:...')."""
-    if not inputs:
-        from nanochat_hf.assets import embedded_corpus_path
+    """Resolve `--data` values before any long work: the files pretraining reads (`dataset.list_files`) minus a
+    folder's last one (nanochat's validation shard), and Hub ids ('hub:...') to stream; None: the embedded corpus."""
+    from nanochat_hf.dataset import list_files
 
-        return [embedded_corpus_path()]
     out: list[str | Path] = []
-    for item in inputs:
-        item = str(item)
+    for item in map(str, inputs or [""]):
         if item.startswith("hub:"):
             if not item[4:]:
                 raise ValueError("--data hub: needs a dataset id, e.g. hub:karpathy/climbmix-400b-shuffle")
             out.append(item)
-        else:
-            out.extend(_resolve_files(item))
+            continue
+        try:
+            files = list_files(item)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}; or stream it with --data hub:<repo_id>") from None
+        out.extend(files[:-1] if len(files) > 1 else files)
     return out
 
 
