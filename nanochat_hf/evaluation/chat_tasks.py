@@ -38,7 +38,7 @@ from nanochat_hf.engine import Engine
 from nanochat_hf.rewards import extract_answer, is_correct
 from nanochat_hf.tokenization import render_for_completion
 
-from .core import model_device
+from .core import model_device, model_max_seq_len
 from .execution import execute_code, execute_many
 
 SHUFFLE_SEED = 42  # nanochat shuffles every chat eval dataset with this seed
@@ -171,7 +171,7 @@ def run_categorical(model, tokenizer, conversations: list[dict], batch_size: int
     """Argmax over the allowed letters' logits at the last prompt position, batched (right-padded with BOS)."""
     device, bos = model_device(model), tokenizer.bos_token_id
     letter_ids: dict[str, int] = {}
-    context = _context_length(model)
+    context = model_max_seq_len(model)
     rendered = [render_for_completion(tokenizer, c["messages"]) for c in conversations]
     fits = [context is None or len(p) <= context for p in rendered]
     _warn_too_long(desc, fits.count(False), len(conversations), context)
@@ -204,7 +204,7 @@ def run_categorical(model, tokenizer, conversations: list[dict], batch_size: int
 def generate_completions(model, tokenizer, conversations: list[dict], max_new_tokens: int = MAX_NEW_TOKENS,
                          progress: bool = True, desc: str = "") -> list[str]:
     engine = Engine(model, tokenizer)  # KV cache + the calculator tool, as in serving
-    context = _context_length(model)
+    context = model_max_seq_len(model)
     completions, too_long = [], 0
     for conv in tqdm(conversations, desc=desc, disable=not progress, leave=False):
         prompt = render_for_completion(tokenizer, conv["messages"])
@@ -217,11 +217,6 @@ def generate_completions(model, tokenizer, conversations: list[dict], max_new_to
         completions.append(tokenizer.decode(seqs[0][len(prompt):], skip_special_tokens=False))
     _warn_too_long(desc, too_long, len(conversations), context)
     return completions
-
-
-def _context_length(model) -> int | None:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(cfg, "max_position_embeddings", None)
 
 
 def _warn_too_long(desc: str, too_long: int, total: int, context: int | None) -> None:
