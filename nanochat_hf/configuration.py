@@ -23,11 +23,6 @@ ARCHS = ("classic", "modern")
 WINDOW_CHARS = "SL"  # S = short (a quarter of the context, rounded up to 128), L = long (full context)
 
 
-def short_window_for(seq_len: int) -> int:
-    """nanochat's short window: a quarter of the context, rounded up to FlashAttention's 128 tile."""
-    return -(-seq_len // 4 // 128) * 128
-
-
 def has_value_embed(layer_idx: int, num_layers: int) -> bool:
     """Value embeddings sit on alternating layers, the last layer always included."""
     return layer_idx % 2 == (num_layers - 1) % 2
@@ -74,7 +69,7 @@ class NanoChatConfig(PretrainedConfig):
         if arch is None:
             classic = kwargs.get("model_type") == "nanochat" or type(self).model_type == "nanochat"
             arch = "classic" if classic else "modern"
-        kwargs.pop("layer_types", None)  # derived below (saved for transformers' cache/mask helpers)
+        kwargs.pop("layer_types", None)  # derived by _set_layer_types
         kwargs.pop("sliding_window", None)
         self.arch = arch
         self.vocab_size = vocab_size
@@ -83,9 +78,7 @@ class NanoChatConfig(PretrainedConfig):
         self.num_hidden_layers = num_hidden_layers
         self.num_attention_heads = num_attention_heads
         self.num_key_value_heads = num_attention_heads if num_key_value_heads is None else num_key_value_heads
-        if head_dim is None:
-            head_dim = hidden_size // num_attention_heads if num_attention_heads else 0
-        self.head_dim = head_dim
+        self.head_dim = head_dim if head_dim is not None else hidden_size // max(num_attention_heads, 1)
         self.max_position_embeddings = max_position_embeddings
         self.hidden_act = hidden_act
         self.rms_norm_eps = rms_norm_eps
@@ -103,21 +96,25 @@ class NanoChatConfig(PretrainedConfig):
         self.value_embed_gate_channels = value_embed_gate_channels
         self.smear_gate_channels = smear_gate_channels
         self._validate()
-        if arch == "modern":
-            self.short_window = short_window if short_window is not None else short_window_for(max_position_embeddings)
-            pattern = window_pattern.upper()
-            types = ["sliding_attention" if pattern[i % len(pattern)] == "S" else "full_attention"
-                     for i in range(num_hidden_layers)]
-            types[-1] = "full_attention"  # nanochat: the last layer always sees the whole context
-            # transformers counts the query token in `sliding_window`; nanochat's window (left, 0) does not.
-            self.sliding_window = self.short_window + 1 if "sliding_attention" in types else None
-        else:
-            self.short_window = None
-            types = ["full_attention"] * num_hidden_layers
-            self.sliding_window = None
-        self.layer_types = types
+        self._set_layer_types(short_window)
         super().__init__(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
+
+    def _set_layer_types(self, short_window: int | None):
+        """Per-layer attention (saved as `layer_types` for transformers' cache/mask helpers): modern follows
+        `window_pattern`, the last layer always full; classic is full everywhere."""
+        types = ["full_attention"] * self.num_hidden_layers
+        self.short_window = self.sliding_window = None
+        if self.arch == "modern":
+            # nanochat's short window: a quarter of the context, rounded up to FlashAttention's 128 tile
+            ctx = self.max_position_embeddings
+            self.short_window = short_window if short_window is not None else -(-ctx // 4 // 128) * 128
+            pattern = self.window_pattern.upper()
+            types[:-1] = ["sliding_attention" if pattern[i % len(pattern)] == "S" else "full_attention"
+                          for i in range(self.num_hidden_layers - 1)]
+            # transformers counts the query token in `sliding_window`; nanochat's window (left, 0) does not.
+            self.sliding_window = self.short_window + 1 if "sliding_attention" in types else None
+        self.layer_types = types
 
     # ------------------------------------------------------------------ validation
 

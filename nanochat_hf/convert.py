@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nanochat_hf.errors import run_main
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nanochat-hf convert", description=__doc__.split("\n\n")[0])
@@ -26,21 +28,19 @@ def main(argv: list[str] | None = None) -> int:
                                                         "PATH/tokenizer.pkl if present)")
     ckpt.add_argument("--output", required=True, help="output folder")
     args = parser.parse_args(argv)
+    return run_main(f"nanochat-hf convert {args.what}", lambda: _run(args))
 
-    try:
-        if args.what == "tokenizer":
-            from nanochat_hf.tokenization import convert_tiktoken_tokenizer
 
-            convert_tiktoken_tokenizer(args.path, args.output)
-        else:
-            from nanochat_hf.conversion import convert_nanochat_checkpoint
+def _run(args) -> None:
+    if args.what == "tokenizer":
+        from nanochat_hf.tokenization import convert_tiktoken_tokenizer
 
-            convert_nanochat_checkpoint(args.path, args.output, step=args.step, tokenizer_path=args.tokenizer)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"nanochat-hf convert {args.what}: {err}", file=sys.stderr)
-        return 2
+        convert_tiktoken_tokenizer(args.path, args.output)
+    else:
+        from nanochat_hf.conversion import convert_nanochat_checkpoint
+
+        convert_nanochat_checkpoint(args.path, args.output, step=args.step, tokenizer_path=args.tokenizer)
     print(f"wrote {args.output}")
-    return 0
 
 
 if __name__ == "__main__":

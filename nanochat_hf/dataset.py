@@ -106,6 +106,23 @@ def read_parquet(path: str | os.PathLike, row_group: int | None = None, column: 
                         f"{str(err).splitlines()[0]}); download it again or remove it") from None
 
 
+def file_documents(path: str | os.PathLike) -> Iterator[str]:
+    """Documents of one file, streamed: parquet a row group at a time, JSONL line by line, txt split on blank
+    lines."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        for i in range(read_parquet(path)):
+            yield from read_parquet(path, i)
+    elif path.suffix == ".txt":
+        text = path.read_text(encoding="utf-8", errors="replace")
+        yield from (doc.strip("\n") for doc in text.split("\n\n") if doc.strip())
+    else:
+        for n, row in read_jsonl(path):
+            if not isinstance(row, dict) or "text" not in row:
+                raise UserError(f"{path}:{n} has no 'text' field; each JSONL line needs {{\"text\": ...}}")
+            yield row["text"]
+
+
 # ----------------------------------------------------------------------------- shards
 
 
@@ -123,17 +140,7 @@ class Shard:
 
     def _text_docs(self) -> list[str]:
         if self._docs is None:
-            if self.path.suffix == ".txt":
-                text = self.path.read_text(encoding="utf-8", errors="replace")
-                self._docs = [d.strip("\n") for d in text.split("\n\n") if d.strip()]
-            else:  # jsonl
-                docs = []
-                for n, row in read_jsonl(self.path):
-                    if not isinstance(row, dict) or "text" not in row:
-                        raise UserError(f"{self.path}:{n} has no 'text' field; "
-                                        "each JSONL line needs {\"text\": ...}")
-                    docs.append(row["text"])
-                self._docs = docs
+            self._docs = list(file_documents(self.path))
             if self.doc_range is not None:
                 self._docs = self._docs[self.doc_range[0]:self.doc_range[1]]
         return self._docs

@@ -16,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from nanochat_hf.errors import run_main
 from nanochat_hf.report import MODEL_STAGES, SUMMARY_METRICS, read_json, summary_table
 
 # How our metrics are named in `model-index` (dataset id, dataset name, metric type).
@@ -205,13 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--private", action="store_true", help="create the repo as private")
     parser.add_argument("--token", default=None, help="Hub token (default: the cached login / HF_TOKEN)")
     args = parser.parse_args(argv)
-    try:
+
+    def push() -> None:
         url = push_stage(args.run, args.stage, args.repo_id, private=args.private, token=args.token)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"nanochat-hf push: {err}", file=sys.stderr)
-        return 2
-    print(f"pushed {args.run}/{args.stage} -> {url}")
-    return 0
+        print(f"pushed {args.run}/{args.stage} -> {url}")
+
+    return run_main("nanochat-hf push", push)
 
 
 if __name__ == "__main__":

@@ -207,19 +207,10 @@ class NanoChatPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """nanochat's initialisation, per architecture, instead of transformers' N(0, 0.02) everywhere.
-
-        transformers' default (and the native nanochat model's) draws every Linear/Embedding from
-        N(0, initializer_range) and o_proj from a depth-scaled normal. nanochat's training recipe (its
-        learning rates, Muon, the zero-init residual branches) was tuned for its own init, so we use it:
-        - modern (2026): embeddings N(0, 0.8), head N(0, 0.001), q/k/v U(+-sqrt(3)/sqrt(d)) (std 1/sqrt(d)),
-          fc1 0.4x that, o_proj and fc2 zero, value embeddings like v, gates U(0, 0.02), lambdas 1.15->1.05
-          and 0.20->0.05 over depth, smear 0, backout 0.2.
-        - classic (October 2025): every Linear N(0, 1/sqrt(fan_in) * min(1, sqrt(fan_out/fan_in))),
-          embedding N(0, 1), head, o_proj and fc2 zero.
-        The `transformers.initialization` functions skip tensors loaded from a checkpoint, so
-        `from_pretrained` never re-initialises weights.
-        """
+        """nanochat's initialisation, per architecture, instead of transformers' N(0, initializer_range): nanochat's
+        recipe (learning rates, Muon, zero-init residual branches) was tuned for its own init. The
+        `transformers.initialization` functions skip tensors loaded from a checkpoint, so `from_pretrained` never
+        re-initialises weights."""
         # Each tensor is initialised by the module that owns it directly (transformers skips container
         # modules without direct parameters in custom code), so Linear/Embedding carry an `init_role` tag.
         cfg = self.config
@@ -284,12 +275,6 @@ class NanoChatModel(NanoChatPreTrainedModel):
             self.backout_layer = n // 2  # its output is subtracted (x backout_lambda) before the final norm
         self.gradient_checkpointing = False
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.embed_tokens = value
 
     def _smear(self, x, position_ids, cache):
         """Add gate * previous token's embedding (a cheap bigram feature); the gate starts at 0.
@@ -391,18 +376,6 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
         self.vocab_size = config.vocab_size
         self.lm_head = _tag(nn.Linear(config.hidden_size, config.padded_vocab_size, bias=False), "lm_head")
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value):
-        self.model.embed_tokens = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, value):
-        self.lm_head = value
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
                 labels=None, use_cache=None, logits_to_keep=0, return_dict=None, **kwargs) -> CausalLMOutputWithPast:

@@ -245,18 +245,22 @@ def make_rollout_func():
                 completion_ids += ids
                 env_mask += masks
             model.train(was_training)
-        _log_tool_calls(trainer, completion_ids)
         return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None, "env_mask": env_mask}
 
     return rollout
 
 
-def _log_tool_calls(trainer, completion_ids: list[list[int]]) -> None:
-    python_start = trainer.processing_class.convert_tokens_to_ids("<|python_start|>")
-    tool_calls = sum(ids.count(python_start) for ids in completion_ids)
-    metrics = getattr(trainer, "_metrics", None)  # TRL averages and logs these with its own
-    if metrics is not None:
-        metrics["train"]["tools/calls_per_completion"].append(tool_calls / max(1, len(completion_ids)))
+def with_tool_call_metric(reward_func, python_start: int):
+    """`reward_func` that also logs calculator calls per completion, through the `log_metric` TRL hands every
+    reward function (averaged over ranks and logged with TRL's own metrics)."""
+    def reward(completions, completion_ids=None, log_metric=None, **kwargs):
+        if log_metric is not None and completion_ids is not None:
+            calls = sum(list(ids).count(python_start) for ids in completion_ids)
+            log_metric("tools/calls_per_completion", calls / max(1, len(completion_ids)))
+        return reward_func(completions=completions, completion_ids=completion_ids, **kwargs)
+
+    reward.__name__ = reward_func.__name__  # TRL names the reward's own metrics after it
+    return reward
 
 
 def make_vllm_rollout_func():
@@ -306,7 +310,6 @@ def make_vllm_rollout_func():
                     if len(completion[i]) < budget:
                         still.append(i)
             pending = still
-        _log_tool_calls(trainer, completion)
         return {"prompt_ids": prompt_ids, "completion_ids": completion, "logprobs": logprobs, "env_mask": env_mask}
 
     return rollout
@@ -557,9 +560,12 @@ def train(args: RLArguments, config):
     elif resume is not None:
         truncate_log(log_path, int(Path(resume).name.rsplit("-", 1)[-1]))
     passk = PassAtKCallback(args, test_ds)
+    reward_funcs = [REWARD_FUNCS[name] for name in args.reward_funcs]
+    if args.use_calculator:
+        reward_funcs[0] = with_tool_call_metric(reward_funcs[0], tokenizer.convert_tokens_to_ids("<|python_start|>"))
     trainer = _trainer_class(args)(
         model=model,
-        reward_funcs=[REWARD_FUNCS[name] for name in args.reward_funcs],
+        reward_funcs=reward_funcs,
         args=config,
         train_dataset=train_ds,
         processing_class=tokenizer,

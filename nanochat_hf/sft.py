@@ -262,6 +262,11 @@ class ChatSFTTrainer(AtomicCheckpoints, SFTTrainer):
     def __init__(self, *args, chat_args: ChatArguments, **kwargs):
         self.chat_args = chat_args
         super().__init__(*args, **kwargs)
+        if self.args.packing and chat_args.packed_layout == "rows":
+            # Set after TRL's own: TRL refuses any collator but its own when packing is padding-free.
+            self.data_collator = PackedRowsCollator(self.processing_class.pad_token_id)
+        self.chatcore = ChatCoreCallback(self)
+        self.add_callback(self.chatcore)
 
     def tokens_per_step(self) -> int:
         a = self.args
@@ -283,7 +288,7 @@ class ChatSFTTrainer(AtomicCheckpoints, SFTTrainer):
         return self.optimizer
 
     def log(self, logs: dict, *args, **kwargs):
-        chatcore = getattr(self, "chatcore", None)
+        chatcore = getattr(self, "chatcore", None)  # None while TRL's __init__ runs
         if chatcore is not None and chatcore.pending:  # the ChatCORE subset of this step (see ChatCoreCallback)
             logs, chatcore.pending = {**logs, **chatcore.pending}, None
         return super().log(logs, *args, **kwargs)
@@ -343,8 +348,9 @@ class ChatCoreCallback(TrainerCallback):
     the progress bar and any tracker, as `chatcore` and `chatcore/<task>`.
     """
 
-    def __init__(self, chat_args: ChatArguments, tokenizer):
-        self.args, self.tokenizer, self.trainer = chat_args, tokenizer, None
+    def __init__(self, trainer: ChatSFTTrainer):
+        chat_args = trainer.chat_args
+        self.args, self.tokenizer, self.trainer = chat_args, trainer.processing_class, trainer
         self.tasks = chat_args.chatcore_tasks.split(",")
         from nanochat_hf.evaluation.chat_tasks import OFFLINE_CHAT_DATA
 
@@ -357,7 +363,7 @@ class ChatCoreCallback(TrainerCallback):
     def evaluate(self, model, step: int) -> dict:
         from nanochat_hf.evaluation.chat_tasks import evaluate_chat_task
 
-        model = self.trainer.accelerator.unwrap_model(model) if self.trainer else model
+        model = self.trainer.accelerator.unwrap_model(model)
         results = {}
         with torch.no_grad():
             for task in self.tasks:
@@ -377,7 +383,7 @@ class ChatCoreCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         # Step 0 (as nanochat's chat_sft): the "before" of the report card's stage effects. Not on resume.
-        if state.global_step == 0 and self._due(state, model) and self.trainer is not None:
+        if state.global_step == 0 and self._due(state, model):
             self.trainer.log(self.evaluate(model, 0))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -388,7 +394,7 @@ class ChatCoreCallback(TrainerCallback):
             control.should_log = True
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
-        if self._due(state, model, force=True) and self.trainer is not None:
+        if self._due(state, model, force=True):
             self.trainer.log(self.evaluate(model, state.global_step))
 
 
@@ -453,18 +459,13 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
     resumes_a_checkpoint = resume and Path(resume).name.startswith("checkpoint-")
     resume_step = int(Path(resume).name.split("-")[-1]) if resumes_a_checkpoint else 0
     log = JsonlLogCallback(output_dir / "logs" / f"{chat_args.stage}.jsonl", header, resume_step)
-    chatcore = ChatCoreCallback(chat_args, tokenizer)
     trainer = ChatSFTTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
-                             processing_class=tokenizer, callbacks=[log, chatcore], chat_args=chat_args)
-    chatcore.trainer, trainer.chatcore = trainer, chatcore
+                             processing_class=tokenizer, callbacks=[log], chat_args=chat_args)
     acc = trainer.accelerator  # how the run really ran, in its log (a CPU run of fsdp2.yaml is not FSDP)
     header.update(distributed_type=str(acc.distributed_type), mixed_precision=acc.mixed_precision)
     note = fsdp_fallback_note(acc)
     if note and acc.is_main_process:
         print(f"[{chat_args.stage}] {note}", file=sys.stderr)
-    if cfg.packing and chat_args.packed_layout == "rows":
-        # Swapped in after construction: TRL refuses any collator but its own when packing is padding-free.
-        trainer.data_collator = PackedRowsCollator(tokenizer.pad_token_id)
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     if eval_ds is not None:  # the validation loss of the final model (unless the last step just measured it)

@@ -252,7 +252,7 @@ class Speedrun:
     def stages(self):
         run, p = self.run, self.preset
         tok_dir = run / "tokenizer"
-        data_args = ["--input", self.data] if self.data else []
+        data_args = ["--data", self.data] if self.data else []  # the tokenizer and pretraining read alike
         if p.data_shards and self.data in ("climbmix", "fineweb-edu"):
             # `data download` resumes by itself (finished, checksummed shards are kept): an interrupted one runs again.
             yield Stage("data", [
@@ -268,11 +268,10 @@ class Speedrun:
         ])
 
         base = run / "base"
-        pretrain_data = ["--data", self.data] if self.data else []
         yield Stage("pretrain", [
             self.python_module("nanochat_hf.pretrain",
                                ["--config", self.recipe("pretrain"), "--tokenizer", str(tok_dir),
-                                                        "--output_dir", str(base), *pretrain_data,
+                                                        "--output_dir", str(base), *data_args,
                                                         *p.overrides.get("pretrain", [])], distributed=True),
         ], output=base, resume=("--resume_from_checkpoint", "latest"))
 

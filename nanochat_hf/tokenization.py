@@ -1,9 +1,11 @@
 """nanochat's BPE tokenizer, trained with `tokenizers` and saved as a transformers fast tokenizer.
 
     nanochat-hf tokenizer train --vocab-size 4096 --output runs/tiny/tokenizer          # embedded Shakespeare
-    nanochat-hf tokenizer train --input data/shards --vocab-size 32768 --output runs/d20/tokenizer
-    nanochat-hf tokenizer train --input hub:karpathy/climbmix-400b-shuffle --output runs/d20/tokenizer
-    nanochat-hf tokenizer eval runs/tiny/tokenizer [--input FILE...] [--output eval.json]
+    nanochat-hf tokenizer train --data data/shards --vocab-size 32768 --output runs/d20/tokenizer
+    nanochat-hf tokenizer train --data hub:karpathy/climbmix-400b-shuffle --output runs/d20/tokenizer
+    nanochat-hf tokenizer eval runs/tiny/tokenizer [--data FILE...] [--output eval.json]
+
+`--data` reads what pretraining's `--data` reads (`nanochat_hf.dataset`); `--input` is the same flag.
 
 What it is (same as nanochat's rustbpe + tiktoken pair, in one `tokenizer.json`):
   - byte-level BPE over chunks cut by GPT-4's split regex (numbers in groups of 1-2, not 1-3);
@@ -79,39 +81,6 @@ def _to_bytes(token: str) -> bytes:
 # ----------------------------------------------------------------------------- reading text
 
 
-def _resolve_files(path: str) -> list[Path]:
-    """The files of an --input as pretraining reads them (`nanochat_hf.dataset.list_files`: a file, a
-    folder, or a downloaded Hub alias), minus the last one: nanochat's validation shard."""
-    from nanochat_hf.dataset import list_files
-
-    try:
-        files = list_files(path)
-    except ValueError:  # a file of another type
-        raise ValueError(f"unsupported input {path}; use .parquet (column 'text'), .jsonl "
-                         "(field 'text') or .txt") from None
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"--input {path!r}: {err}; or stream it with --input hub:<repo_id>") from None
-    return files[:-1] if len(files) > 1 else files
-
-
-def _file_documents(path: Path) -> Iterator[str]:
-    """Documents of one file, streamed: parquet one row group at a time, jsonl line by line, txt split on blank
-    lines."""
-    from nanochat_hf.dataset import read_jsonl, read_parquet
-
-    if path.suffix == ".parquet":
-        for i in range(read_parquet(path)):
-            yield from read_parquet(path, i)
-    elif path.suffix in (".jsonl", ".json"):
-        for n, row in read_jsonl(path):
-            if not isinstance(row, dict) or "text" not in row:
-                raise ValueError(f"{path}:{n} has no 'text' field; each JSONL line needs {{\"text\": ...}}")
-            yield row["text"]
-    else:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        yield from (doc for doc in text.split("\n\n") if doc.strip())
-
-
 def _hub_documents(repo_id: str) -> Iterator[str]:
     """Stream a Hub dataset's `text` column (train split) with `datasets`, no full download."""
     from datasets import load_dataset
@@ -121,21 +90,23 @@ def _hub_documents(repo_id: str) -> Iterator[str]:
         yield row["text"]
 
 
-def check_inputs(inputs: Iterable[str] | None) -> list[str | Path]:
-    """Resolve `--input` values before any long work: files (Path) and Hub ids ('hub:...')."""
-    if not inputs:
-        from nanochat_hf.assets import embedded_corpus_path
+def resolve_inputs(inputs: Iterable[str] | None) -> list[str | Path]:
+    """Resolve `--data` values before any long work: the files pretraining reads (`dataset.list_files`) minus a
+    folder's last one (nanochat's validation shard), and Hub ids ('hub:...') to stream; None: the embedded corpus."""
+    from nanochat_hf.dataset import list_files
 
-        return [embedded_corpus_path()]
     out: list[str | Path] = []
-    for item in inputs:
-        item = str(item)
+    for item in map(str, inputs or [""]):
         if item.startswith("hub:"):
             if not item[4:]:
-                raise ValueError("--input hub: needs a dataset id, e.g. hub:karpathy/climbmix-400b-shuffle")
+                raise ValueError("--data hub: needs a dataset id, e.g. hub:karpathy/climbmix-400b-shuffle")
             out.append(item)
-        else:
-            out.extend(_resolve_files(item))
+            continue
+        try:
+            files = list_files(item)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}; or stream it with --data hub:<repo_id>") from None
+        out.extend(files[:-1] if len(files) > 1 else files)
     return out
 
 
@@ -145,14 +116,16 @@ def iter_documents(inputs=None, max_chars: int = DEFAULT_MAX_CHARS, doc_cap: int
     tok_train)."""
     from tqdm.auto import tqdm
 
-    sources = check_inputs(inputs)
+    from nanochat_hf.dataset import file_documents
+
+    sources = resolve_inputs(inputs)
     total = 0
     bar = tqdm(total=max_chars if max_chars < 10**12 else None, unit="char", unit_scale=True, desc="reading text",
                disable=not progress, mininterval=0.5)
     pending = 0  # update the bar in chunks: one tqdm call per document would cost more than the reading
     try:
         for src in sources:
-            docs = _hub_documents(src[4:]) if isinstance(src, str) else _file_documents(src)
+            docs = _hub_documents(src[4:]) if isinstance(src, str) else file_documents(src)
             for doc in docs:
                 if not doc:
                     continue
@@ -237,7 +210,7 @@ def train_tokenizer(inputs=None, vocab_size: int = DEFAULT_VOCAB_SIZE, max_chars
                          "special tokens (>= 265)")
     if max_chars <= 0 or doc_cap <= 0:
         raise ValueError("--max-chars and --doc-cap must be positive")
-    check_inputs(inputs)  # fail on a bad path now, not after reading half of the corpus
+    resolve_inputs(inputs)  # fail on a bad path now, not after reading half of the corpus
     return train_from_documents(iter_documents(inputs, max_chars, doc_cap, progress), vocab_size, progress)
 
 
@@ -516,10 +489,10 @@ def _parser() -> argparse.ArgumentParser:
                                 description="Train or evaluate nanochat's BPE tokenizer.")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a tokenizer and save it as a transformers tokenizer folder")
-    t.add_argument("--input", nargs="+", default=None,
-                   help="txt/jsonl/parquet files or folders (a folder's last file is held out as validation), "
-                        "a downloaded dataset alias (climbmix), or hub:<dataset id> to stream; default: "
-                        "embedded Shakespeare")
+    t.add_argument("--data", "--input", dest="data", nargs="+", default=None,
+                   help="as pretraining's --data: txt/jsonl/parquet files or folders (a folder's last file is "
+                        "held out as validation), a downloaded dataset alias (climbmix), or hub:<dataset id> to "
+                        "stream; default: embedded Shakespeare")
     t.add_argument("--vocab-size", type=_parse_int, default=DEFAULT_VOCAB_SIZE, help="total vocabulary "
                                                                                      "incl. 9 special tokens")
     t.add_argument("--max-chars", type=_parse_int, default=DEFAULT_MAX_CHARS, help="train on at most "
@@ -529,8 +502,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--output", required=True, help="output folder")
     e = sub.add_parser("eval", help="bytes/token on texts (vs GPT-2/GPT-4 when available); writes token_bytes.pt")
     e.add_argument("path", help="tokenizer folder (or Hub id)")
-    e.add_argument("--input", nargs="+", default=None, help="texts to evaluate on (as for train); default: "
-                                                            "embedded Shakespeare")
+    e.add_argument("--data", "--input", dest="data", nargs="+", default=None,
+                   help="texts to evaluate on (as for train); default: embedded Shakespeare")
     e.add_argument("--max-chars", type=_parse_int, default=DEFAULT_EVAL_CHARS, help="evaluate on at most "
                                                                                     "this many characters")
     e.add_argument("--output", default=None, help="also write the results as JSON here")
@@ -546,14 +519,14 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> None:
     if args.command == "train":
         t0 = time.time()
-        tok = train_tokenizer(args.input, args.vocab_size, args.max_chars, args.doc_cap)
+        tok = train_tokenizer(args.data, args.vocab_size, args.max_chars, args.doc_cap)
         out = save_tokenizer(tok, args.output)
         print(f"trained a {len(tok)}-token tokenizer in {time.time() - t0:.1f}s -> {out}")
         return
     tok = load_tokenizer(args.path)
-    texts = list(iter_documents(args.input, args.max_chars, doc_cap=None))
+    texts = list(iter_documents(args.data, args.max_chars, doc_cap=None))
     if not texts:
-        raise ValueError("no text to evaluate on; check --input")
+        raise ValueError("no text to evaluate on; check --data")
     result = evaluate_tokenizer(tok, texts)
     if Path(args.path).is_dir():
         import torch

@@ -37,8 +37,8 @@ nanochat-hf data download -n "${SHARDS}" -w 8 &
 DOWNLOAD_PID=$!
 
 # --- tokenizer: 32768 tokens on 2B characters, then compression vs GPT-2/GPT-4
-nanochat-hf tokenizer train --input climbmix --vocab-size 32768 --output "${RUN}/tokenizer"
-nanochat-hf tokenizer eval "${RUN}/tokenizer" --input climbmix --output "${RUN}/tokenizer/tokenizer_eval.json"
+nanochat-hf tokenizer train --data climbmix --vocab-size 32768 --output "${RUN}/tokenizer"
+nanochat-hf tokenizer eval "${RUN}/tokenizer" --data climbmix --output "${RUN}/tokenizer/tokenizer_eval.json"
 
 # --- pretraining (resumable: re-running this script continues from the last checkpoint)
 echo "waiting for the data download..."; wait "${DOWNLOAD_PID}"

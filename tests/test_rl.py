@@ -20,6 +20,7 @@ from nanochat_hf.rl import (
     synthetic_rows,
     to_prompt_dataset,
     truncate_log,
+    with_tool_call_metric,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,7 +140,7 @@ def test_rollout_forces_calculator_output_and_masks_it(sft_model_dir):
     trainer = SimpleNamespace(
         args=SimpleNamespace(seed=0, max_completion_length=64, temperature=0.7, top_k=50, top_p=1.0),
         processing_class=tokenizer, model_wrapped=model, accelerator=Accelerator(cpu=True),
-        state=SimpleNamespace(global_step=0), _metrics={"train": __import__("collections").defaultdict(list)})
+        state=SimpleNamespace(global_step=0))
     out = make_rollout_func()(prompts, trainer)
     assert set(out) == {"prompt_ids", "completion_ids", "logprobs", "env_mask"}
     assert len(out["completion_ids"]) == len(out["env_mask"]) == len(out["prompt_ids"]) == 8
@@ -169,7 +170,17 @@ def test_rollout_forces_calculator_output_and_masks_it(sft_model_dir):
     # Samples that stopped end with <|assistant_end|>, kept in the loss (the model learns to stop).
     stopped = [c for c in out["completion_ids"] if len(c) < 64]
     assert stopped and all(c[-1] == ids["<|assistant_end|>"] for c in stopped)
-    assert trainer._metrics["train"]["tools/calls_per_completion"][0] > 0
+
+
+def test_tool_calls_are_logged_through_the_reward_hook():
+    """The calculator calls per completion reach TRL's metrics via `log_metric`; the reward itself is unchanged."""
+    logged = []
+    reward = with_tool_call_metric(correctness_reward, python_start=7)
+    assert reward.__name__ == "correctness_reward"
+    out = reward(completions=["#### 4", "#### 5"], answer=["4", "4"], completion_ids=[[7, 1, 7], [2]],
+                 log_metric=lambda name, value: logged.append((name, value)))
+    assert out == correctness_reward(completions=["#### 4", "#### 5"], answer=["4", "4"])
+    assert logged == [("tools/calls_per_completion", 1.0)]
 
 
 class FakeVLLM:
@@ -206,8 +217,7 @@ def test_vllm_rollout_runs_the_calculator_between_turns(tiny_tokenizer_dir, othe
     others = iter(other_rank)
     gather = lambda t: torch.cat([t, torch.tensor([next(others)])])  # noqa: E731
     trainer = SimpleNamespace(args=SimpleNamespace(max_completion_length=64), processing_class=tokenizer,
-                              vllm_generation=vllm, accelerator=SimpleNamespace(gather=gather, device="cpu"),
-                              _metrics={"train": __import__("collections").defaultdict(list)})
+                              vllm_generation=vllm, accelerator=SimpleNamespace(gather=gather, device="cpu"))
     prompts = [[{"role": "user", "content": "What is 6 times 7?"}]] * 2
     out = make_vllm_rollout_func()(prompts, trainer)
 
@@ -225,7 +235,6 @@ def test_vllm_rollout_runs_the_calculator_between_turns(tiny_tokenizer_dir, othe
     # Turn 2 continues from prompt + completion so far; fillers keep both ranks' calls the same size.
     assert vllm.calls[1][0] == prompt + vllm.call + real
     assert [len(c) for c in vllm.calls] == call_sizes
-    assert trainer._metrics["train"]["tools/calls_per_completion"] == [1.0]
 
 
 def test_vllm_rollout_stops_at_the_completion_budget(tiny_tokenizer_dir):

@@ -361,7 +361,7 @@ def test_bad_input_files(tmp_path):
     with pytest.raises(ValueError, match="no 'text' field"):
         train_tokenizer([str(tmp_path / "bad.jsonl")], vocab_size=300, progress=False)
     (tmp_path / "a.csv").write_text("text\nx\n")
-    with pytest.raises(ValueError, match="unsupported input"):
+    with pytest.raises(ValueError, match="unsupported data file"):
         train_tokenizer([str(tmp_path / "a.csv")], vocab_size=300, progress=False)
 
 
@@ -397,7 +397,7 @@ def test_cli_train_and_eval(tmp_path, capsys):
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
-    assert main(["train", "--input", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "o")]) == 2
+    assert main(["train", "--data", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nope.txt" in err
     assert main(["eval", str(tmp_path / "missing")]) == 2

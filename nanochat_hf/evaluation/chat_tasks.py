@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from nanochat_hf.chat_data import MMLU_LETTERS, VAL_SEED_OFFSET, arithmetic, gsm8k_to_messages, render_mc, spelling_bee
+from nanochat_hf.chat_data import HUB_SOURCES, MMLU_LETTERS, VAL_SEED_OFFSET, arithmetic, spelling_bee
 from nanochat_hf.engine import Engine
 from nanochat_hf.rewards import extract_answer, is_correct
 from nanochat_hf.tokenization import render_for_completion
 
-from .core import model_device
+from .core import model_device, model_max_seq_len
 from .execution import execute_code, execute_many
 
 SHUFFLE_SEED = 42  # nanochat shuffles every chat eval dataset with this seed
@@ -51,13 +51,9 @@ OFFLINE_CHAT_DATA = Path(__file__).resolve().parent / "data" / "chat"  # ARC row
 CHATCORE_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
 BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0,
              "Arithmetic": 0.0}  # every chat task we can run; ChatCORE averages CHATCORE_TASKS
-# task -> (Hub id, config, split, local file name)
-HUB_SOURCES = {
-    "ARC-Easy": ("allenai/ai2_arc", "ARC-Easy", "test", "arc_easy.jsonl"),
-    "ARC-Challenge": ("allenai/ai2_arc", "ARC-Challenge", "test", "arc_challenge.jsonl"),
-    "MMLU": ("cais/mmlu", "all", "test", "mmlu.jsonl"),
-    "GSM8K": ("openai/gsm8k", "main", "test", "gsm8k.jsonl"),
-}
+# task -> its `chat_data.HUB_SOURCES` entry (Hub id, subset, converter, test split); offline file: <source>.jsonl
+# with '-' as '_'
+TASK_SOURCES = {"ARC-Easy": "arc-easy", "ARC-Challenge": "arc-challenge", "MMLU": "mmlu", "GSM8K": "gsm8k"}
 CODE_BLOCK_RE = re.compile(r"```(?:python)?\s*\n(.*?)\n```", re.DOTALL)
 
 
@@ -68,7 +64,8 @@ def _load_dataset(task: str, data_dir: str | None):
     """The task's rows as a `datasets.Dataset`, shuffled with nanochat's seed."""
     from datasets import load_dataset
 
-    hub_id, config, split, filename = HUB_SOURCES[task]
+    hub_id, config, _, _, split = HUB_SOURCES[TASK_SOURCES[task]]
+    filename = TASK_SOURCES[task].replace("-", "_") + ".jsonl"
     if data_dir is not None:
         path = Path(data_dir).expanduser() / filename
         if not path.is_file():
@@ -104,26 +101,16 @@ def load_conversations(task: str, data_dir: str | None = None, max_problems: int
     """nanochat-style conversations: {"messages": [...], plus what scoring needs (letters, test, ...)}."""
     n = max_problems if max_problems and max_problems > 0 else None
     out = []
-    if task in ("ARC-Easy", "ARC-Challenge"):
+    if task in TASK_SOURCES:
         ds = _load_dataset(task, data_dir)
-        for row in ds.select(range(min(n or len(ds), len(ds)))):
-            letters = list(row["choices"]["label"])
-            if row["answerKey"] not in letters:
-                raise ValueError(f"{task}: answer {row['answerKey']!r} is not one of {letters}")
-            out.append({"messages": [{"role": "user",
-                                      "content": render_mc(row["question"], letters, row["choices"]["text"])},
-                                     {"role": "assistant", "content": row["answerKey"]}], "letters": letters})
-    elif task == "MMLU":
-        ds = _load_dataset(task, data_dir)
-        for row in ds.select(range(min(n or len(ds), len(ds)))):
-            out.append({"messages": [{"role": "user",
-                                      "content": render_mc(row["question"], MMLU_LETTERS, row["choices"])},
-                                     {"role": "assistant", "content": MMLU_LETTERS[int(row["answer"])]}],
-                        "letters": list(MMLU_LETTERS)})
-    elif task == "GSM8K":
-        ds = _load_dataset(task, data_dir)
-        for row in ds.select(range(min(n or len(ds), len(ds)))):
-            out.append({"messages": gsm8k_to_messages(row)})
+        convert = HUB_SOURCES[TASK_SOURCES[task]][2]
+        for i, row in enumerate(ds.select(range(min(n or len(ds), len(ds))))):
+            try:
+                out.append({"messages": convert(row)})
+            except ValueError as err:
+                raise ValueError(f"{task} row {i}: {err}") from None
+            if task != "GSM8K":  # multiple choice: scored by the letter the model ranks highest
+                out[-1]["letters"] = list(row["choices"]["label"]) if task.startswith("ARC") else list(MMLU_LETTERS)
     elif task == "HumanEval":
         for p in human_eval_problems()[:n]:
             out.append({"messages": [{"role": "user", "content": p["prompt"]},
@@ -184,7 +171,7 @@ def run_categorical(model, tokenizer, conversations: list[dict], batch_size: int
     """Argmax over the allowed letters' logits at the last prompt position, batched (right-padded with BOS)."""
     device, bos = model_device(model), tokenizer.bos_token_id
     letter_ids: dict[str, int] = {}
-    context = _context_length(model)
+    context = model_max_seq_len(model)
     rendered = [render_for_completion(tokenizer, c["messages"]) for c in conversations]
     fits = [context is None or len(p) <= context for p in rendered]
     _warn_too_long(desc, fits.count(False), len(conversations), context)
@@ -217,7 +204,7 @@ def run_categorical(model, tokenizer, conversations: list[dict], batch_size: int
 def generate_completions(model, tokenizer, conversations: list[dict], max_new_tokens: int = MAX_NEW_TOKENS,
                          progress: bool = True, desc: str = "") -> list[str]:
     engine = Engine(model, tokenizer)  # KV cache + the calculator tool, as in serving
-    context = _context_length(model)
+    context = model_max_seq_len(model)
     completions, too_long = [], 0
     for conv in tqdm(conversations, desc=desc, disable=not progress, leave=False):
         prompt = render_for_completion(tokenizer, conv["messages"])
@@ -230,11 +217,6 @@ def generate_completions(model, tokenizer, conversations: list[dict], max_new_to
         completions.append(tokenizer.decode(seqs[0][len(prompt):], skip_special_tokens=False))
     _warn_too_long(desc, too_long, len(conversations), context)
     return completions
-
-
-def _context_length(model) -> int | None:
-    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return getattr(cfg, "max_position_embeddings", None)
 
 
 def _warn_too_long(desc: str, too_long: int, total: int, context: int | None) -> None:

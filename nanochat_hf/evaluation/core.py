@@ -263,8 +263,9 @@ def context_length(config) -> int | None:
 
 
 def model_max_seq_len(model) -> int | None:
-    """The model's declared context (see `context_length`); None = no limit known."""
-    return context_length(getattr(model, "config", None))
+    """The model's declared context (see `context_length`; a multimodal model's text part); None = no limit known."""
+    config = getattr(model, "config", None)
+    return context_length(config.get_text_config() if hasattr(config, "get_text_config") else config)
 
 
 def prompt_crop_length(config) -> int | None:

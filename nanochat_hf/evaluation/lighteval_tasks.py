@@ -212,9 +212,7 @@ def _index_dataset(label: str, n: int) -> str:
 
 # ----------------------------------------------------------------------------- ChatCORE letter-choice tasks
 
-CHAT_PREFIX = "chat_"
-CHAT_TASKS = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "mmlu": "MMLU"}
-CHAT_GENERATIVE_TASKS = {"gsm8k": "GSM8K", "humaneval": "HumanEval", "spellingbee": "SpellingBee"}
+CHAT_PREFIX = "chat_"  # + ChatCORE's task name in lower case, '-' as '_' (chat_arc_easy, chat_gsm8k, ...)
 
 
 @lru_cache(maxsize=None)
@@ -296,20 +294,18 @@ chat_generative_metric = SampleLevelMetric(metric_name="acc", higher_is_better=T
 
 def build_chat_tasks() -> list[LightevalTaskConfig]:
     configs = []
-    for tasks, prompt_fn_, metric in ((CHAT_TASKS, chat_prompt_fn, chat_letter_metric),
-                                      (CHAT_GENERATIVE_TASKS, chat_generative_prompt_fn, chat_generative_metric)):
-        for name, task in tasks.items():
-            try:
-                n = len(_chat_rows(task))
-            except (FileNotFoundError, ValueError, OSError) as err:  # no local file and no Hub: offer the others
-                logger.warning("chat task %s unavailable: %s", task, err)
-                continue
-            generative = metric is chat_generative_metric
-            configs.append(LightevalTaskConfig(
-                name=CHAT_PREFIX + name, prompt_function=prompt_fn_, hf_repo=_index_dataset(CHAT_PREFIX + name, n),
-                hf_subset="default", hf_avail_splits=["test"], evaluation_splits=["test"], few_shots_split=None,
-                few_shots_select=None, metrics=[metric], generation_size=_max_new_tokens() if generative else None,
-                stop_sequence=[], version=0))
+    for task in chat_tasks.CHATCORE_TASKS:
+        try:
+            n = len(_chat_rows(task))
+        except (FileNotFoundError, ValueError, OSError) as err:  # no local file and no Hub: offer the others
+            logger.warning("chat task %s unavailable: %s", task, err)
+            continue
+        name = CHAT_PREFIX + task.lower().replace("-", "_")
+        if chat_tasks.BASELINES[task]:  # letter choice
+            configs.append(_task_config(name, chat_prompt_fn, _index_dataset(name, n), chat_letter_metric))
+        else:
+            configs.append(_task_config(name, chat_generative_prompt_fn, _index_dataset(name, n),
+                                        chat_generative_metric, _max_new_tokens()))
     return configs
 
 
@@ -324,12 +320,17 @@ def build_tasks() -> list[LightevalTaskConfig]:
             continue  # an incomplete bundle: offer only what it has
         n = len(_task_rows(task.label)[1])
         lm = task.task_type == "language_modeling"
-        configs.append(LightevalTaskConfig(
-            name=TASK_PREFIX + task.label, prompt_function=prompt_fn, hf_repo=_index_dataset(task.label, n),
-            hf_subset="default", hf_avail_splits=["test"], evaluation_splits=["test"], few_shots_split=None,
-            few_shots_select=None, metrics=[core_lm_metric if lm else core_mc_metric],
-            generation_size=64 if lm else None, stop_sequence=[], version=0))
+        configs.append(_task_config(TASK_PREFIX + task.label, prompt_fn, _index_dataset(task.label, n),
+                                    core_lm_metric if lm else core_mc_metric, 64 if lm else None))
     return configs
+
+
+def _task_config(name: str, prompt_function, repo: str, metric, generation_size: int | None = None):
+    """A zero-shot lighteval task over one `test` split of row indices (`_index_dataset`)."""
+    return LightevalTaskConfig(name=name, prompt_function=prompt_function, hf_repo=repo, hf_subset="default",
+                               hf_avail_splits=["test"], evaluation_splits=["test"], few_shots_split=None,
+                               few_shots_select=None, metrics=[metric], generation_size=generation_size,
+                               stop_sequence=[], version=0)
 
 
 TASKS_TABLE = build_tasks() + build_chat_tasks()
