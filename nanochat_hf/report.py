@@ -165,10 +165,12 @@ class Effect:
         return "**did not move**" if gain == 0 else "within noise"
 
 
-def _first_last_rows(rows: list[dict], key: str) -> tuple[dict, dict] | None:
-    """The first and last log rows that carry `key` (two distinct measurements), else None."""
+def _first_last_rows(rows: list[dict], key: str) -> tuple[dict | None, dict] | None:
+    """The first and last log rows that carry `key`; (None, row) when it was measured once, None if never."""
     carrying = [r for r in rows if isinstance(r.get(key), (int, float))]
-    return (carrying[0], carrying[-1]) if len(carrying) >= 2 else None
+    if not carrying:
+        return None
+    return (carrying[0] if len(carrying) >= 2 else None), carrying[-1]
 
 
 def _log_effect(stage: str, metric: str, rows: list[dict], key: str, n_key: str | None = None,
@@ -177,9 +179,9 @@ def _log_effect(stage: str, metric: str, rows: list[dict], key: str, n_key: str 
     pair = _first_last_rows(rows, key)
     if pair is None:
         return Effect(stage, metric, None, None, **kwargs)
-    first, last = pair
-    ses = [proportion_se(r[key], r.get(n_key)) if n_key else None for r in pair]
-    return Effect(stage, metric, first[key], last[key], *ses, **kwargs)
+    values = [None if r is None else r[key] for r in pair]
+    ses = [proportion_se(v, r.get(n_key)) if n_key and r is not None else None for v, r in zip(values, pair)]
+    return Effect(stage, metric, *values, *ses, **kwargs)
 
 
 def _chat_results(run: Path, stage: str) -> dict[str, dict]:

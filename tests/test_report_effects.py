@@ -106,7 +106,8 @@ def test_missing_measurements_are_left_out_or_unjudged(tmp_path):
     _jsonl(run / "base" / "logs" / "pretrain.jsonl", [{"step": 30, "val_bpb": 2.4}])
     _jsonl(run / "rl" / "logs" / "rl.jsonl", [{"step": 0, "pass@1": 0.5}, {"step": 2, "pass@1": 0.6}])
     rows = _rows(run)
-    assert list(rows) == [("rl", "pass@1 (held-out problems)")]
+    assert list(rows) == [("pretrain", "val bpb"), ("rl", "pass@1 (held-out problems)")]
+    assert (rows[("pretrain", "val bpb")].before, rows[("pretrain", "val bpb")].verdict) == (None, "-")
     assert rows[("rl", "pass@1 (held-out problems)")].band is None
     assert rows[("rl", "pass@1 (held-out problems)")].verdict == "moved"
     assert report.flagged_stages(list(rows.values())) == []
