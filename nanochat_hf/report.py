@@ -166,11 +166,13 @@ class Effect:
 
 
 def _first_last_rows(rows: list[dict], key: str) -> tuple[dict | None, dict] | None:
-    """The first and last log rows that carry `key`; (None, row) when it was measured once, None if never."""
+    """The first and last log rows that carry `key`; (None, row) when it was measured once (one step: a
+    run's end row repeats its last eval), None if never."""
     carrying = [r for r in rows if isinstance(r.get(key), (int, float))]
     if not carrying:
         return None
-    return (carrying[0] if len(carrying) >= 2 else None), carrying[-1]
+    once = len(carrying) < 2 or carrying[0].get("step", 0) == carrying[-1].get("step", -1)
+    return (None if once else carrying[0]), carrying[-1]
 
 
 def _log_effect(stage: str, metric: str, rows: list[dict], key: str, n_key: str | None = None,

@@ -103,7 +103,8 @@ def test_a_stage_that_moved_nothing_is_flagged(run):
 def test_missing_measurements_are_left_out_or_unjudged(tmp_path):
     """Pretraining without a step-0 eval, logs without n (older runs): no verdict made up."""
     run = tmp_path / "run"
-    _jsonl(run / "base" / "logs" / "pretrain.jsonl", [{"step": 30, "val_bpb": 2.4}])
+    _jsonl(run / "base" / "logs" / "pretrain.jsonl", [{"step": 30, "val_bpb": 2.4},  # the end row repeats it
+                                                      {"event": "end", "step": 30, "val_bpb": 2.4}])
     _jsonl(run / "rl" / "logs" / "rl.jsonl", [{"step": 0, "pass@1": 0.5}, {"step": 2, "pass@1": 0.6}])
     rows = _rows(run)
     assert list(rows) == [("pretrain", "val bpb"), ("rl", "pass@1 (held-out problems)")]
