@@ -115,56 +115,173 @@ class PartialScore(float):
 # ----------------------------------------------------------------------------- what each stage moved
 
 
+def proportion_se(p: float | None, n: int | None) -> float | None:
+    """Standard error of a share p measured on n problems, sqrt(p(1-p)/n); None when n is unknown."""
+    if p is None or not isinstance(n, (int, float)) or n <= 0:
+        return None
+    return math.sqrt(max(0.0, p * (1.0 - p)) / n)
+
+
 @dataclass
 class Effect:
-    """One stage's reason to exist, measured before and after it ran."""
+    """One row of "what each stage moved": a metric before and after a stage ran.
+
+    role "moves": what the stage exists to move; "holds": what it should not lose meanwhile.
+    se_before / se_after: standard errors of the two measurements (None: no noise estimate, e.g. val bpb).
+    """
 
     stage: str
     metric: str
     before: float | None
     after: float | None
+    se_before: float | None = None
+    se_after: float | None = None
     higher_is_better: bool = True
+    role: str = "moves"
 
     @property
-    def moved(self) -> bool | None:
-        if self.before is None or self.after is None:
+    def change(self) -> float | None:
+        return None if self.before is None or self.after is None else self.after - self.before
+
+    @property
+    def band(self) -> float | None:
+        """2 SE of the change, before and after taken as independent samples."""
+        if self.se_before is None or self.se_after is None:
             return None
-        return self.after > self.before if self.higher_is_better else self.after < self.before
+        return 2.0 * math.sqrt(self.se_before ** 2 + self.se_after ** 2)
+
+    @property
+    def verdict(self) -> str:
+        if self.change is None:
+            return "-"
+        gain = self.change if self.higher_is_better else -self.change
+        band = self.band or 0.0
+        if gain < -band:
+            return "**worse**"
+        if self.role == "holds":
+            return "rose" if gain > band else "held"
+        if gain > band:
+            return "moved"
+        return "**did not move**" if gain == 0 else "within noise"
 
 
-def _first_last(rows: list[dict], key: str) -> tuple[float | None, float | None]:
-    values = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-    return (values[0], values[-1]) if len(values) >= 2 else (None, None)
+def _first_last_rows(rows: list[dict], key: str) -> tuple[dict | None, dict] | None:
+    """The first and last log rows that carry `key`; (None, row) when it was measured once (one step: a
+    run's end row repeats its last eval), None if never."""
+    carrying = [r for r in rows if isinstance(r.get(key), (int, float))]
+    if not carrying:
+        return None
+    once = len(carrying) < 2 or carrying[0].get("step", 0) == carrying[-1].get("step", -1)
+    return (None if once else carrying[0]), carrying[-1]
 
 
-def _task(run: Path, stage: str, task: str, field: str = "accuracy") -> float | None:
-    result = read_json(run / "eval" / f"{stage}.json").get("tasks", {}).get(task)
-    return result.get(field) if isinstance(result, dict) else None
+def _log_effect(stage: str, metric: str, rows: list[dict], key: str, n_key: str | None = None,
+                **kwargs) -> Effect:
+    """A stage's metric from its own log: the first measurement (step 0) against the last (the end)."""
+    pair = _first_last_rows(rows, key)
+    if pair is None:
+        return Effect(stage, metric, None, None, **kwargs)
+    values = [None if r is None else r[key] for r in pair]
+    ses = [proportion_se(v, r.get(n_key)) if n_key and r is not None else None for v, r in zip(values, pair)]
+    return Effect(stage, metric, *values, *ses, **kwargs)
+
+
+def _chat_results(run: Path, stage: str) -> dict[str, dict]:
+    """The chat-task results of `eval/<stage>.json` (label -> {accuracy, centered, n, ...})."""
+    from nanochat_hf.evaluation.chat_tasks import BASELINES
+
+    tasks = read_json(run / "eval" / f"{stage}.json").get("tasks", {})
+    return {t: r for t, r in tasks.items() if t in BASELINES and isinstance(r, dict) and "accuracy" in r}
+
+
+def _eval_effects(run: Path, before: str, after: str, stage: str, role: str) -> list[Effect]:
+    """Per chat task that both evals ran: accuracy of `eval/<before>.json` -> `eval/<after>.json`."""
+    old, new = _chat_results(run, before), _chat_results(run, after)
+    label = " (should hold)" if role == "holds" else ""
+    return [Effect(stage, f"{task}{label}", old[task]["accuracy"], new[task]["accuracy"],
+                   proportion_se(old[task]["accuracy"], old[task].get("n")),
+                   proportion_se(new[task]["accuracy"], new[task].get("n")), role=role)
+            for task in new if task in old]
+
+
+def _mean_centered(results: dict[str, dict], tasks: list[str]) -> tuple[float, float | None]:
+    """Mean centered accuracy over `tasks` and its SE (centered = (acc - chance) / (1 - chance))."""
+    from nanochat_hf.evaluation.chat_tasks import BASELINES
+
+    mean = sum(results[t]["centered"] for t in tasks) / len(tasks)
+    ses = [proportion_se(results[t]["accuracy"], results[t].get("n")) for t in tasks]
+    if any(se is None for se in ses):
+        return mean, None
+    return mean, math.sqrt(sum((se / (1.0 - BASELINES[t])) ** 2 for se, t in zip(ses, tasks))) / len(tasks)
+
+
+def _chat_mean_effect(run: Path, before: str, after: str, stage: str) -> list[Effect]:
+    """The chat evals as one number: mean centered accuracy over the tasks both evals ran."""
+    old, new = _chat_results(run, before), _chat_results(run, after)
+    tasks = [t for t in new if t in old and "centered" in old[t] and "centered" in new[t]]
+    if len(tasks) < 2:
+        return []
+    (before_mean, before_se), (after_mean, after_se) = _mean_centered(old, tasks), _mean_centered(new, tasks)
+    return [Effect(stage, f"chat evals (mean centered, {len(tasks)} tasks)", before_mean, after_mean, before_se,
+                   after_se)]
 
 
 def stage_effects(run: Path) -> list[Effect]:
-    """The metric each stage exists to move, before -> after (training logs at step 0 / the end,
-    or the previous stage's eval next to this one's): pretraining lowers val bpb, mid-training
-    teaches the calculator and spelling, SFT moves the chat evals, RL raises pass@1."""
+    """The metric each stage exists to move, before -> after: pretraining lowers val bpb (its log's first
+    and last eval), mid-training teaches the calculator and spelling (its log's ChatCORE subset at step 0
+    and the end), SFT moves the chat evals (`eval/mid.json` -> `eval/sft.json`), RL raises pass@1 on
+    held-out problems (its log, step 0 and the end) while the chat evals should hold (`eval/sft.json` ->
+    `eval/rl.json`)."""
     logs = {stage: stage_log(run, stage) for stage in MODEL_STAGES}
-    effects = [Effect("pretrain", "val bpb", *_first_last(logs["base"], "val_bpb"), higher_is_better=False)]
-    for key, label in (("chatcore/Arithmetic/tool_calls", "calculator-call rate"),
-                       ("chatcore/SpellingBee", "SpellingBee")):
-        effects.append(Effect("mid", label, *_first_last(logs["mid"], key)))
-    mid_chat, sft_chat = (partial_chatcore(read_json(run / "eval" / f"{s}.json")) for s in ("mid", "sft"))
-    effects.append(Effect("sft", "chat evals (mean centered accuracy)", mid_chat, sft_chat))
-    effects.append(Effect("rl", "pass@1 (RL log, held-out problems)", *_first_last(logs["rl"], "pass@1")))
-    effects.append(Effect("rl", "Arithmetic (greedy, held-out)", _task(run, "sft", "Arithmetic"),
-                          _task(run, "rl", "Arithmetic")))
+    effects = [
+        _log_effect("pretrain", "val bpb", logs["base"], "val_bpb", higher_is_better=False),
+        _log_effect("mid", "calculator-call rate (held-out Arithmetic)", logs["mid"],
+                    "chatcore/Arithmetic/tool_calls", "chatcore/Arithmetic/n"),
+        _log_effect("mid", "SpellingBee", logs["mid"], "chatcore/SpellingBee", "chatcore/SpellingBee/n"),
+        *_chat_mean_effect(run, "mid", "sft", "sft"),
+        *_eval_effects(run, "mid", "sft", "sft", role="moves"),
+        _log_effect("rl", "pass@1 (held-out problems)", logs["rl"], "pass@1", "pass@k/n"),
+        *_eval_effects(run, "sft", "rl", "rl", role="holds"),
+    ]
     return [e for e in effects if e.before is not None or e.after is not None]
 
 
-def effects_table(effects: list[Effect]) -> list[str]:
-    lines = ["| stage | metric | before | after | |", "|---|---|---|---|---|"]
-    for e in effects:
-        verdict = {True: "moved", False: "**did not move**", None: "-"}[e.moved]
-        lines.append(f"| {e.stage} | {e.metric} | {_fmt(e.before)} | {_fmt(e.after)} | {verdict} |")
+def flagged_stages(effects: list[Effect]) -> list[str]:
+    """One line per stage that did not move any of its metrics beyond noise, and one per stage that made
+    a metric worse beyond noise (one it should hold, or one of several it exists to move)."""
+    lines = []
+    for stage in dict.fromkeys(e.stage for e in effects):
+        rows = [e for e in effects if e.stage == stage and e.verdict != "-"]
+        moves = [e for e in rows if e.role == "moves"]
+        stuck = bool(moves) and not any(e.verdict == "moved" for e in moves)
+        if stuck:
+            detail = "; ".join(f"{e.metric}: {e.verdict.strip('*')}" for e in moves)
+            lines.append(f"- **{stage} did not move** what it exists to move beyond noise ({detail}).")
+        worse = [e.metric for e in rows if e.verdict == "**worse**" and not (stuck and e.role == "moves")]
+        if worse:
+            lines.append(f"- **{stage} lost** {', '.join(worse)} beyond noise.")
     return lines
+
+
+def _fmt_change(e: Effect) -> str:
+    if e.change is None:
+        return "-"
+    return f"{e.change:+.4f}" + ("" if e.band is None else f" ± {e.band:.4f}")
+
+
+NOISE_RULE = ("± 2 SE: twice the standard error of the change, sqrt(p(1-p)/n) for a share p of n problems, "
+              "before and after taken as independent (both measure the same problems, so the band errs wide); "
+              "beyond it a change counts as moved (or worse), inside it as within noise. val bpb has no band "
+              "(the same held-out tokens each time); lower is better.")
+
+
+def effects_table(effects: list[Effect]) -> list[str]:
+    lines = ["| stage | metric | before | after | change (± 2 SE) | verdict |", "|---|---|---|---|---|---|"]
+    for e in effects:
+        lines.append(f"| {e.stage} | {e.metric} | {_fmt(e.before)} | {_fmt(e.after)} | {_fmt_change(e)} "
+                     f"| {e.verdict} |")
+    flags = flagged_stages(effects)
+    return [*lines, "", *(flags or ["Every stage moved what it exists to move beyond noise."]), "", NOISE_RULE]
 
 
 # ----------------------------------------------------------------------------- environment

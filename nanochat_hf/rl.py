@@ -365,6 +365,7 @@ class PassAtKCallback(TrainerCallback):
                                   a.eval_temperature, cfg.top_k, acc.process_index, acc.num_processes, seed=cfg.seed)
         totals = acc.reduce(torch.cat([counts, torch.tensor([float(n)])]).to(acc.device), reduction="sum").cpu()
         logs = {f"pass@{j + 1}": round(float(totals[j] / max(1.0, totals[-1])), 4) for j in range(a.pass_k)}
+        logs["pass@k/n"] = int(totals[-1])  # questions measured: the report card's noise band
         model_ = trainer.model
         was_training = model_.training
         model_.eval()  # GRPOTrainer.log flushes the metrics of the current mode: keep the training ones intact

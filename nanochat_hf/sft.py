@@ -374,6 +374,7 @@ class ChatCoreCallback(TrainerCallback):
         row = {f"chatcore/{task}": r["accuracy"] for task, r in results.items()}
         row.update({f"chatcore/{task}/tool_calls": r["tool_calls"]
                     for task, r in results.items() if "tool_calls" in r})
+        row.update({f"chatcore/{task}/n": r["n"] for task, r in results.items()})  # the report's noise band
         row["chatcore"] = sum(r["centered"] for r in results.values()) / len(results)
         return row
 

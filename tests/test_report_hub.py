@@ -126,26 +126,3 @@ def test_push_skips_optimizer_state_and_rejects_bad_input(run_dir, tmp_path):
         hub.push_stage(run_dir, "sft", "noslash", api=local)
 
 
-def test_report_says_what_each_stage_moved(run_dir):
-    """Per stage, the metric it exists to move, before and after; a stage that did not move it is flagged."""
-    _write_jsonl(run_dir / "base" / "logs" / "pretrain.jsonl",
-                 [{"step": 0, "val_bpb": 3.6}, {"step": 9, "val_bpb": 2.4}])
-    _write_jsonl(run_dir / "mid" / "logs" / "mid.jsonl", [
-        {"step": 0, "chatcore/Arithmetic/tool_calls": 0.0, "chatcore/SpellingBee": 0.0},
-        {"step": 70, "chatcore/Arithmetic/tool_calls": 1.0, "chatcore/SpellingBee": 0.25}])
-    (run_dir / "eval" / "mid.json").write_text(json.dumps({"tasks": {
-        "ARC-Easy": {"accuracy": 0.3, "centered": 0.07}, "Arithmetic": {"accuracy": 0.5, "centered": 0.5}}}))
-    (run_dir / "eval" / "sft.json").write_text(json.dumps({"tasks": {
-        "ARC-Easy": {"accuracy": 0.35, "centered": 0.13}, "Arithmetic": {"accuracy": 0.78, "centered": 0.78}}}))
-    (run_dir / "eval" / "rl.json").write_text(json.dumps({"tasks": {
-        "ARC-Easy": {"accuracy": 0.35, "centered": 0.13}, "Arithmetic": {"accuracy": 0.66, "centered": 0.66}}}))
-    _write_jsonl(run_dir / "rl" / "logs" / "rl.jsonl", [{"step": 0, "pass@1": 0.55}, {"step": 5, "reward": 0.5},
-                                                         {"step": 30, "pass@1": 0.7}])
-    text = report.write_report(run_dir).read_text()
-    assert "## What each stage moved" in text
-    assert "| pretrain | val bpb | 3.6000 | 2.4000 | moved |" in text
-    assert "| mid | calculator-call rate | 0.0000 | 1.0000 | moved |" in text
-    assert "| mid | SpellingBee | 0.0000 | 0.2500 | moved |" in text
-    assert "| sft | chat evals (mean centered accuracy) | 0.0700 | 0.1300 | moved |" in text
-    assert "| rl | pass@1 (RL log, held-out problems) | 0.5500 | 0.7000 | moved |" in text
-    assert "| rl | Arithmetic (greedy, held-out) | 0.7800 | 0.6600 | **did not move** |" in text

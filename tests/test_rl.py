@@ -286,6 +286,7 @@ def test_grpo_raises_the_reward_of_an_sft_model(sft_model_dir, tmp_path):
     assert [row["step"] for row in passk] == [0, 15, 30]
     assert passk[-1]["pass@1"] >= passk[0]["pass@1"], passk
     assert all(0 <= row["pass@1"] <= row["pass@2"] <= 1 for row in passk)
+    assert all(row["pass@k/n"] == 64 for row in passk)  # questions measured: the report card's noise band
     assert any("rewards/correctness_reward/mean" in row for row in log)
     # A Hub-ready folder that loads without nanochat_hf-specific steps.
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",

@@ -149,6 +149,7 @@ def test_chatcore_subset_is_logged_during_sft_with_the_steps_loss(runs, tiny_tok
     bee = evaluate_chat_task("SpellingBee", model, tokenizer, data, 4, max_new_tokens=16, progress=False)
     assert rows[-1]["chatcore/ARC-Easy"] == arc["accuracy"] and rows[-1]["chatcore/SpellingBee"] == bee["accuracy"]
     assert rows[-1]["chatcore"] == pytest.approx((arc["centered"] + bee["centered"]) / 2)
+    assert rows[-1]["chatcore/ARC-Easy/n"] == arc["n"] == 4  # the report card's noise band needs it
 
 
 def test_unknown_chatcore_task_is_refused(base_dir, tmp_path, capsys):
