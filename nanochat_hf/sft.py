@@ -34,6 +34,7 @@ from trl import SFTConfig, SFTTrainer
 
 from nanochat_hf.checkpoints import AtomicCheckpoints, checkpoint_step, resume_checkpoint
 from nanochat_hf.errors import UserError, ensure_writable, run_main, writing
+from nanochat_hf.optim import lr_multiplier, muon_momentum
 from nanochat_hf.runlog import RunLogCallback
 
 # nanochat's schedules per stage (mid_train.py, chat_sft.py); a recipe or flag overrides them.
@@ -231,7 +232,7 @@ class PackedRowsCollator:
 
 
 class NanochatSchedule(torch.optim.lr_scheduler.LRScheduler):
-    """Per-group lr = initial_lr x multiplier(progress); Muon groups also get the momentum ramp.
+    """Per-group lr = initial_lr x optim.lr_multiplier(step); Muon groups also get the momentum ramp.
 
     A torch LRScheduler so the Trainer steps it, saves it in checkpoints and restores it on resume.
     """
@@ -243,8 +244,6 @@ class NanochatSchedule(torch.optim.lr_scheduler.LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
-        from nanochat_hf.optim import lr_multiplier, muon_momentum
-
         step, n = self.last_epoch, self.num_training_steps
         m = lr_multiplier(step, n, round(self.warmup_ratio * n), self.warmdown_ratio, self.final_lr_frac)
         for group in self.optimizer.param_groups:
