@@ -6,9 +6,10 @@ stopped by a full disk or a read-only folder, leaves its previous checkpoint as 
 hidden temporary folder that no resume ever picks. A write that fails stops the run with one line
 naming the folder and the free space on its disk (`errors.write_failed`).
 
-`latest_checkpoint` is what every stage's "resume from the newest checkpoint" flag uses: the newest
-`checkpoint-<step>` holding its trainer state (written last), skipping, with a line saying so, any
-that lacks it (a folder copied in part, or left by a version that wrote in place).
+Every stage resumes with `--resume_from_checkpoint latest` (or a checkpoint folder), read by
+`resume_checkpoint`. `latest` is the newest `checkpoint-<step>` holding its trainer state (written last),
+skipping, with a line saying so, any that lacks it (a folder copied in part, or left by a version that
+wrote in place); `auto`, `last` and `true` mean the same, for commands written for earlier versions.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from nanochat_hf.errors import writing
 
 STATE_NAME = "trainer_state.json"  # the last file both pretraining and the HF Trainer write into a checkpoint
+LATEST = ("latest", "auto", "last", "true")  # `latest`, and the spellings older commands use for it
+NO_RESUME = ("", "false", "none")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -66,6 +69,24 @@ def latest_checkpoint(output_dir: str | os.PathLike, say=None) -> Path | None:
             return d
         say(f"skipping {d}: partial checkpoint (no {STATE_NAME}, its save never finished)")
     return None
+
+
+def resume_checkpoint(output_dir: str | os.PathLike, spelling: str | None, say=None) -> Path | None:
+    """The checkpoint a resume flag names: None when there is none to resume (no flag, or `latest` before the
+    first checkpoint, said), the newest complete one for `latest`, else the folder given, which must exist."""
+    if spelling is None or str(spelling).strip().lower() in NO_RESUME:
+        return None
+    say = say or (lambda msg: print(msg, file=sys.stderr))
+    if str(spelling).strip().lower() in LATEST:
+        found = latest_checkpoint(output_dir, say)
+        if found is None:
+            say(f"no checkpoint in {output_dir} yet: starting afresh")
+        return found
+    folder = Path(spelling).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"checkpoint {spelling} does not exist; pass --resume_from_checkpoint latest or "
+                                f"an existing {Path(output_dir) / 'checkpoint-<step>'} folder")
+    return folder
 
 
 def rotate(output_dir: str | os.PathLike, keep: int | None, protect: str | os.PathLike | None = None) -> None:

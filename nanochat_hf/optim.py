@@ -311,9 +311,15 @@ def build_optimizer(model: torch.nn.Module, **kwargs) -> MuonAdamW:
 # ----------------------------------------------------------------------------- schedules
 
 
+def batch_lr_scale(tokens_per_step: int) -> float:
+    """The factor on every lr for a batch of `tokens_per_step` tokens: sqrt(B / 2^19)."""
+    return (tokens_per_step / REFERENCE_BATCH) ** 0.5
+
+
 def lr_multiplier(step: int, num_iterations: int, warmup_steps: int = 40,
                   warmdown_ratio: float = 0.65, final_lr_frac: float = 0.05) -> float:
-    """Linear warmup, constant, then linear warmdown over the last `warmdown_ratio` to `final_lr_frac`."""
+    """Linear warmup, constant, then linear warmdown over the last `warmdown_ratio` to `final_lr_frac`
+    (pretraining's defaults; mid-training and SFT warm down over their last 20% / 50% to 0)."""
     warmdown = round(warmdown_ratio * num_iterations)
     if step < warmup_steps:
         return (step + 1) / warmup_steps
@@ -325,7 +331,8 @@ def lr_multiplier(step: int, num_iterations: int, warmup_steps: int = 40,
 
 def muon_momentum(step: int, num_iterations: int, warmdown_ratio: float = 0.65,
                   warmup_steps: int = 400, start: float = 0.85, peak: float = 0.97, end: float = 0.90) -> float:
-    """0.85 -> 0.97 over the first 400 steps, held, then 0.97 -> 0.90 during the lr warmdown."""
+    """0.85 -> 0.97 over the first 400 steps, held, then 0.97 -> 0.90 during the lr warmdown (pretraining's
+    defaults; mid-training and SFT ramp 0.85 -> 0.95 over 300 steps, with no warmdown)."""
     warmdown = round(warmdown_ratio * num_iterations)
     warmdown_start = num_iterations - warmdown
     if step < warmup_steps:

@@ -34,9 +34,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from nanochat_hf.checkpoints import STATE_NAME, file_sha256, latest_checkpoint, publish, rotate, staging_dir
+from nanochat_hf.checkpoints import STATE_NAME, file_sha256, publish, resume_checkpoint, rotate, staging_dir
 from nanochat_hf.errors import UserError, ensure_writable, run_main, writing
 from nanochat_hf.extras import require
+from nanochat_hf.runlog import RunLog
 
 LOG_NAME = "pretrain.jsonl"
 SAMPLE_PROMPTS = (  # nanochat's fixed prompts, sampled greedily at the end of pretraining
@@ -174,7 +175,7 @@ def fit_device_batch(total: int, device_batch: int, seq_len: int, world_size: in
 def training_plan(cfg: PretrainConfig, model, vocab_size: int, world_size: int) -> dict:
     """Horizon, batch size, lr/wd scaling and accumulation: nanochat's rules, as numbers."""
     from nanochat_hf.modeling import NanoChatForCausalLM
-    from nanochat_hf.optim import REFERENCE_BATCH
+    from nanochat_hf.optim import REFERENCE_BATCH, batch_lr_scale
 
     n_scaling = model.num_scaling_params()
     flops_per_token = float(model.estimate_flops())
@@ -198,14 +199,14 @@ def training_plan(cfg: PretrainConfig, model, vocab_size: int, world_size: int) 
         raise ValueError("no training horizon: set num_iterations, target_flops or target_param_data_ratio")
     if num_iterations < 1:
         raise ValueError(f"the horizon is {num_iterations} steps; raise num_iterations or target_param_data_ratio")
-    batch_lr_scale = (total / REFERENCE_BATCH) ** 0.5
+    lr_scale = batch_lr_scale(total)
     return {
         "num_scaling_params": n_scaling, "num_params": sum(p.numel() for p in model.parameters()),
         "flops_per_token": flops_per_token, "total_batch_size": total, "device_batch_size": device_batch,
         "grad_accum_steps": total // per_micro,
         "num_iterations": num_iterations, "total_tokens": total * num_iterations,
-        "tokens_per_param": total * num_iterations / n_scaling, "batch_lr_scale": batch_lr_scale,
-        "weight_decay_scaled": cfg.weight_decay * batch_lr_scale * (d_ref / target_tokens),
+        "tokens_per_param": total * num_iterations / n_scaling, "batch_lr_scale": lr_scale,
+        "weight_decay_scaled": cfg.weight_decay * lr_scale * (d_ref / target_tokens),
     }
 
 
@@ -291,13 +292,6 @@ def verify_checkpoint(folder: Path) -> dict:
     return state
 
 
-def find_checkpoint(spec: str, output_dir: Path, say=print) -> Path | None:
-    """`latest` -> the newest complete checkpoint-<step> in output_dir (None if there is none), else the path."""
-    if spec != "latest":
-        return Path(spec)
-    return latest_checkpoint(output_dir, say)
-
-
 def save_checkpoint(accelerator, output_dir: Path, step: int, trainer_state: dict, loader, keep: int) -> Path:
     """accelerate's save_state into a temporary folder, then one atomic rename (see nanochat_hf.checkpoints)."""
     from accelerate.utils import gather_object
@@ -324,57 +318,14 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, trainer_state: dic
     return final
 
 
-# ----------------------------------------------------------------------------- logging
-
-
-class JsonlLog:
-    """Every metric, one JSON object per line (appended, so a resumed run continues the file; a fresh run
-    starts it anew, so a run killed before its first checkpoint and started again logs each step once)."""
-
-    def __init__(self, path: Path, enabled: bool, resuming: bool):
-        self.enabled, self.path = enabled, path
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.f = open(path, "a" if resuming else "w", buffering=1)
-
-    def truncate_after(self, step: int) -> None:
-        """On resume: drop what the killed run logged after its checkpoint (and a torn last line)."""
-        if not self.enabled:
-            return
-        self.f.close()
-        keep = []
-        for line in self.path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            # Keep what happened before the checkpoint; its step's eval is redone on resume.
-            if row.get("step", 0) < step or (row.get("step") == step and "val_bpb" not in row):
-                keep.append(line)
-        self.path.write_text("".join(k + "\n" for k in keep))
-        self.f = open(self.path, "a", buffering=1)
-
-    def write(self, **row) -> None:
-        if self.enabled:
-            with writing(self.path.parent):
-                self.f.write(json.dumps(row, default=str) + "\n")
-
-
 # ----------------------------------------------------------------------------- training
 
 
-def train(cfg: PretrainConfig) -> dict:
-    """The whole run; returns a summary (final val bpb, steps, timings)."""
+def make_accelerator(cfg: PretrainConfig):
+    """The run's Accelerator (bf16 and torch.compile on a GPU unless told otherwise), its precision and trackers."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
 
-    from nanochat_hf.dataloader import BestFitLoader
-    from nanochat_hf.dataset import load_splits
     from nanochat_hf.distributed import fsdp_fallback_note
-    from nanochat_hf.loss_eval import evaluate_bpb
-    from nanochat_hf.modeling import NanoChatForCausalLM, check_tokenizer_fits
-    from nanochat_hf.optim import TrainingSchedule, build_optimizer
 
     on_gpu = torch.cuda.is_available()
     mp = ("bf16" if on_gpu else "no") if cfg.mixed_precision == "auto" else cfg.mixed_precision
@@ -384,187 +335,243 @@ def train(cfg: PretrainConfig) -> dict:
     # form a real gloo process group instead of N independent runs.
     accelerator = Accelerator(cpu=not on_gpu, mixed_precision=mp, log_with=trackers or None,
                               project_dir=cfg.output_dir, dynamo_backend="inductor" if use_compile else "no")
-    main_proc = accelerator.is_main_process
-    say = accelerator.print
-    say(accelerator.state)
+    accelerator.print(accelerator.state)
     note = fsdp_fallback_note(accelerator)
     if note:
-        say(note)
+        accelerator.print(note)
     if on_gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    return accelerator, mp, trackers
 
-    # Inputs first, so bad arguments fail before any long work.
-    output_dir = ensure_writable(cfg.output_dir)
-    tokenizer, token_bytes = load_tokenizer_and_bytes(cfg.tokenizer)
-    train_split, val_split = load_splits(cfg.data)
-    resume_dir = None
-    if cfg.resume_from_checkpoint:
-        resume_dir = find_checkpoint(cfg.resume_from_checkpoint, output_dir, say)
-        if resume_dir is None:
-            say(f"no checkpoint in {output_dir} yet: starting from scratch")
-    resume_state = verify_checkpoint(resume_dir) if resume_dir is not None else None
 
-    set_seed(cfg.seed)
-    config = model_config(cfg, cfg.depth, len(tokenizer))
-    check_tokenizer_fits(config, tokenizer)
-    model = NanoChatForCausalLM(config)
-    model.config.use_cache = False
-    # FlashAttention-3 on a GPU (bf16 under autocast, sliding windows); SDPA elsewhere or if it cannot load.
-    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp, torch.float32)
-    model.use_fast_attention(accelerator.device, compute_dtype, say=say)
-    say(f"attention: {model.config._attn_implementation}")
-    plan = training_plan(cfg, model, len(tokenizer), accelerator.num_processes)
-    if plan["device_batch_size"] != cfg.device_batch_size:
-        say(f"device_batch_size {cfg.device_batch_size} -> {plan['device_batch_size']}: "
-            f"{plan['total_batch_size']} tokens "
-            f"per step do not split into whole micro-steps of {cfg.device_batch_size}x{cfg.max_seq_len} on "
-            f"{accelerator.num_processes} processes")
-        cfg.device_batch_size = plan["device_batch_size"]
-    if cfg.fp8:
-        say(f"fp8: {enable_fp8(model, on_gpu)} linear layers train in fp8")
-    optimizer = build_optimizer(model, embedding_lr=cfg.embedding_lr, unembedding_lr=cfg.unembedding_lr,
-                                matrix_lr=cfg.matrix_lr, scalar_lr=cfg.scalar_lr,
-                                weight_decay=plan["weight_decay_scaled"],
-                                batch_lr_scale=plan["batch_lr_scale"])
-    num_iterations, accum = plan["num_iterations"], plan["grad_accum_steps"]
-    schedule = TrainingSchedule(optimizer, num_iterations, cfg.warmup_steps, cfg.warmdown_ratio,
-                                cfg.final_lr_frac, cfg.momentum_warmup_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(schedule)
+@dataclass
+class Progress:
+    """What the loop carries from step to step; a checkpoint saves it and a resume restores it."""
 
-    log = JsonlLog(output_dir / "logs" / LOG_NAME, main_proc, resuming=resume_state is not None)
-    say(plan_table(cfg, plan, model, accelerator))
+    step: int = 0
+    val_bpb: float | None = None
+    min_val_bpb: float = float("inf")
+    smooth_loss: float = 0.0
+    train_time: float = 0.0
 
-    # Loop state: restored from the checkpoint when resuming.
-    step, val_bpb, min_val_bpb, smooth_loss, train_time = 0, None, float("inf"), 0.0, 0.0
-    loader_state = None
-    model_shape = {"arch": cfg.arch, "depth": cfg.depth, "hidden_size": config.hidden_size,
-                   "vocab_size": len(tokenizer), "max_seq_len": cfg.max_seq_len}
-    if resume_state is not None:
-        saved = resume_state.get("model_shape", model_shape)
-        diff = [f"{k} {saved[k]} vs {model_shape[k]}" for k in model_shape if saved.get(k) != model_shape[k]]
+
+class PretrainRun:
+    """One run: built from the config (inputs checked first), resumed if asked, trained, finished (`train`)."""
+
+    def __init__(self, cfg: PretrainConfig):
+        from nanochat_hf.dataset import load_splits
+
+        self.cfg, self.on_gpu = cfg, torch.cuda.is_available()
+        self.accelerator, self.mp, self.trackers = make_accelerator(cfg)
+        self.say = self.accelerator.print
+        # Inputs first, so bad arguments fail before any long work.
+        self.output_dir = ensure_writable(cfg.output_dir)
+        self.tokenizer, self.token_bytes = load_tokenizer_and_bytes(cfg.tokenizer)
+        self.train_split, self.val_split = load_splits(cfg.data)
+        self.resume_dir = resume_checkpoint(self.output_dir, cfg.resume_from_checkpoint, self.say)
+        resume_state = verify_checkpoint(self.resume_dir) if self.resume_dir is not None else None
+        self.build_model()
+        self.log = RunLog(self.output_dir / "logs" / LOG_NAME, self.accelerator.is_main_process)
+        self.say(plan_table(cfg, self.plan, self.model, self.accelerator))
+        self.progress, loader_state = Progress(), None
+        if resume_state is not None:
+            loader_state = self.restore(resume_state)
+        self.log.start(self.progress.step if resume_state is not None else None, redone=("val_bpb",))
+        self.start_logging()
+        self.loader = self.data_loader(self.train_split, state=loader_state)
+        self.gpu_peak = peak_flops() * self.accelerator.num_processes
+
+    def build_model(self) -> None:
+        """Seeded model, batch plan, optimizer and schedule, prepared by accelerate."""
+        from accelerate.utils import set_seed
+
+        from nanochat_hf.modeling import NanoChatForCausalLM, check_tokenizer_fits
+        from nanochat_hf.optim import TrainingSchedule, build_optimizer
+
+        cfg, acc, say, vocab = self.cfg, self.accelerator, self.say, len(self.tokenizer)
+        set_seed(cfg.seed)
+        config = model_config(cfg, cfg.depth, vocab)
+        check_tokenizer_fits(config, self.tokenizer)
+        model = NanoChatForCausalLM(config)
+        model.config.use_cache = False
+        # FlashAttention-3 on a GPU (bf16 under autocast, sliding windows); SDPA elsewhere or if it cannot load.
+        compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mp, torch.float32)
+        model.use_fast_attention(acc.device, compute_dtype, say=say)
+        say(f"attention: {model.config._attn_implementation}")
+        plan = training_plan(cfg, model, vocab, acc.num_processes)
+        if plan["device_batch_size"] != cfg.device_batch_size:
+            say(f"device_batch_size {cfg.device_batch_size} -> {plan['device_batch_size']}: "
+                f"{plan['total_batch_size']} tokens "
+                f"per step do not split into whole micro-steps of {cfg.device_batch_size}x{cfg.max_seq_len} on "
+                f"{acc.num_processes} processes")
+            cfg.device_batch_size = plan["device_batch_size"]
+        if cfg.fp8:
+            say(f"fp8: {enable_fp8(model, self.on_gpu)} linear layers train in fp8")
+        optimizer = build_optimizer(model, embedding_lr=cfg.embedding_lr, unembedding_lr=cfg.unembedding_lr,
+                                    matrix_lr=cfg.matrix_lr, scalar_lr=cfg.scalar_lr,
+                                    weight_decay=plan["weight_decay_scaled"],
+                                    batch_lr_scale=plan["batch_lr_scale"])
+        self.schedule = TrainingSchedule(optimizer, plan["num_iterations"], cfg.warmup_steps, cfg.warmdown_ratio,
+                                         cfg.final_lr_frac, cfg.momentum_warmup_steps)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        acc.register_for_checkpointing(self.schedule)
+        self.plan = plan
+        self.model_shape = {"arch": cfg.arch, "depth": cfg.depth, "hidden_size": config.hidden_size,
+                            "vocab_size": vocab, "max_seq_len": cfg.max_seq_len}
+
+    def restore(self, resume_state: dict):
+        """Load the checkpoint's weights, optimizer, schedule and loop state; returns this rank's loader state."""
+        acc, saved = self.accelerator, resume_state.get("model_shape", self.model_shape)
+        diff = [f"{k} {saved[k]} vs {v}" for k, v in self.model_shape.items() if saved.get(k) != v]
         if diff:
-            raise ValueError(f"{resume_dir} was trained with a different model/tokenizer ({', '.join(diff)}); "
+            raise ValueError(f"{self.resume_dir} was trained with a different model/tokenizer ({', '.join(diff)}); "
                              "resume with the same --config, --tokenizer and size flags as that run")
-        accelerator.load_state(str(resume_dir))
-        step = resume_state["step"]
-        loop = resume_state["loop"]
-        val_bpb, min_val_bpb = loop["val_bpb"], loop["min_val_bpb"]
-        smooth_loss, train_time = loop["smooth_loss"], loop["train_time"]
+        acc.load_state(str(self.resume_dir))
+        self.progress = Progress(step=resume_state["step"], **resume_state["loop"])
         states = resume_state["loader_states"]
-        loader_state = states[accelerator.process_index] if len(states) == accelerator.num_processes else states[0]
-        if resume_state.get("plan", {}).get("total_batch_size") != plan["total_batch_size"]:
-            say("warning: total_batch_size differs from the checkpoint's; the data position is approximate")
-        log.truncate_after(step)
-        say(f"resumed from {resume_dir} at step {step}")
-    log.write(event="start", step=step, config=asdict(cfg), plan=plan, world_size=accelerator.num_processes,
-              distributed_type=str(accelerator.distributed_type), mixed_precision=mp,
-              resumed_from=str(resume_dir) if resume_dir else None)
-    if trackers:
-        accelerator.init_trackers("nanochat_hf", config={**asdict(cfg), **plan},
-                                  init_kwargs={"wandb": {"name": cfg.run_name}})
+        if resume_state.get("plan", {}).get("total_batch_size") != self.plan["total_batch_size"]:
+            self.say("warning: total_batch_size differs from the checkpoint's; the data position is approximate")
+        self.say(f"resumed from {self.resume_dir} at step {self.progress.step}")
+        return states[acc.process_index] if len(states) == acc.num_processes else states[0]
 
-    rank, world = accelerator.process_index, accelerator.num_processes
-    loader = BestFitLoader(train_split, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank, world,
-                           cfg.buffer_size, cfg.tokenizer_batch_size, accelerator.device, state=loader_state)
-    eval_steps = max(1, cfg.eval_tokens // (cfg.device_batch_size * cfg.max_seq_len * world))
+    def start_logging(self) -> None:
+        cfg, acc = self.cfg, self.accelerator
+        self.log.write(event="start", step=self.progress.step, config=asdict(cfg), plan=self.plan,
+                       world_size=acc.num_processes, distributed_type=str(acc.distributed_type),
+                       mixed_precision=self.mp, resumed_from=str(self.resume_dir) if self.resume_dir else None)
+        if self.trackers:
+            acc.init_trackers("nanochat_hf", config={**asdict(cfg), **self.plan},
+                              init_kwargs={"wandb": {"name": cfg.run_name}})
 
-    def run_eval() -> float:
-        val_loader = BestFitLoader(val_split, tokenizer, cfg.device_batch_size, cfg.max_seq_len, rank, world,
-                                   cfg.buffer_size, cfg.tokenizer_batch_size, accelerator.device, prefetch=0)
-        return evaluate_bpb(model, val_loader, eval_steps, token_bytes)
+    def data_loader(self, split, **kwargs):
+        from nanochat_hf.dataloader import BestFitLoader
 
-    gpu_peak = peak_flops() * world
-    tokens_per_step = plan["total_batch_size"]
-    trainer_state = lambda: {"plan": plan, "config": asdict(cfg), "model_shape": model_shape, "loop": {  # noqa: E731
-        "val_bpb": val_bpb, "min_val_bpb": min_val_bpb, "smooth_loss": smooth_loss, "train_time": train_time}}
-    start_step, steps_this_run = step, 0
-    bar = tqdm(total=num_iterations, initial=step, desc="pretrain", unit="step",
-               disable=not main_proc, dynamic_ncols=True)
-    model.train()
-    while True:
-        last = step == num_iterations
-        if (cfg.eval_every > 0 and step % cfg.eval_every == 0) or last:
-            val_bpb = run_eval()
-            min_val_bpb = min(min_val_bpb, val_bpb)
-            log.write(step=step, val_bpb=val_bpb, total_training_time=train_time,
-                      total_training_flops=plan["flops_per_token"] * tokens_per_step * step)
-            accelerator.log({"val/bpb": val_bpb}, step=step)
-            say(f"step {step:05d} | val bpb {val_bpb:.4f}")
-        if last or (cfg.max_steps_this_run > 0 and steps_this_run >= cfg.max_steps_this_run):
-            break
+        cfg, acc = self.cfg, self.accelerator
+        return BestFitLoader(split, self.tokenizer, cfg.device_batch_size, cfg.max_seq_len, acc.process_index,
+                             acc.num_processes, cfg.buffer_size, cfg.tokenizer_batch_size, acc.device, **kwargs)
 
-        # One optimizer step: `accum` micro-batches, gradients synced only on the last one.
-        t0 = time.perf_counter()
-        values = schedule.apply(step)
-        loss_sum = torch.zeros((), device=accelerator.device)
+    def evaluate(self) -> None:
+        """Validation bpb on `eval_tokens` tokens of the validation split, logged."""
+        from nanochat_hf.loss_eval import evaluate_bpb
+
+        cfg, p, world = self.cfg, self.progress, self.accelerator.num_processes
+        eval_steps = max(1, cfg.eval_tokens // (cfg.device_batch_size * cfg.max_seq_len * world))
+        val_loader = self.data_loader(self.val_split, prefetch=0)
+        p.val_bpb = evaluate_bpb(self.model, val_loader, eval_steps, self.token_bytes)
+        p.min_val_bpb = min(p.min_val_bpb, p.val_bpb)
+        self.log.write(step=p.step, val_bpb=p.val_bpb, total_training_time=p.train_time,
+                       total_training_flops=self.plan["flops_per_token"] * self.plan["total_batch_size"] * p.step)
+        self.accelerator.log({"val/bpb": p.val_bpb}, step=p.step)
+        self.say(f"step {p.step:05d} | val bpb {p.val_bpb:.4f}")
+
+    def optimizer_step(self) -> float:
+        """One optimizer step: `grad_accum_steps` micro-batches, gradients synced only on the last one."""
+        acc, accum = self.accelerator, self.plan["grad_accum_steps"]
+        loss_sum = torch.zeros((), device=acc.device)
         try:
             for micro in range(accum):
-                inputs, targets = next(loader)
-                sync = contextlib.nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
+                inputs, targets = next(self.loader)
+                sync = contextlib.nullcontext() if micro == accum - 1 else acc.no_sync(self.model)
                 with sync:
-                    logits = model(input_ids=inputs).logits
+                    logits = self.model(input_ids=inputs).logits
                     loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-                    accelerator.backward(loss / accum)
+                    acc.backward(loss / accum)
                 loss_sum += loss.detach()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         except torch.OutOfMemoryError:
+            cfg = self.cfg
             raise PretrainError(
                 f"out of memory at device_batch_size={cfg.device_batch_size} x max_seq_len={cfg.max_seq_len}; "
-                f"halve --device_batch_size (gradient accumulation keeps the total batch of {tokens_per_step} tokens)"
+                f"halve --device_batch_size (gradient accumulation keeps the total batch of "
+                f"{self.plan['total_batch_size']} tokens)"
             ) from None
-        train_loss = (loss_sum / accum).item()  # the host sync point of the step
-        if on_gpu:
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        step += 1
-        steps_this_run += 1
+        return (loss_sum / accum).item()  # the host sync point of the step
 
-        # Bookkeeping (nanochat: EMA-smoothed loss, time counted after the first 10 steps).
-        smooth_loss = 0.9 * smooth_loss + 0.1 * train_loss
-        debiased = smooth_loss / (1 - 0.9 ** step)
-        if steps_this_run > 10 or num_iterations - start_step <= 10:
-            train_time += dt
-        tok_per_sec = tokens_per_step / dt
-        mfu = 100 * plan["flops_per_token"] * tok_per_sec / gpu_peak
-        if step % cfg.log_every == 0 or step == num_iterations:
-            row = dict(step=step, train_loss=debiased, loss=train_loss, lrm=values["lrm"],
+    def record(self, train_loss: float, dt: float, values: dict, count_time: bool, bar) -> None:
+        """A step's bookkeeping (nanochat's: EMA-smoothed loss, time counted after the first 10 steps)."""
+        cfg, p, plan = self.cfg, self.progress, self.plan
+        p.smooth_loss = 0.9 * p.smooth_loss + 0.1 * train_loss
+        debiased = p.smooth_loss / (1 - 0.9 ** p.step)
+        if count_time:
+            p.train_time += dt
+        tok_per_sec = plan["total_batch_size"] / dt
+        mfu = 100 * plan["flops_per_token"] * tok_per_sec / self.gpu_peak
+        if p.step % cfg.log_every == 0 or p.step == plan["num_iterations"]:
+            row = dict(step=p.step, train_loss=debiased, loss=train_loss, lrm=values["lrm"],
                        muon_momentum=values["muon_momentum"], tokens_per_sec=tok_per_sec, mfu=mfu, dt=dt,
-                       total_training_time=train_time, epoch=loader.state_dict()["epoch"], time=time.time())
-            log.write(**row)
-            accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=step)
+                       total_training_time=p.train_time, epoch=self.loader.state_dict()["epoch"], time=time.time())
+            self.log.write(**row)
+            self.accelerator.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=p.step)
         bar.update(1)
         bar.set_postfix(loss=f"{debiased:.4f}", tok_s=f"{tok_per_sec:,.0f}",
-                        **({"mfu": f"{mfu:.1f}%"} if on_gpu else {}))
-        if cfg.save_every > 0 and step % cfg.save_every == 0 and step != num_iterations:
-            save_checkpoint(accelerator, output_dir, step, trainer_state(), loader, cfg.save_total_limit)
-    bar.close()
+                        **({"mfu": f"{mfu:.1f}%"} if self.on_gpu else {}))
 
-    finished = step == num_iterations
-    if not finished:  # stopped by max_steps_this_run: leave a checkpoint to resume from
-        save_checkpoint(accelerator, output_dir, step, trainer_state(), loader, cfg.save_total_limit)
-        loader.close()
-        accelerator.end_training()
-        return {"step": step, "finished": False, "val_bpb": val_bpb}
+    def loop(self) -> None:
+        """Train to num_iterations (or max_steps_this_run more steps), evaluating every eval_every and at the end."""
+        from tqdm.auto import tqdm
 
-    # Samples (every rank generates: a sharded FSDP model needs all of them). Eager, not compiled: each
-    # generated length is a new shape, which the compiled forward would recompile for.
-    unwrapped = accelerator.unwrap_model(model, keep_torch_compile=False)
-    samples = sample(unwrapped, tokenizer, cfg.sample_max_tokens, accelerator.device)
-    for prompt, completion in samples:
-        log.write(event="sample", step=step, prompt=prompt, completion=completion)
-        say(f"{prompt!r} -> {completion!r}")
-    save_final(accelerator, model, tokenizer, output_dir)
-    summary = {"step": step, "finished": True, "val_bpb": val_bpb, "min_val_bpb": min_val_bpb,
-               "total_training_time": train_time,
-               "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else None}
-    log.write(event="end", **summary)
-    say(f"done: val bpb {val_bpb:.4f} | training time {train_time / 60:.2f} min | model in {output_dir}")
-    loader.close()
-    accelerator.end_training()
-    return summary
+        cfg, p, n = self.cfg, self.progress, self.plan["num_iterations"]
+        start_step, steps_this_run = p.step, 0
+        bar = tqdm(total=n, initial=p.step, desc="pretrain", unit="step",
+                   disable=not self.accelerator.is_main_process, dynamic_ncols=True)
+        self.model.train()
+        while True:
+            last = p.step == n
+            if (cfg.eval_every > 0 and p.step % cfg.eval_every == 0) or last:
+                self.evaluate()
+            if last or (cfg.max_steps_this_run > 0 and steps_this_run >= cfg.max_steps_this_run):
+                break
+            t0 = time.perf_counter()
+            values = self.schedule.apply(p.step)
+            train_loss = self.optimizer_step()
+            if self.on_gpu:
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            p.step += 1
+            steps_this_run += 1
+            self.record(train_loss, dt, values, steps_this_run > 10 or n - start_step <= 10, bar)
+            if cfg.save_every > 0 and p.step % cfg.save_every == 0 and p.step != n:
+                self.save_checkpoint()
+        bar.close()
+
+    def save_checkpoint(self) -> None:
+        p = self.progress
+        state = {"plan": self.plan, "config": asdict(self.cfg), "model_shape": self.model_shape,
+                 "loop": {k: v for k, v in asdict(p).items() if k != "step"}}
+        save_checkpoint(self.accelerator, self.output_dir, p.step, state, self.loader, self.cfg.save_total_limit)
+
+    def finish(self) -> dict:
+        """A run stopped early leaves a checkpoint; a finished one logs its samples and saves the model."""
+        acc, p = self.accelerator, self.progress
+        if p.step != self.plan["num_iterations"]:  # stopped by max_steps_this_run: leave one to resume from
+            self.save_checkpoint()
+            summary = {"step": p.step, "finished": False, "val_bpb": p.val_bpb}
+        else:
+            # Samples (every rank generates: a sharded FSDP model needs all of them). Eager, not compiled: each
+            # generated length is a new shape, which the compiled forward would recompile for.
+            unwrapped = acc.unwrap_model(self.model, keep_torch_compile=False)
+            for prompt, completion in sample(unwrapped, self.tokenizer, self.cfg.sample_max_tokens, acc.device):
+                self.log.write(event="sample", step=p.step, prompt=prompt, completion=completion)
+                self.say(f"{prompt!r} -> {completion!r}")
+            save_final(acc, self.model, self.tokenizer, self.output_dir)
+            summary = {"step": p.step, "finished": True, "val_bpb": p.val_bpb, "min_val_bpb": p.min_val_bpb,
+                       "total_training_time": p.train_time,
+                       "peak_memory_mib": torch.cuda.max_memory_allocated() / 2**20 if self.on_gpu else None}
+            self.log.write(event="end", **summary)
+            self.say(f"done: val bpb {p.val_bpb:.4f} | training time {p.train_time / 60:.2f} min | "
+                     f"model in {self.output_dir}")
+        self.loader.close()
+        acc.end_training()
+        return summary
+
+
+def train(cfg: PretrainConfig) -> dict:
+    """The whole run; returns a summary (final val bpb, steps, timings)."""
+    run = PretrainRun(cfg)
+    run.loop()
+    return run.finish()
 
 
 @torch.no_grad()

@@ -29,13 +29,12 @@ Data: `dataset_name: synthetic` (default, offline) generates arithmetic word pro
 answers; `openai/gsm8k` (config `main`) or any local jsonl/parquet with GSM8K's `question` and
 `answer` columns is the real thing. The reward is exact numeric match of the final answer
 (`nanochat_hf.rewards`). pass@1..k on held-out questions is measured every `eval_every` steps.
-Outputs: checkpoints (`checkpoint-N/`, resumable with `--resume_from_checkpoint auto`), the log
+Outputs: checkpoints (`checkpoint-N/`, resumable with `--resume_from_checkpoint latest`), the log
 `<output_dir>/logs/rl.jsonl` (reward per step, pass@k), and a Hub-ready model folder in `<output_dir>`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -45,9 +44,10 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig
 
-from nanochat_hf.checkpoints import AtomicCheckpoints, latest_checkpoint
+from nanochat_hf.checkpoints import AtomicCheckpoints, checkpoint_step, resume_checkpoint
 from nanochat_hf.errors import ensure_writable, run_main, writing
 from nanochat_hf.extras import require
+from nanochat_hf.runlog import RunLogCallback
 
 # ----------------------------------------------------------------------------- arguments
 
@@ -386,37 +386,6 @@ class PassAtKCallback(TrainerCallback):
         self._run(state)
 
 
-class JsonlLogCallback(TrainerCallback):
-    """Every log row (reward, loss, lr, pass@k, ...) as one JSON line, for the report card."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        row = {"step": state.global_step,
-               **{k: v for k, v in logs.items() if isinstance(v, (int, float, str)) or v is None}}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-
-
-def truncate_log(path: Path, step: int) -> None:
-    """On resume, drop log rows written after the checkpoint we restart from (they will be redone)."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a torn last line from a killed run
-            continue
-        if row.get("step", 0) <= step:
-            kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
 # ----------------------------------------------------------------------------- model, optimizer
 
 
@@ -519,19 +488,6 @@ def check_args(args: RLArguments, config) -> None:
               "on-policy objective (num_iterations 1, beta 0)", file=sys.stderr)
 
 
-def resolve_resume(config) -> str | None:
-    """`--resume_from_checkpoint auto` (or true/last/latest): the newest complete checkpoint-N in output_dir."""
-    value = config.resume_from_checkpoint
-    if value in (None, "", "false", "False", "none", "None"):
-        return None
-    if str(value).lower() in ("auto", "true", "last", "latest"):
-        found = latest_checkpoint(config.output_dir)
-        return str(found) if found else None
-    if not os.path.isdir(value):
-        raise FileNotFoundError(f"checkpoint {value} does not exist; pass a checkpoint-N folder or `auto`")
-    return value
-
-
 def train(args: RLArguments, config):
     from nanochat_hf.distributed import fsdp_fallback_note, save_trainer_model
     from nanochat_hf.rewards import REWARD_FUNCS
@@ -541,7 +497,7 @@ def train(args: RLArguments, config):
         require("vllm", "use_vllm: true")
     check_args(args, config)
     ensure_writable(config.output_dir)
-    resume = resolve_resume(config)
+    resume = resume_checkpoint(config.output_dir, config.resume_from_checkpoint)
     train_ds, test_ds = load_prompts(args)
     model, tokenizer = load_model(args, config)
     if config.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", False):
@@ -555,11 +511,7 @@ def train(args: RLArguments, config):
         os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.x
         rollout_func = make_vllm_rollout_func() if config.use_vllm else make_rollout_func()
 
-    log_path = Path(config.output_dir) / "logs" / "rl.jsonl"
-    if resume is None and log_path.exists():
-        log_path.unlink()  # a fresh run starts a fresh log
-    elif resume is not None:
-        truncate_log(log_path, int(Path(resume).name.rsplit("-", 1)[-1]))
+    log = RunLogCallback(Path(config.output_dir) / "logs" / "rl.jsonl", checkpoint_step(resume) if resume else None)
     passk = PassAtKCallback(args, test_ds)
     reward_funcs = [REWARD_FUNCS[name] for name in args.reward_funcs]
     if args.use_calculator:
@@ -570,7 +522,7 @@ def train(args: RLArguments, config):
         args=config,
         train_dataset=train_ds,
         processing_class=tokenizer,
-        callbacks=[JsonlLogCallback(log_path), passk],
+        callbacks=[log, passk],
         rollout_func=rollout_func,
     )
     passk.trainer = trainer
@@ -581,7 +533,7 @@ def train(args: RLArguments, config):
             print(f"[rl] {note}")
         print(f"[rl] {len(train_ds):,} training questions, {len(test_ds):,} held out; "
               f"{config.num_generations} samples each; calculator in rollouts: {rollout_func is not None}")
-    trainer.train(resume_from_checkpoint=resume)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     # The Hub-ready folder: weights, config, generation config, tokenizer with its chat template.
     with writing(config.output_dir):

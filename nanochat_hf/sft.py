@@ -23,10 +23,8 @@ What happens, as nanochat's `mid_train` / `chat_sft`:
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,15 +32,18 @@ import torch
 from transformers import TrainerCallback
 from trl import SFTConfig, SFTTrainer
 
-from nanochat_hf.checkpoints import AtomicCheckpoints, latest_checkpoint
+from nanochat_hf.checkpoints import AtomicCheckpoints, checkpoint_step, resume_checkpoint
 from nanochat_hf.errors import UserError, ensure_writable, run_main, writing
+from nanochat_hf.optim import lr_multiplier, muon_momentum
+from nanochat_hf.runlog import RunLogCallback
 
 # nanochat's schedules per stage (mid_train.py, chat_sft.py); a recipe or flag overrides them.
 STAGE_DEFAULTS = {
     "mid": dict(init_lr_frac=1.0, warmup_frac=0.0, warmdown_ratio=0.2, final_lr_frac=0.0),
     "sft": dict(init_lr_frac=0.8, warmup_frac=0.0, warmdown_ratio=0.5, final_lr_frac=0.0),
 }
-MUON_MOMENTUM = (0.85, 0.95, 300)  # start, end, warmup steps (nanochat's SFT/mid momentum ramp)
+# nanochat's SFT/mid Muon momentum: a ramp 0.85 -> 0.95 over 300 steps, then held (optim.muon_momentum's keywords)
+MUON_MOMENTUM = dict(warmdown_ratio=0.0, warmup_steps=300, start=0.85, peak=0.95)
 
 
 class ChatTrainingError(UserError):
@@ -85,7 +86,6 @@ class ChatArguments:
                                                             "conversation (SDPA, any device); "
                                                             "flat: TRL's padding-free "
                                                             "single row (flash-attention varlen kernels)"})
-    resume: str | None = field(default=None, metadata={"help": "latest, or a checkpoint folder, to resume from"})
     # A quick ChatCORE subset while training (nanochat's chat_sft evaluates MMLU/ARC every eval_every steps).
     chatcore_every: int = field(default=-1, metadata={"help": "ChatCORE subset every N steps and "
                                                               "at the end (-1 = off)"})
@@ -219,24 +219,8 @@ class PackedRowsCollator:
 # ----------------------------------------------------------------------------- optimizer and schedule
 
 
-def lr_multiplier(progress: float, warmup_ratio: float, warmdown_ratio: float, final_lr_frac: float) -> float:
-    """nanochat's SFT schedule over progress 0 -> 1: linear warmup, flat, linear warmdown to `final_lr_frac`."""
-    if progress < warmup_ratio:
-        return (progress + 1e-8) / warmup_ratio
-    if progress <= 1.0 - warmdown_ratio:
-        return 1.0
-    decay = (progress - (1.0 - warmdown_ratio)) / warmdown_ratio
-    return (1 - decay) + decay * final_lr_frac
-
-
-def muon_momentum(step: int) -> float:
-    start, end, steps = MUON_MOMENTUM
-    frac = min(step / steps, 1.0)
-    return (1 - frac) * start + frac * end
-
-
 class NanochatSchedule(torch.optim.lr_scheduler.LRScheduler):
-    """Per-group lr = initial_lr x multiplier(progress); Muon groups also get the momentum ramp.
+    """Per-group lr = initial_lr x optim.lr_multiplier(step); Muon groups also get the momentum ramp.
 
     A torch LRScheduler so the Trainer steps it, saves it in checkpoints and restores it on resume.
     """
@@ -248,11 +232,11 @@ class NanochatSchedule(torch.optim.lr_scheduler.LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
-        step = self.last_epoch
-        m = lr_multiplier(step / self.num_training_steps, self.warmup_ratio, self.warmdown_ratio, self.final_lr_frac)
+        step, n = self.last_epoch, self.num_training_steps
+        m = lr_multiplier(step, n, round(self.warmup_ratio * n), self.warmdown_ratio, self.final_lr_frac)
         for group in self.optimizer.param_groups:
             if group.get("kind") == "muon":
-                group["momentum"] = muon_momentum(step)
+                group["momentum"] = muon_momentum(step, n, **MUON_MOMENTUM)
         return [base * m for base in self.base_lrs]
 
 
@@ -276,10 +260,10 @@ class ChatSFTTrainer(AtomicCheckpoints, SFTTrainer):
         if self.chat_args.optimizer != "nanochat":
             return super().create_optimizer(model)
         if self.optimizer is None:
-            from nanochat_hf.optim import REFERENCE_BATCH, MuonAdamW, build_param_groups
+            from nanochat_hf.optim import MuonAdamW, batch_lr_scale, build_param_groups
 
             c = self.chat_args
-            scale = c.batch_lr_scale if c.batch_lr_scale > 0 else math.sqrt(self.tokens_per_step() / REFERENCE_BATCH)
+            scale = c.batch_lr_scale if c.batch_lr_scale > 0 else batch_lr_scale(self.tokens_per_step())
             groups = build_param_groups(model or self.model, embedding_lr=c.embedding_lr,
                                         unembedding_lr=c.unembedding_lr,
                                         matrix_lr=c.matrix_lr, scalar_lr=c.scalar_lr, weight_decay=c.muon_weight_decay,
@@ -301,43 +285,6 @@ class ChatSFTTrainer(AtomicCheckpoints, SFTTrainer):
             self.lr_scheduler = NanochatSchedule(optimizer or self.optimizer, num_training_steps, c.warmup_frac,
                                                  c.warmdown_ratio, c.final_lr_frac)
         return self.lr_scheduler
-
-
-# ----------------------------------------------------------------------------- logging
-
-
-class JsonlLogCallback(TrainerCallback):
-    """Every Trainer log (loss, eval_loss, learning_rate, ...) as one JSON line in
-    `<output_dir>/logs/<stage>.jsonl`."""
-
-    def __init__(self, path: Path, header: dict, resume_step: int = 0):
-        self.path, self.header, self.resume_step = path, header, resume_step
-        self.t0 = time.time()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        rows = []
-        if self.resume_step and self.path.exists():  # drop what a killed run logged after its checkpoint
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if row.get("step", 0) <= self.resume_step:
-                    rows.append(line)
-        self.path.write_text("".join(r + "\n" for r in rows))
-        self._write({"step": state.global_step, "event": "start", **self.header})
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            self._write({"step": state.global_step, "epoch": state.epoch,
-                         "time": round(time.time() - self.t0, 3), **logs})
-
-    def _write(self, row: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row, default=str) + "\n")
 
 
 class ChatCoreCallback(TrainerCallback):
@@ -427,15 +374,7 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
     mixture = Mixture.parse(chat_args.mixture)  # a bad mixture fails now, before the model loads
     if cfg.max_length is None or cfg.max_length < 16:
         raise ValueError(f"--max_length must be >= 16 tokens, got {cfg.max_length}")
-    resume = chat_args.resume or (cfg.resume_from_checkpoint if isinstance(cfg.resume_from_checkpoint, str) else None)
-    if resume == "latest":
-        resume = latest_checkpoint(output_dir)
-        resume = str(resume) if resume else None
-        if resume is None:
-            print(f"no checkpoint in {output_dir}: starting from {chat_args.model_name_or_path}", file=sys.stderr)
-    elif resume and not Path(resume).is_dir():
-        raise FileNotFoundError(f"checkpoint {resume} not found; pass --resume latest or a "
-                                f"{output_dir}/checkpoint-N folder")
+    resume = resume_checkpoint(output_dir, cfg.resume_from_checkpoint)
 
     model, tokenizer = load_model_and_tokenizer(chat_args.model_name_or_path)
     if getattr(model.config,
@@ -457,9 +396,8 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
               "world_size": cfg.world_size}
     print(f"[{chat_args.stage}] train: {train_stats} | validation: {eval_stats}", file=sys.stderr)
 
-    resumes_a_checkpoint = resume and Path(resume).name.startswith("checkpoint-")
-    resume_step = int(Path(resume).name.split("-")[-1]) if resumes_a_checkpoint else 0
-    log = JsonlLogCallback(output_dir / "logs" / f"{chat_args.stage}.jsonl", header, resume_step)
+    resume_step = checkpoint_step(resume) if resume else None
+    log = RunLogCallback(output_dir / "logs" / f"{chat_args.stage}.jsonl", resume_step, header)
     trainer = ChatSFTTrainer(model=model, args=cfg, train_dataset=train_ds, eval_dataset=eval_ds,
                              processing_class=tokenizer, callbacks=[log], chat_args=chat_args)
     acc = trainer.accelerator  # how the run really ran, in its log (a CPU run of fsdp2.yaml is not FSDP)
@@ -467,7 +405,7 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
     note = fsdp_fallback_note(acc)
     if note and acc.is_main_process:
         print(f"[{chat_args.stage}] {note}", file=sys.stderr)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     metrics = dict(result.metrics)
     if eval_ds is not None:  # the validation loss of the final model (unless the last step just measured it)
         last = [r for r in trainer.state.log_history

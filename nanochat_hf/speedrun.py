@@ -31,9 +31,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nanochat_hf.checkpoints import latest_checkpoint
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO_ROOT / "recipes"
 CHAT_STAGES = ("mid", "sft", "rl")
+RESUME = ("--resume_from_checkpoint", "latest")  # every training stage's flag (nanochat_hf.checkpoints)
 OFFLINE_EVAL_DATA = Path(__file__).resolve().parent / "evaluation" / "data"
 
 
@@ -108,16 +111,6 @@ class Stage:
     output: Path | None = None
     resume: tuple[str, ...] = ()
     always: bool = False  # run again even when done (the report, the push)
-
-
-def latest_checkpoint(folder: Path | None) -> Path | None:
-    """The newest `checkpoint-<step>/` in folder: the one each stage's resume flag picks (`.checkpoint-N.tmp`
-    folders of an interrupted save do not count, as for the stages)."""
-    if folder is None or not folder.is_dir():
-        return None
-    steps = {d: d.name.removeprefix("checkpoint-") for d in folder.glob("checkpoint-*") if d.is_dir()}
-    steps = [(int(step), d) for d, step in steps.items() if step.isdigit()]
-    return max(steps)[1] if steps else None
 
 
 def _die_with_parent(parent: int):
@@ -219,7 +212,9 @@ class Speedrun:
             self.state["stages"][stage.name] = {**info, "run": "completed before"}
             self._save_state()
             return
-        checkpoint = latest_checkpoint(stage.output) if stage.resume else None
+        # the checkpoint the stage's resume flag picks (its partial folders, skipped, are the stage's to report)
+        quiet = lambda msg: None  # noqa: E731
+        checkpoint = latest_checkpoint(stage.output, quiet) if stage.resume and stage.output else None
         commands, how = stage.commands, {"run": "fresh"}
         if checkpoint is not None:
             commands = [*commands[:-1], [*commands[-1], *stage.resume]]
@@ -273,7 +268,7 @@ class Speedrun:
                                ["--config", self.recipe("pretrain"), "--tokenizer", str(tok_dir),
                                                         "--output_dir", str(base), *data_args,
                                                         *p.overrides.get("pretrain", [])], distributed=True),
-        ], output=base, resume=("--resume_from_checkpoint", "latest"))
+        ], output=base, resume=RESUME)
 
         yield from self._eval_stage("base_eval", base, p.base_tasks, "base", p.eval_max_per_task)
 
@@ -282,11 +277,10 @@ class Speedrun:
             out = run / stage
             recipe = {"mid": "mid", "sft": "sft", "rl": "grpo"}[stage]
             module = "nanochat_hf.rl" if stage == "rl" else "nanochat_hf.sft"
-            resume = ("--resume_from_checkpoint", "auto") if stage == "rl" else ("--resume", "latest")
             yield Stage(stage, [
                 self.python_module(module, ["--config", self.recipe(recipe), "--model_name_or_path", str(previous),
                                             "--output_dir", str(out), *p.overrides.get(stage, [])], distributed=True),
-            ], output=out, resume=resume)
+            ], output=out, resume=RESUME)
             previous = out
 
         for stage in CHAT_STAGES:

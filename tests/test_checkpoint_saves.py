@@ -61,8 +61,8 @@ def rl_argv(model, out, *extra):
 # stage -> (main, argv builder, resume flags)
 STAGES = {
     "pretrain": (pretrain.main, pretrain_argv, ["--resume_from_checkpoint", "latest"]),
-    "sft": (sft.main, sft_argv, ["--resume", "latest"]),
-    "rl": (rl.main, rl_argv, ["--resume_from_checkpoint", "auto"]),
+    "sft": (sft.main, sft_argv, ["--resume_from_checkpoint", "latest"]),
+    "rl": (rl.main, rl_argv, ["--resume_from_checkpoint", "latest"]),
 }
 
 

@@ -121,7 +121,7 @@ def test_kill_and_resume_matches_the_uninterrupted_run(runs, tmp_path, kill_mid_
             *CHATCORE]
     kill_mid_run("nanochat_hf.sft", argv, killed, 5)
     assert not (killed / "checkpoint-10").exists()
-    assert sft.main([*argv, "--resume", "latest"]) == 0
+    assert sft.main([*argv, "--resume_from_checkpoint", "latest"]) == 0
     full, resumed = load_file(runs["sft"] / "model.safetensors"), load_file(killed / "model.safetensors")
     assert full.keys() == resumed.keys()
     for k in full:
@@ -226,11 +226,15 @@ def test_trl_sft_cli_trains_a_classic_checkpoint(tiny_tokenizer_dir, tmp_path):
 
 
 def test_schedule_is_nanochats():
-    # mid: flat for 80% of the run, then linear to 0; sft: init 0.8 x base, warmdown over the last half.
-    assert sft.lr_multiplier(0.5, 0.0, 0.2, 0.0) == 1.0
-    assert sft.lr_multiplier(0.9, 0.0, 0.2, 0.0) == pytest.approx(0.5)
-    assert sft.lr_multiplier(1.0, 0.0, 0.5, 0.0) == pytest.approx(0.0)
-    assert sft.muon_momentum(0) == pytest.approx(0.85) and sft.muon_momentum(300) == pytest.approx(0.95)
+    # mid: flat for 80% of the run, then linear to 0; sft: init 0.8 x base, warmdown over the last half
+    # (pretraining's schedule, nanochat_hf.optim, with the stage's ratios).
+    from nanochat_hf.optim import lr_multiplier, muon_momentum
+
+    assert lr_multiplier(5, 10, 0, 0.2, 0.0) == 1.0
+    assert lr_multiplier(9, 10, 0, 0.2, 0.0) == pytest.approx(0.5)
+    assert lr_multiplier(10, 10, 0, 0.5, 0.0) == pytest.approx(0.0)
+    ramp = [muon_momentum(s, 1000, **sft.MUON_MOMENTUM) for s in (0, 150, 300, 1000)]
+    assert ramp == pytest.approx([0.85, 0.90, 0.95, 0.95])  # up over 300 steps, then held to the end
     mid, s = sft.ChatArguments(stage="mid"), sft.ChatArguments(stage="sft")
     assert (mid.init_lr_frac, mid.warmdown_ratio) == (1.0, 0.2) and (s.init_lr_frac, s.warmdown_ratio) == (0.8, 0.5)
     w = torch.nn.Parameter(torch.zeros(4, 4))
@@ -283,6 +287,6 @@ def test_bad_input_is_refused_with_the_fix(base_dir, tmp_path, capsys):
     assert sft.main(["--model_name_or_path", str(base_dir), "--output_dir",
                      str(tmp_path / "o"), "--mixture", bad_mix]) == 2
     assert "unknown source 'wikipedia'" in capsys.readouterr().err
-    assert sft.main(["--model_name_or_path", str(base_dir), "--output_dir", str(tmp_path / "o"), "--resume",
-                     str(tmp_path / "nope")]) == 2
-    assert "checkpoint" in capsys.readouterr().err
+    assert sft.main(["--model_name_or_path", str(base_dir), "--output_dir", str(tmp_path / "o"),
+                     "--resume_from_checkpoint", str(tmp_path / "nope")]) == 2
+    assert "does not exist; pass --resume_from_checkpoint latest" in capsys.readouterr().err
