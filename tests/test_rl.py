@@ -379,7 +379,7 @@ def test_rl_horizon_follows_the_data_when_max_steps_is_unset():
     assert rl_horizon(config, 2000) == 2000  # 2 questions per step, two passes
     assert rl_horizon(config, 1) == 1  # never zero steps
     _, config = parse_args(recipe)
-    assert rl_horizon(config, 2000) == 30  # an explicit max_steps wins
+    assert rl_horizon(config, 2000) == 120  # an explicit max_steps (the recipe's) wins
 
 
 def test_rl_lr_warms_up_then_decays_to_zero():
