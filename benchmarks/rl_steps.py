@@ -60,8 +60,9 @@ def log_probs(model, probe):
     return [model(s[None]).logits[0, :-1].log_softmax(-1) for s in probe]
 
 
-def step_kl(model, grads, base, probe, frac, only=None, random=False):
-    """|dW| and KL(old || new) per token of one optimizer step (a group name prefix in `only`)."""
+def step_kl(model, grads, base, probe, frac, only=None, random=False, adamw_lr=None):
+    """|dW| and KL(old || new) per token of one optimizer step (a group name prefix in `only`);
+    with `adamw_lr`, one step of plain AdamW on the block matrices instead."""
     m = copy.deepcopy(model)
     params = dict(m.named_parameters())
     for n, p in params.items():
@@ -71,7 +72,10 @@ def step_kl(model, grads, base, probe, frac, only=None, random=False):
     if not groups:
         return None
     before = {n: p.detach().clone() for n, p in params.items()}
-    MuonAdamW(groups).step()
+    if adamw_lr:
+        torch.optim.AdamW([p for g in groups for p in g["params"]], lr=adamw_lr, weight_decay=0.0).step()
+    else:
+        MuonAdamW(groups).step()
     dw = sum(((p - before[n]) ** 2).sum().item() for n, p in params.items()) ** 0.5
     new = log_probs(m, probe)
     kl = sum((b.exp() * (b - a)).sum(-1).mean().item() for b, a in zip(base, new)) / len(probe)
@@ -107,6 +111,9 @@ def main():
             if out is not None:
                 _, rand_kl = step_kl(model, grads, base, probe, frac, only, random=True)
                 print(f"{frac:>12} {only or 'all':>12} {out[0]:8.4f} {out[1]:9.5f} {rand_kl:17.5f}", flush=True)
+    out = step_kl(model, grads, base, probe, 1.0, "matrix", adamw_lr=1e-4)
+    _, rand_kl = step_kl(model, grads, base, probe, 1.0, "matrix", random=True, adamw_lr=1e-4)
+    print(f"{'AdamW 1e-4':>12} {'matrix':>12} {out[0]:8.4f} {out[1]:9.5f} {rand_kl:17.5f}", flush=True)
 
 
 if __name__ == "__main__":
