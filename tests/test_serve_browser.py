@@ -20,7 +20,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-def story_engine(tokenizer) -> Engine:
+def story_engine(tokenizer, delay: float = 0.02) -> Engine:
     """Scripted model: 'Let me compute it: <python>7*6</python><output>42</output> The answer is 42!'
 
     It predicts by position since the prompt (learned at prefill), so any question gets this answer;
@@ -40,7 +40,7 @@ def story_engine(tokenizer) -> Engine:
     class StoryLM(ScriptedLM):
         def forward(self, input_ids, position_ids=None, cache=None, **kw):
             cache = pop_cache(cache, kw)
-            time.sleep(0.02)  # a little delay per step so the stream is visibly a stream
+            time.sleep(delay)  # a little delay per step so the stream is visibly a stream
             b, t = input_ids.shape
             for layer in range(2):
                 cache.update(torch.zeros(b, 1, t, 4), torch.zeros(b, 1, t, 4), layer)
@@ -60,6 +60,15 @@ def page_url(tiny_tokenizer):
     from test_serve import live_server
 
     with live_server(story_engine(tiny_tokenizer)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def slow_page_url(tiny_tokenizer):
+    """The same story at 0.3 s a token (~6 s in all): still streaming when a loaded machine's browser clicks Stop."""
+    from test_serve import live_server
+
+    with live_server(story_engine(tiny_tokenizer, delay=0.3)) as base:
         yield base
 
 
@@ -102,15 +111,16 @@ def test_chat_page_streams_answer_with_tool_call(page_url, browser, tmp_path):
     page.close()
 
 
-def test_stop_button_and_phone_width(page_url, browser):
+def test_stop_button_and_phone_width(slow_page_url, browser):
     page = browser.new_page(viewport={"width": 375, "height": 700})
-    page.goto(page_url + "/")
+    page.goto(slow_page_url + "/")
     page.fill("#input", "Hi")
     page.keyboard.press("Enter")
     page.wait_for_selector(".msg.assistant .body:not(:empty)")
     page.click("#stop")
-    page.wait_for_selector("#stop", state="hidden")
+    page.wait_for_selector("#stop", state="hidden", timeout=3_000)  # well before the story's end
     assert page.is_enabled("#send")
+    assert "The answer is 42!" not in page.inner_text(".msg.assistant .body")  # the stream stopped
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0, f"the page is {overflow}px wider than a phone screen"
     page.close()
