@@ -72,8 +72,10 @@ PRESETS: dict[str, Preset] = {
             # Checkpoints in every training stage, so a killed smoke run resumes as a long one does.
             "pretrain": ["--depth", "2", "--num_iterations", "30", "--eval_every", "-1", "--eval_tokens", "16384",
                          "--save_every", "10"],
-            "mid": ["--max_steps", "10", "--per_device_train_batch_size", "8", "--save_steps", "5"],
-            "sft": ["--max_steps", "10", "--per_device_train_batch_size", "8", "--save_steps", "5"],
+            "mid": ["--max_steps", "10", "--per_device_train_batch_size", "8", "--save_steps", "5",
+                    "--chatcore_max_new_tokens", "64"],
+            "sft": ["--max_steps", "10", "--per_device_train_batch_size", "8", "--save_steps", "5",
+                    "--chatcore_max_new_tokens", "64"],
             "rl": ["--max_steps", "2", "--per_device_train_batch_size", "8", "--save_steps", "1",
                    "--num_generations", "4", "--max_completion_length", "32", "--synthetic_train_size", "64",
                    "--synthetic_test_size", "8", "--eval_examples", "4"],
