@@ -535,7 +535,11 @@ def train(args: RLArguments, config):
               f"{config.num_generations} samples each; calculator in rollouts: {rollout_func is not None}")
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
-    # The Hub-ready folder: weights, config, generation config, tokenizer with its chat template.
+    # The Hub-ready folder: weights, config, generation config, tokenizer with its chat template. Older
+    # transformers' Trainer prepends the tokenizer's eos to the stop list while training: keep each id once.
+    gen = trainer.model.generation_config
+    if isinstance(gen.eos_token_id, list):
+        gen.eos_token_id = list(dict.fromkeys(gen.eos_token_id))
     with writing(config.output_dir):
         save_trainer_model(trainer, config.output_dir)
         if trainer.accelerator.is_main_process:
