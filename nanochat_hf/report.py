@@ -61,40 +61,27 @@ def stage_log(run: Path, stage: str) -> list[dict]:
     return [row for path in sorted(logs_dir.glob("*.jsonl")) for row in read_jsonl(path)] if logs_dir.is_dir() else []
 
 
-CHAT_TASK_LABELS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
-
-
-def summary_row(evaluation: dict, metric: str) -> float | None:
-    """A summary-table cell. Chat tasks are matched by their exact ChatCORE labels, so a base model's
-    CORE `arc_easy` (10-shot completion) is never shown as the chat ARC-Easy (letter choice)."""
-    if metric == "CORE":
-        return evaluation.get("core")
-    if metric == "ChatCORE":
-        return evaluation.get("chatcore")
-    result = evaluation.get("tasks", {}).get(metric)
-    return result.get("accuracy") if isinstance(result, dict) else None
-
-
-def partial_chatcore(evaluation: dict) -> float | None:
-    """Mean centered accuracy over the chat tasks that ran, when the full ChatCORE set did not
-    (offline CPU runs have no MMLU/GSM8K data): shown in the report marked with an asterisk."""
-    tasks = evaluation.get("tasks", {})
-    centered = [tasks[t]["centered"] for t in CHAT_TASK_LABELS
-                if isinstance(tasks.get(t), dict) and "centered" in tasks[t]]
-    return sum(centered) / len(centered) if centered else None
-
-
 def summary_table(run: Path) -> dict[str, dict[str, float | None]]:
-    """metric -> stage -> value, for the stages that have an eval JSON."""
+    """metric -> stage -> value, for the stages that have an eval JSON. Chat tasks are matched by their exact
+    ChatCORE labels, so a base model's CORE `arc_easy` (10-shot completion) is never shown as the chat ARC-Easy."""
+    from nanochat_hf.evaluation.chat_tasks import CHATCORE_TASKS
+
     table: dict[str, dict[str, float | None]] = {m: {} for m in SUMMARY_METRICS}
     for stage in MODEL_STAGES:
         evaluation = read_json(run / "eval" / f"{stage}.json")
         if not evaluation:
             continue
+        tasks = evaluation.get("tasks", {})
         for metric in SUMMARY_METRICS:
-            table[metric][stage] = summary_row(evaluation, metric)
-        if table["ChatCORE"][stage] is None and (partial := partial_chatcore(evaluation)) is not None:
-            table["ChatCORE"][stage] = PartialScore(partial)
+            result = tasks.get(metric)
+            table[metric][stage] = result.get("accuracy") if isinstance(result, dict) else None
+        table["CORE"][stage], table["ChatCORE"][stage] = evaluation.get("core"), evaluation.get("chatcore")
+        # Without the full ChatCORE set (offline CPU runs have no MMLU/GSM8K data): the mean over the chat tasks
+        # that ran, printed with an asterisk.
+        centered = [tasks[t]["centered"] for t in CHATCORE_TASKS if isinstance(tasks.get(t), dict)
+                    and "centered" in tasks[t]]
+        if table["ChatCORE"][stage] is None and centered:
+            table["ChatCORE"][stage] = PartialScore(sum(centered) / len(centered))
     return table
 
 
@@ -133,9 +120,8 @@ class Effect:
     @property
     def band(self) -> float | None:
         """2 SE of the change, before and after taken as independent samples."""
-        if self.se_before is None or self.se_after is None:
-            return None
-        return 2.0 * math.sqrt(self.se_before ** 2 + self.se_after ** 2)
+        no_se = self.se_before is None or self.se_after is None
+        return None if no_se else 2.0 * math.sqrt(self.se_before ** 2 + self.se_after ** 2)
 
     @property
     def verdict(self) -> str:
@@ -152,22 +138,15 @@ class Effect:
         return "**did not move**" if gain == 0 else "within noise"
 
 
-def _first_last_rows(rows: list[dict], key: str) -> tuple[dict | None, dict] | None:
-    """The first and last log rows that carry `key`; (None, row) when it was measured at one step only (a
-    run's end row repeats its last eval), None if never."""
-    carrying = [r for r in rows if isinstance(r.get(key), (int, float))]
-    if not carrying:
-        return None
-    once = len(carrying) < 2 or carrying[0].get("step", 0) == carrying[-1].get("step", -1)
-    return (None if once else carrying[0]), carrying[-1]
-
-
 def _log_effect(stage: str, metric: str, rows: list[dict], key: str, n_key: str | None = None,
                 **kwargs) -> Effect:
-    """A stage's metric from its own log: the first measurement (step 0) against the last (the end)."""
-    pair = _first_last_rows(rows, key)
-    if pair is None:
+    """A stage's metric from its own log: the first measurement (step 0) against the last (the end); no
+    "before" when it was measured at one step only (a run's end row repeats its last eval)."""
+    carrying = [r for r in rows if isinstance(r.get(key), (int, float))]
+    if not carrying:
         return Effect(stage, metric, None, None, **kwargs)
+    once = len(carrying) < 2 or carrying[0].get("step", 0) == carrying[-1].get("step", -1)
+    pair = (None if once else carrying[0]), carrying[-1]
     values = [None if r is None else r[key] for r in pair]
     ses = [proportion_se(v, r.get(n_key)) if n_key and r is not None else None for v, r in zip(values, pair)]
     return Effect(stage, metric, *values, *ses, **kwargs)
