@@ -299,16 +299,6 @@ def _series(rows: list[dict], key: str, x_keys=("tokens", "step", "global_step")
     return xs, ys, label
 
 
-def _add_tokens(rows: list[dict]) -> None:
-    """Pretraining logs steps; the plan row gives tokens per step, so curves can be drawn over tokens."""
-    per_step = next((r["plan"].get("total_batch_size") for r in rows if isinstance(r.get("plan"), dict)), None)
-    if not per_step:
-        return
-    for row in rows:
-        if isinstance(row.get("step"), int) and "tokens" not in row:
-            row["tokens"] = row["step"] * per_step
-
-
 # Which plot shows which log keys (each log names things its own way; the first found wins).
 PLOTS = [
     ("base", "loss", "pretraining loss", ("train_loss", "loss")),
@@ -331,7 +321,11 @@ def write_plots(run: Path, out_dir: Path) -> list[tuple[str, Path]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     logs = {stage: stage_log(run, stage) for stage in MODEL_STAGES}
-    _add_tokens(logs["base"])
+    # pretraining logs steps; its plan row gives tokens per step, so its curves can be drawn over tokens
+    per_step = next((r["plan"].get("total_batch_size") for r in logs["base"] if isinstance(r.get("plan"), dict)), None)
+    for row in logs["base"] if per_step else []:
+        if isinstance(row.get("step"), int) and "tokens" not in row:
+            row["tokens"] = row["step"] * per_step
     for stage, name, title, keys in PLOTS:
         rows = logs[stage]
         key = next((k for k in keys if any(isinstance(row.get(k), (int, float)) for row in rows)), None)

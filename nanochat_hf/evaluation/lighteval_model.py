@@ -57,14 +57,11 @@ class NanochatEngineModel(LightevalModel):
 
     # ------------------------------------------------------------------ generation
 
-    def _prompt(self, doc: Doc) -> list[int]:
-        ids = (doc.specific or {}).get("prompt_ids")
-        return list(ids) if ids else self.tok_encode(doc.query)
-
     def greedy_until(self, docs: list[Doc]) -> list[ModelResponse]:
         out, too_long = [], 0
         for doc in tqdm(docs, desc="greedy with the calculator", disable=self.disable_tqdm):
-            prompt = self._prompt(doc)
+            ids = (doc.specific or {}).get("prompt_ids")  # our tasks' exact tokens, else the tokenized query
+            prompt = list(ids) if ids else self.tok_encode(doc.query)
             if len(prompt) >= self.max_length:
                 too_long += 1
                 out.append(ModelResponse(input=doc.query, input_tokens=prompt, text=[""], output_tokens=[[]]))

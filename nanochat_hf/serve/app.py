@@ -152,18 +152,6 @@ class KeyCheck:
         await self.app(scope, receive, send)
 
 
-def add_access_control(app: FastAPI, access: Access):
-    """Host check outermost, then CORS (a preflight carries no key), then the key check."""
-    if access.api_key:
-        app.add_middleware(KeyCheck, access=access)
-    if access.allow_origin:
-        from starlette.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=[access.allow_origin], allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(HostCheck, access=access)  # added last = runs first
-
-
 # ----------------------------------------------------------------------------- slow and stuck clients
 
 
@@ -332,11 +320,6 @@ class Server:
             self.in_flight -= 1
             if req is not None and not finished:
                 req.cancel()  # client gone, stop sequence or timeout: free the row
-
-    @property
-    def parked(self) -> int:
-        """Requests out of the batch because their client is not reading."""
-        return len(self.scheduler.parked) if self.scheduler is not None else 0
 
     def token_text(self, token: int) -> str:
         return self.tokenizer.decode([token])
@@ -574,7 +557,8 @@ async def chat_page(request: Request):
 
 async def health(request: Request):
     server = _server(request)
-    return {"status": "ok", "in_flight": server.in_flight, "parked": server.parked}
+    parked = len(server.scheduler.parked) if server.scheduler is not None else 0  # clients not reading
+    return {"status": "ok", "in_flight": server.in_flight, "parked": parked}
 
 
 async def info(request: Request):
@@ -671,7 +655,16 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
     """`access` defaults to a loopback server without a key (Host must be localhost, 127.0.0.1 or [::1])."""
     app = App(title="nanochat_hf", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server = Server(engine, limits or Limits(), model_id)
-    add_access_control(app, access or Access())
+    access = access or Access()
+    # Host check outermost (added last), then CORS (a preflight carries no key), then the key check.
+    if access.api_key:
+        app.add_middleware(KeyCheck, access=access)
+    if access.allow_origin:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=[access.allow_origin], allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(HostCheck, access=access)
     app.add_exception_handler(ApiError, api_error)
     for method, path, handler, extra in ROUTES:
         app.add_api_route(path, handler, methods=[method], **extra)
