@@ -49,19 +49,14 @@ def write_failed(folder: str | os.PathLike, err: BaseException) -> UserError:
                      "writable (or pick another --output_dir), then run the same command again to resume")
 
 
-def write_errors() -> tuple[type[BaseException], ...]:
-    """What a failed write raises: OSError from Python, RuntimeError from torch.save, SafetensorError."""
-    from safetensors import SafetensorError
-
-    return OSError, RuntimeError, SafetensorError
-
-
 @contextlib.contextmanager
 def writing(folder: str | os.PathLike, undo: Callable[[], None] | None = None):
     """Around a save into `folder`: a failed write becomes `write_failed`, after `undo()` (e.g. drop the partial)."""
+    from safetensors import SafetensorError
+
     try:
         yield
-    except write_errors() as err:
+    except (OSError, RuntimeError, SafetensorError) as err:  # Python's, torch.save's, safetensors' failed write
         if undo is not None:
             undo()
         raise write_failed(folder, err) from err
