@@ -208,9 +208,7 @@ class Mailbox:
     drain and the rest ride along, instead of a loop wake-up (pipe write + GIL hand-off) per row."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.lock = threading.Lock()
-        self.pending: list[tuple[asyncio.Queue, Event]] = []
+        self.loop, self.lock, self.pending = loop, threading.Lock(), []  # pending: (queue, event)
 
     def post(self, q: asyncio.Queue, event: Event):  # scheduler thread
         with self.lock:
