@@ -294,8 +294,7 @@ def build_chat_tasks() -> list[LightevalTaskConfig]:
 
 
 def build_tasks() -> list[LightevalTaskConfig]:
-    bundle = _bundle()
-    configs = []
+    bundle, configs = _bundle(), []
     for task in core.load_tasks(bundle):
         if not (bundle / "eval_data" / task.dataset_uri).is_file():
             continue  # an incomplete bundle: offer only what it has
