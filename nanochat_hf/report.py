@@ -258,17 +258,11 @@ def environment() -> dict[str, str]:
     env = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "platform": platform.platform(),
            "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
            "cpu_count": str(os.cpu_count())}
-    try:
-        import torch
+    import torch
 
-        env["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            env["gpus"] = f"{len(names)}x {names[0]}"
-        else:
-            env["gpus"] = "none (CPU)"
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    cuda = torch.cuda.is_available()
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    env["torch"], env["gpus"] = torch.__version__, f"{len(names)}x {names[0]}" if names else "none (CPU)"
     for name in ("transformers", "accelerate", "trl", "datasets", "tokenizers", "lighteval"):
         try:
             env[name] = getattr(__import__(name), "__version__", "?")
