@@ -268,9 +268,7 @@ def prompt_crop_length(config) -> int | None:
     past their table, and those and models we cannot tell about keep their last tokens (GPT-2: 1024).
     """
     rope = isinstance(getattr(config, "rope_parameters", None), dict)
-    if rope and getattr(config, "n_positions", None) is None:
-        return None
-    return context_length(config)
+    return None if rope and getattr(config, "n_positions", None) is None else context_length(config)
 
 
 def parse_max_context(value: str) -> str | int:
@@ -305,12 +303,10 @@ def model_device(model) -> torch.device:
 def sequence_scores(model, seqs: list[list[int]], spans: list[tuple[int, int]], pad_id: int):
     """For each sequence: (mean loss over its span [s, e), whether greedy argmax reproduces it). Rows are
     right-padded with no attention mask, as nanochat does: a causal model never sees a real token's padding."""
-    device = model_device(model)
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(seqs), max(len(s) for s in seqs)), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-    out = model(input_ids=ids.to(device))
+    out = model(input_ids=ids.to(model_device(model)))
     logits = out.logits if hasattr(out, "logits") else out
     results = []
     for i, (s, e) in enumerate(spans):
