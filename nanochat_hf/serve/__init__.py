@@ -42,17 +42,19 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"require `Authorization: Bearer KEY` on every route but / and /health "
                         f"(default: ${KEY_ENV}, which keeps the key out of shell history and ps)")
     p.add_argument("--no-auth", action="store_true", help="serve a non-loopback --host without a key, knowingly")
-    p.add_argument("--allowed-hosts", default="", help="extra Host names to answer to, comma-separated (a DNS "
-                                                       "name, a proxy's name); others get 421")
-    p.add_argument("--allow-origin", default=None, help="one browser origin (https://app.example.com) allowed to "
-                                                        "call the API cross-origin (default: no CORS headers)")
-    p.add_argument("--model-id", default=None, help="name reported by /info and /v1/models (default: the --model "
-                                                    "value)")
+    p.add_argument("--allowed-hosts", default="",
+                   help="extra Host names to answer to, comma-separated (a DNS name, a proxy's name); "
+                        "others get 421")
+    p.add_argument("--allow-origin", default=None,
+                   help="one browser origin (https://app.example.com) allowed to call the API cross-origin "
+                        "(default: no CORS headers)")
+    p.add_argument("--model-id", default=None, help="name reported by /info and /v1/models "
+                                                    "(default: the --model value)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if available)")
     p.add_argument("--max-prompt-tokens", type=int, default=d.max_prompt_tokens)
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
-    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="requests decoded together "
-                                                                                "(batch rows)")
+    p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="requests decoded "
+                                                                                "together (batch rows)")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting for a row before 503s start")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
                    help="seconds per request (queue + generation)")
