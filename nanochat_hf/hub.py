@@ -77,19 +77,9 @@ nanochat-hf chat --model {repo_id} -p "Why is the sky blue?"
 """
 
 
-def _eval_results(run: Path, stage: str):
-    from huggingface_hub import EvalResult
-
-    table = summary_table(run)
-    return [EvalResult(task_type="text-generation", dataset_type=EVAL_DATASETS[metric][0],
-                       dataset_name=EVAL_DATASETS[metric][1], metric_type=EVAL_DATASETS[metric][2],
-                       metric_name=metric, metric_value=float(table[metric][stage]))
-            for metric in SUMMARY_METRICS if table[metric].get(stage) is not None]
-
-
 def build_model_card(run: Path, stage: str, repo_id: str):
     """A `huggingface_hub.ModelCard` with model-index metadata from the run's eval JSON."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     config, stages = read_json(run / stage / "config.json"), read_json(run / "stages.json")
     model_name, needs_remote_code = repo_id.split("/")[-1], "auto_map" in config
@@ -104,7 +94,11 @@ def build_model_card(run: Path, stage: str, repo_id: str):
     for name, info in stages.get("stages", {}).items():
         if isinstance(info, dict) and "seconds" in info:
             training[f"time: {name}"] = f"{info['seconds'] / 60:.1f} min"
-    results = _eval_results(run, stage)
+    table = summary_table(run)
+    results = [EvalResult(task_type="text-generation", dataset_type=EVAL_DATASETS[metric][0],
+                          dataset_name=EVAL_DATASETS[metric][1], metric_type=EVAL_DATASETS[metric][2],
+                          metric_name=metric, metric_value=float(table[metric][stage]))
+               for metric in SUMMARY_METRICS if table[metric].get(stage) is not None]
     rows = "\n".join(f"| {r.metric_name} | {r.metric_value:.4f} |" for r in results)
     eval_table = f"| metric | value |\n|---|---|\n{rows}" if results else "Not evaluated yet."
     report_section = ""

@@ -89,12 +89,8 @@ def _task_rows(label: str) -> tuple[core.CoreTask, list[dict]]:
     return task, core.load_task_rows(bundle, task, _max_per_task())
 
 
-def _prompt_crop() -> int | None:
-    return _prompt_crop_for(_tokenizer_source())
-
-
 @lru_cache(maxsize=None)
-def _prompt_crop_for(model: str) -> int | None:
+def _prompt_crop(model: str) -> int | None:
     """`core.prompt_crop_length` for the model, within lighteval's own `max_length` (it left-cuts longer inputs
     itself, which would cut a choice's full prompt and its prefix by different amounts: crop them alike first)."""
     from transformers import AutoConfig
@@ -131,7 +127,7 @@ def prompt_fn(line: dict, task_name: str) -> Doc:
     """One nanochat CORE example -> a lighteval Doc carrying nanochat's exact token sequences."""
     task, rows = _task_rows(_task_of(task_name))
     tok = _tokenizer()
-    ex = core.prepare_example(int(line["idx"]), rows, task, tok, _prompt_crop())
+    ex = core.prepare_example(int(line["idx"]), rows, task, tok, _prompt_crop(_tokenizer_source()))
     query = _context_prefix(tok)
 
     def decode(ids):
