@@ -43,7 +43,7 @@ def read_jsonl(path: Path) -> list[dict]:
     for line in path.read_text().splitlines() if path.exists() else []:
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:  # a blank line too
+        except json.JSONDecodeError:  # a torn or blank line
             continue
     return rows
 
