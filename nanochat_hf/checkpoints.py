@@ -1,15 +1,9 @@
 """Checkpoints that are whole or absent, for pretraining (accelerate) and SFT / RL (the HF Trainer).
 
-A checkpoint is written into a hidden sibling, `.checkpoint-<step>.tmp`, and renamed to `checkpoint-<step>`
-once every file is there; older checkpoints are deleted only after that. So a run killed mid-save, or
-stopped by a full disk or a read-only folder, leaves its previous checkpoint as it was, plus at most a
-hidden temporary folder that no resume ever picks. A write that fails stops the run with one line
-naming the folder and the free space on its disk (`errors.write_failed`).
-
-Every stage resumes with `--resume_from_checkpoint latest` (or a checkpoint folder), read by
-`resume_checkpoint`. `latest` is the newest `checkpoint-<step>` holding its trainer state (written last),
-skipping, with a line saying so, any that lacks it (a folder copied in part, or left by a version that
-wrote in place); `auto`, `last` and `true` mean the same, for commands written for earlier versions.
+A checkpoint is written into a hidden sibling, `.checkpoint-<step>.tmp`, and renamed to `checkpoint-<step>` once
+every file is there; older checkpoints are deleted only after that. So a run killed mid-save, or stopped by a full
+disk, leaves its previous checkpoint as it was. `--resume_from_checkpoint latest` (`resume_checkpoint`) picks the
+newest `checkpoint-<step>` holding its trainer state (written last), skipping, with a line saying so, any without.
 """
 
 from __future__ import annotations
@@ -90,10 +84,8 @@ def resume_checkpoint(output_dir: str | os.PathLike, spelling: str | None, say=N
 
 
 def rotate(output_dir: str | os.PathLike, keep: int | None, protect: str | os.PathLike | None = None) -> None:
-    """Keep the newest `keep` complete checkpoints (and `protect`); None or <= 0 keeps all.
-
-    Only complete ones count and go: a partial folder at a later step must not push a good one out.
-    """
+    """Keep the newest `keep` complete checkpoints (and `protect`); None or <= 0 keeps all. Only complete ones
+    count: a partial folder at a later step must not push a good one out."""
     if not keep or keep <= 0:
         return
     complete = [d for d in _checkpoints(output_dir) if (d / STATE_NAME).is_file()]
@@ -103,12 +95,8 @@ def rotate(output_dir: str | os.PathLike, keep: int | None, protect: str | os.Pa
 
 
 class AtomicCheckpoints:
-    """Mixin for a transformers Trainer (SFTTrainer, GRPOTrainer): its checkpoints are saved atomically.
-
-    The Trainer writes `checkpoint-<step>` inside `_get_output_dir()`; pointing that at a staging folder
-    for the duration of the save, then renaming, keeps all of the Trainer's own saving code (model,
-    optimizer, scheduler, RNG states, trainer state) and TRL's additions to it.
-    """
+    """Mixin for a transformers Trainer (SFTTrainer, GRPOTrainer): its checkpoints are saved atomically, by
+    pointing `_get_output_dir()` at a staging folder during the save, keeping all of the Trainer's saving code."""
 
     _staging: Path | None = None
 

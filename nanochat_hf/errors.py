@@ -1,13 +1,7 @@
 """Problems the user fixes (a corrupt file, a typo'd recipe key, a full disk): one line, exit status 2.
 
-    from nanochat_hf.errors import UserError, run_main
-    raise UserError(f"{path}:{line}: not valid JSON (...); fix or delete that line")
-    def main(argv=None) -> int:
-        return run_main("nanochat-hf pretrain", lambda: train(parse_args(argv)))
-
-The error is raised where the problem is seen, so it can name the file (and row or key); every stage's
-`main` hands its work to `run_main`, the one place that turns such an error into `prog: error: ...` on
-stderr and exit status 2 instead of a traceback.
+The error is raised where the problem is seen, so it can name the file (and row or key); every stage's `main` hands
+its work to `run_main`, the one place that turns it into `prog: error: ...` on stderr instead of a traceback.
 """
 
 from __future__ import annotations
@@ -26,10 +20,8 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class UserError(ValueError):
-    """Bad input or a failed write the user can fix; the message names the file and the fix.
-
-    A ValueError, so callers that already refuse bad values in one line treat it the same way.
-    """
+    """Bad input or a failed write the user can fix; the message names the file and the fix (a ValueError, so
+    callers that already refuse bad values in one line treat it the same way)."""
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -57,19 +49,14 @@ def write_failed(folder: str | os.PathLike, err: BaseException) -> UserError:
                      "writable (or pick another --output_dir), then run the same command again to resume")
 
 
-def write_errors() -> tuple[type[BaseException], ...]:
-    """What a failed write raises: OSError from Python, RuntimeError from torch.save, SafetensorError."""
-    from safetensors import SafetensorError
-
-    return OSError, RuntimeError, SafetensorError
-
-
 @contextlib.contextmanager
 def writing(folder: str | os.PathLike, undo: Callable[[], None] | None = None):
     """Around a save into `folder`: a failed write becomes `write_failed`, after `undo()` (e.g. drop the partial)."""
+    from safetensors import SafetensorError
+
     try:
         yield
-    except write_errors() as err:
+    except (OSError, RuntimeError, SafetensorError) as err:  # Python's, torch.save's, safetensors' failed write
         if undo is not None:
             undo()
         raise write_failed(folder, err) from err
@@ -103,12 +90,8 @@ def _describe(err: BaseException) -> str:
 
 
 def run_main(prog: str, body: Callable[[], object], also: tuple[type[BaseException], ...] = ()) -> int:
-    """Run a stage's work: the int it returns (else 0), or 2 after one `prog: error: ...` line on stderr.
-
-    Caught: UserError, the ValueError / FileNotFoundError the stages raise for bad arguments, and
-    OSError (a full disk, a read-only folder: named with the file and, for a full disk, the free space).
-    Anything else is a bug and keeps its traceback.
-    """
+    """Run a stage's work: the int it returns (else 0), or 2 after one `prog: error: ...` line on stderr for a
+    ValueError (UserError included) or OSError. Anything else is a bug and keeps its traceback."""
     try:
         result = body()
     except (ValueError, OSError, *also) as err:

@@ -2,10 +2,9 @@
 
     nanochat-hf push --run runs/tiny --stage sft --repo-id USER/nanochat-tiny [--private]
 
-The folder each stage writes is already Hub-ready (config, safetensors, tokenizer with the
-chat template, generation config); this adds a model card (`README.md`) with the training
-story, the evaluation table as `model-index` metadata, usage snippets, and the run's report
-and plots, then uploads everything in one commit through `huggingface_hub.HfApi`.
+The folder each stage writes is already Hub-ready (config, safetensors, tokenizer with the chat template, generation
+config); this adds a model card (`README.md`) with the training story, the evaluation table as `model-index`
+metadata, usage snippets and the run's report and plots, and uploads it all in one commit.
 """
 
 from __future__ import annotations
@@ -78,39 +77,12 @@ nanochat-hf chat --model {repo_id} -p "Why is the sky blue?"
 """
 
 
-def _eval_results(run: Path, stage: str):
-    from huggingface_hub import EvalResult
-
-    table = summary_table(run)
-    results = []
-    for metric in SUMMARY_METRICS:
-        value = table[metric].get(stage)
-        if value is None:
-            continue
-        dataset_type, dataset_name, metric_type = EVAL_DATASETS[metric]
-        results.append(
-            EvalResult(
-                task_type="text-generation",
-                dataset_type=dataset_type,
-                dataset_name=dataset_name,
-                metric_type=metric_type,
-                metric_name=metric,
-                metric_value=float(value),
-            )
-        )
-    return results
-
-
 def build_model_card(run: Path, stage: str, repo_id: str):
     """A `huggingface_hub.ModelCard` with model-index metadata from the run's eval JSON."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    model_dir = run / stage
-    config = read_json(model_dir / "config.json")
-    stages = read_json(run / "stages.json")
-    model_name = repo_id.split("/")[-1]
-    needs_remote_code = "auto_map" in config
-
+    config, stages = read_json(run / stage / "config.json"), read_json(run / "stages.json")
+    model_name, needs_remote_code = repo_id.split("/")[-1], "auto_map" in config
     training = {
         "stage": stage,
         "preset / recipe": stages.get("preset", "-"),
@@ -122,43 +94,26 @@ def build_model_card(run: Path, stage: str, repo_id: str):
     for name, info in stages.get("stages", {}).items():
         if isinstance(info, dict) and "seconds" in info:
             training[f"time: {name}"] = f"{info['seconds'] / 60:.1f} min"
-    training_rows = "\n".join(f"| {k} | {v} |" for k, v in training.items())
-
-    results = _eval_results(run, stage)
-    if results:
-        eval_table = "| metric | value |\n|---|---|\n" + "\n".join(
-            f"| {r.metric_name} | {r.metric_value:.4f} |" for r in results
-        )
-    else:
-        eval_table = "Not evaluated yet."
-
+    table = summary_table(run)
+    results = [EvalResult(task_type="text-generation", dataset_type=EVAL_DATASETS[metric][0],
+                          dataset_name=EVAL_DATASETS[metric][1], metric_type=EVAL_DATASETS[metric][2],
+                          metric_name=metric, metric_value=float(table[metric][stage]))
+               for metric in SUMMARY_METRICS if table[metric].get(stage) is not None]
+    rows = "\n".join(f"| {r.metric_name} | {r.metric_value:.4f} |" for r in results)
+    eval_table = f"| metric | value |\n|---|---|\n{rows}" if results else "Not evaluated yet."
     report_section = ""
     if (run / "report.md").exists():
         report_section = "\n## Report card\n\nThe full report of the run is in [`report/report.md`](report/report.md)."
-        plots = sorted((run / "plots").glob("*.png")) if (run / "plots").is_dir() else []
-        for plot in plots:
+        for plot in sorted((run / "plots").glob("*.png")) if (run / "plots").is_dir() else []:
             report_section += f"\n\n![{plot.stem}](report/plots/{plot.name})"
-
-    card_data = ModelCardData(
-        language="en",
-        license="mit",
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["nanochat", "nanochat_hf", stage],
-        model_name=model_name,
-        eval_results=results or None,
-    )
+    card_data = ModelCardData(language="en", license="mit", library_name="transformers",
+                              pipeline_tag="text-generation", tags=["nanochat", "nanochat_hf", stage],
+                              model_name=model_name, eval_results=results or None)
     content = f"---\n{card_data.to_yaml()}\n---\n" + CARD_TEMPLATE.format(
-        model_name=model_name,
-        stage=stage,
-        run_name=run.name,
-        training_rows=training_rows,
-        eval_table=eval_table,
-        repo_id=repo_id,
+        model_name=model_name, stage=stage, run_name=run.name, repo_id=repo_id, eval_table=eval_table,
+        training_rows="\n".join(f"| {k} | {v} |" for k, v in training.items()), report_section=report_section,
         remote_code_note=" (custom architecture: `trust_remote_code=True`)" if needs_remote_code else "",
-        remote_code_arg=", trust_remote_code=True" if needs_remote_code else "",
-        report_section=report_section,
-    )
+        remote_code_arg=", trust_remote_code=True" if needs_remote_code else "")
     return ModelCard(content)
 
 
@@ -177,7 +132,6 @@ def push_stage(run: str | Path, stage: str, repo_id: str, private: bool = False,
         raise ValueError(f"--repo-id must look like USER/NAME, got {repo_id!r}")
     api = api or HfApi(token=token)
     card = build_model_card(run, stage, repo_id)
-
     with tempfile.TemporaryDirectory() as tmp:
         staging = Path(tmp) / "upload"
         # Skip training-only state (optimizer checkpoints) that users should not download.
@@ -189,12 +143,8 @@ def push_stage(run: str | Path, stage: str, repo_id: str, private: bool = False,
             if (run / "plots").is_dir():
                 shutil.copytree(run / "plots", staging / "report" / "plots", dirs_exist_ok=True)
         api.create_repo(repo_id=repo_id, private=private, repo_type="model", exist_ok=True)
-        commit = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(staging),
-            repo_type="model",
-            commit_message=f"nanochat_hf: upload {stage} model of run {run.name}",
-        )
+        commit = api.upload_folder(repo_id=repo_id, folder_path=str(staging), repo_type="model",
+                                   commit_message=f"nanochat_hf: upload {stage} model of run {run.name}")
     return str(getattr(commit, "commit_url", commit))
 
 

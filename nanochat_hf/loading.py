@@ -1,8 +1,5 @@
-"""Loading and saving models, for every command and stage: `is_hub_id` (a local folder or a Hub id?),
-`load_model` (model + tokenizer, dtype, device, the tokenizer-fits-model check) and
-`set_generation_config` (the stop tokens every saved folder carries).
-
-    model, tokenizer = load_model("runs/tiny/sft", device="auto")   # a stage's folder or owner/name
+"""Loading and saving models, for every command and stage: `is_hub_id`, `load_model` (model + tokenizer, dtype,
+device, the tokenizer-fits-model check) and `set_generation_config` (the stop tokens every saved folder carries).
 """
 
 from __future__ import annotations
@@ -18,12 +15,8 @@ STOP_TOKENS = ("<|assistant_end|>", "<|bos|>")
 
 
 def is_hub_id(name: str | os.PathLike) -> bool:
-    """Does `name` mean a Hub repo (`owner/name`) rather than a local path?
-
-    A path that exists is local; so is one starting with `.`, `/` or `~`, or with more than one `/`
-    (`runs/tiny/sft` before the stage has written it). A bare name (`sft`) is local as well: Hub ids
-    name their owner (the Hub redirects its few legacy bare names, `gpt2` -> `openai-community/gpt2`).
-    """
+    """Does `name` mean a Hub repo (`owner/name`) rather than a local path? A path that exists is local; so is one
+    starting with `.`, `/` or `~`, with more than one `/`, or a bare name (the Hub's own are legacy redirects)."""
     name = str(name)
     if name.startswith((".", "/", "~")) or Path(name).expanduser().exists():
         return False
@@ -58,11 +51,9 @@ def load_model(name: str | os.PathLike, device: str | None = None, dtype="auto",
                any_model: bool = False, trust_remote_code: bool = False, fix: str = MODEL_FIX):
     """(model, tokenizer) from a stage's output folder or a Hub id.
 
-    device: "auto" (cuda when there is one, else cpu), a device, or None to leave the model where it loads
-    (the CPU; trainers place it). dtype: see `torch_dtype`. tokenizer: a folder / Hub id, or a loaded
-    tokenizer, when it is not the model's own. any_model: any causal LM and tokenizer (evaluation; the code
-    they ship is trusted); otherwise the tokenizer must be a nanochat one (`load_tokenizer`). A tokenizer
-    with more tokens than the model's vocabulary is refused: its ids would index past the embeddings.
+    device: "auto", a device, or None to leave the model on the CPU (trainers place it). tokenizer: a folder / Hub
+    id or a loaded one, when not the model's own. any_model: any causal LM and tokenizer (evaluation; their code is
+    trusted), else the tokenizer must be a nanochat one. A tokenizer larger than the model's vocabulary is refused.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -94,11 +85,9 @@ def load_model(name: str | os.PathLike, device: str | None = None, dtype="auto",
 def set_generation_config(model, tokenizer) -> None:
     """The generation config every stage saves: stop on <|assistant_end|> or <|bos|>, pad with <|bos|>.
 
-    One rule for base, mid, sft, rl and imported checkpoints: <|assistant_end|> closes a chat turn (and is
-    our tokenizer's EOS), and <|bos|> starts the next document, which is where a base model ends one and
-    where a chat model that runs past its turn goes. Stopping on both everywhere means a folder generates
-    the same way whichever stage wrote it; the ids also go into config.json for runtimes that read them there.
-    A tokenizer without these tokens stops on its own EOS and BOS.
+    <|assistant_end|> closes a chat turn and <|bos|> starts the next document (where a base model ends one), so
+    stopping on both means a folder generates the same way whichever stage wrote it; the ids also go into
+    config.json. A tokenizer without these tokens stops on its own EOS and BOS.
     """
     from transformers import GenerationConfig
 

@@ -40,15 +40,10 @@ DEFAULT_GPU_HOUR_COST = 3.0
 def read_jsonl(path: Path) -> list[dict]:
     """Rows of a JSONL log; a torn last line (killed run) is skipped, not fatal."""
     rows = []
-    if not path.exists():
-        return rows
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
+    for line in path.read_text().splitlines() if path.exists() else []:
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except json.JSONDecodeError:  # a torn or blank line
             continue
     return rows
 
@@ -63,48 +58,30 @@ def read_json(path: Path) -> dict:
 def stage_log(run: Path, stage: str) -> list[dict]:
     """The training log of a stage: `<stage>/logs/*.jsonl` (pretrain.jsonl for base)."""
     logs_dir = run / stage / "logs"
-    if not logs_dir.is_dir():
-        return []
-    rows: list[dict] = []
-    for path in sorted(logs_dir.glob("*.jsonl")):
-        rows.extend(read_jsonl(path))
-    return rows
-
-
-CHAT_TASK_LABELS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
-
-
-def summary_row(evaluation: dict, metric: str) -> float | None:
-    """A summary-table cell. Chat tasks are matched by their exact ChatCORE labels, so a base model's
-    CORE `arc_easy` (10-shot completion) is never shown as the chat ARC-Easy (letter choice)."""
-    if metric == "CORE":
-        return evaluation.get("core")
-    if metric == "ChatCORE":
-        return evaluation.get("chatcore")
-    result = evaluation.get("tasks", {}).get(metric)
-    return result.get("accuracy") if isinstance(result, dict) else None
-
-
-def partial_chatcore(evaluation: dict) -> float | None:
-    """Mean centered accuracy over the chat tasks that ran, when the full ChatCORE set did not
-    (offline CPU runs have no MMLU/GSM8K data): shown in the report marked with an asterisk."""
-    tasks = evaluation.get("tasks", {})
-    centered = [tasks[t]["centered"] for t in CHAT_TASK_LABELS
-                if isinstance(tasks.get(t), dict) and "centered" in tasks[t]]
-    return sum(centered) / len(centered) if centered else None
+    return [row for path in sorted(logs_dir.glob("*.jsonl")) for row in read_jsonl(path)] if logs_dir.is_dir() else []
 
 
 def summary_table(run: Path) -> dict[str, dict[str, float | None]]:
-    """metric -> stage -> value, for the stages that have an eval JSON."""
+    """metric -> stage -> value, for the stages that have an eval JSON. Chat tasks are matched by their exact
+    ChatCORE labels, so a base model's CORE `arc_easy` (10-shot completion) is never shown as the chat ARC-Easy."""
+    from nanochat_hf.evaluation.chat_tasks import CHATCORE_TASKS
+
     table: dict[str, dict[str, float | None]] = {m: {} for m in SUMMARY_METRICS}
     for stage in MODEL_STAGES:
         evaluation = read_json(run / "eval" / f"{stage}.json")
         if not evaluation:
             continue
+        tasks = evaluation.get("tasks", {})
         for metric in SUMMARY_METRICS:
-            table[metric][stage] = summary_row(evaluation, metric)
-        if table["ChatCORE"][stage] is None and partial_chatcore(evaluation) is not None:
-            table["ChatCORE"][stage] = PartialScore(partial_chatcore(evaluation))
+            result = tasks.get(metric)
+            table[metric][stage] = result.get("accuracy") if isinstance(result, dict) else None
+        table["CORE"][stage], table["ChatCORE"][stage] = evaluation.get("core"), evaluation.get("chatcore")
+        # Without the full ChatCORE set (offline CPU runs have no MMLU/GSM8K data): the mean over the chat tasks
+        # that ran, printed with an asterisk.
+        centered = [tasks[t]["centered"] for t in CHATCORE_TASKS if isinstance(tasks.get(t), dict)
+                    and "centered" in tasks[t]]
+        if table["ChatCORE"][stage] is None and centered:
+            table["ChatCORE"][stage] = PartialScore(sum(centered) / len(centered))
     return table
 
 
@@ -124,11 +101,8 @@ def proportion_se(p: float | None, n: int | None) -> float | None:
 
 @dataclass
 class Effect:
-    """One row of "what each stage moved": a metric before and after a stage ran.
-
-    role "moves": what the stage exists to move; "holds": what it should not lose meanwhile.
-    se_before / se_after: standard errors of the two measurements (None: no noise estimate, e.g. val bpb).
-    """
+    """One row of "what each stage moved": a metric before and after a stage ran. role "moves": what the stage
+    exists to move; "holds": what it should not lose meanwhile. se_*: standard errors (None: no noise estimate)."""
 
     stage: str
     metric: str
@@ -146,9 +120,8 @@ class Effect:
     @property
     def band(self) -> float | None:
         """2 SE of the change, before and after taken as independent samples."""
-        if self.se_before is None or self.se_after is None:
-            return None
-        return 2.0 * math.sqrt(self.se_before ** 2 + self.se_after ** 2)
+        no_se = self.se_before is None or self.se_after is None
+        return None if no_se else 2.0 * math.sqrt(self.se_before ** 2 + self.se_after ** 2)
 
     @property
     def verdict(self) -> str:
@@ -165,22 +138,15 @@ class Effect:
         return "**did not move**" if gain == 0 else "within noise"
 
 
-def _first_last_rows(rows: list[dict], key: str) -> tuple[dict | None, dict] | None:
-    """The first and last log rows that carry `key`; (None, row) when it was measured once (one step: a
-    run's end row repeats its last eval), None if never."""
-    carrying = [r for r in rows if isinstance(r.get(key), (int, float))]
-    if not carrying:
-        return None
-    once = len(carrying) < 2 or carrying[0].get("step", 0) == carrying[-1].get("step", -1)
-    return (None if once else carrying[0]), carrying[-1]
-
-
 def _log_effect(stage: str, metric: str, rows: list[dict], key: str, n_key: str | None = None,
                 **kwargs) -> Effect:
-    """A stage's metric from its own log: the first measurement (step 0) against the last (the end)."""
-    pair = _first_last_rows(rows, key)
-    if pair is None:
+    """A stage's metric from its own log: the first measurement (step 0) against the last (the end); no
+    "before" when it was measured at one step only (a run's end row repeats its last eval)."""
+    carrying = [r for r in rows if isinstance(r.get(key), (int, float))]
+    if not carrying:
         return Effect(stage, metric, None, None, **kwargs)
+    once = len(carrying) < 2 or carrying[0].get("step", 0) == carrying[-1].get("step", -1)
+    pair = (None if once else carrying[0]), carrying[-1]
     values = [None if r is None else r[key] for r in pair]
     ses = [proportion_se(v, r.get(n_key)) if n_key and r is not None else None for v, r in zip(values, pair)]
     return Effect(stage, metric, *values, *ses, **kwargs)
@@ -227,11 +193,9 @@ def _chat_mean_effect(run: Path, before: str, after: str, stage: str) -> list[Ef
 
 
 def stage_effects(run: Path) -> list[Effect]:
-    """The metric each stage exists to move, before -> after: pretraining lowers val bpb (its log's first
-    and last eval), mid-training teaches the calculator and spelling (its log's ChatCORE subset at step 0
-    and the end), SFT moves the chat evals (`eval/mid.json` -> `eval/sft.json`), RL raises pass@1 on
-    held-out problems (its log, step 0 and the end) while the chat evals should hold (`eval/sft.json` ->
-    `eval/rl.json`)."""
+    """The metric each stage exists to move, before -> after: pretraining lowers val bpb, mid-training teaches
+    the calculator and spelling, RL raises held-out pass@1 (each from its log, step 0 and the end); SFT moves
+    the chat evals (`eval/mid.json` -> `eval/sft.json`), which RL should hold (`eval/sft.json` -> `eval/rl.json`)."""
     logs = {stage: stage_log(run, stage) for stage in MODEL_STAGES}
     effects = [
         _log_effect("pretrain", "val bpb", logs["base"], "val_bpb", higher_is_better=False),
@@ -263,12 +227,6 @@ def flagged_stages(effects: list[Effect]) -> list[str]:
     return lines
 
 
-def _fmt_change(e: Effect) -> str:
-    if e.change is None:
-        return "-"
-    return f"{e.change:+.4f}" + ("" if e.band is None else f" ± {e.band:.4f}")
-
-
 NOISE_RULE = ("± 2 SE: twice the standard error of the change, sqrt(p(1-p)/n) for a share p of n problems, "
               "before and after taken as independent (both measure the same problems, so the band errs wide); "
               "beyond it a change counts as moved (or worse), inside it as within noise. val bpb has no band "
@@ -278,8 +236,8 @@ NOISE_RULE = ("± 2 SE: twice the standard error of the change, sqrt(p(1-p)/n) f
 def effects_table(effects: list[Effect]) -> list[str]:
     lines = ["| stage | metric | before | after | change (± 2 SE) | verdict |", "|---|---|---|---|---|---|"]
     for e in effects:
-        lines.append(f"| {e.stage} | {e.metric} | {_fmt(e.before)} | {_fmt(e.after)} | {_fmt_change(e)} "
-                     f"| {e.verdict} |")
+        change = "-" if e.change is None else f"{e.change:+.4f}" + ("" if e.band is None else f" ± {e.band:.4f}")
+        lines.append(f"| {e.stage} | {e.metric} | {_fmt(e.before)} | {_fmt(e.after)} | {change} | {e.verdict} |")
     flags = flagged_stages(effects)
     return [*lines, "", *(flags or ["Every stage moved what it exists to move beyond noise."]), "", NOISE_RULE]
 
@@ -287,39 +245,30 @@ def effects_table(effects: list[Effect]) -> list[str]:
 # ----------------------------------------------------------------------------- environment
 
 
-def environment() -> dict[str, str]:
-    env = {
-        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S"),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
-        "cpu_count": str(os.cpu_count()),
-    }
+def git_commit() -> str | None:
+    """The short commit of this checkout, None outside a git checkout."""
     try:
-        import torch
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
-        env["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            env["gpus"] = f"{len(names)}x {names[0]}"
-        else:
-            env["gpus"] = "none (CPU)"
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+
+def environment() -> dict[str, str]:
+    env = {"date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S"), "platform": platform.platform(),
+           "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+           "cpu_count": str(os.cpu_count())}
+    import torch
+
+    cuda = torch.cuda.is_available()
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else []
+    env["torch"], env["gpus"] = torch.__version__, f"{len(names)}x {names[0]}" if names else "none (CPU)"
     for name in ("transformers", "accelerate", "trl", "datasets", "tokenizers", "lighteval"):
         try:
-            module = __import__(name)
-            env[name] = getattr(module, "__version__", "?")
+            env[name] = getattr(__import__(name), "__version__", "?")
         except Exception:  # lighteval may fail to import offline; the report must not
             env[name] = "not importable"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-        env["git_commit"] = commit or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        env["git_commit"] = "unknown"
+    env["git_commit"] = git_commit() or "unknown"
     return env
 
 
@@ -344,23 +293,6 @@ def _series(rows: list[dict], key: str, x_keys=("tokens", "step", "global_step")
     return xs, ys, label
 
 
-def _add_tokens(rows: list[dict]) -> None:
-    """Pretraining logs steps; the plan row gives tokens per step, so curves can be drawn over tokens."""
-    per_step = next((r["plan"].get("total_batch_size") for r in rows if isinstance(r.get("plan"), dict)), None)
-    if not per_step:
-        return
-    for row in rows:
-        if isinstance(row.get("step"), int) and "tokens" not in row:
-            row["tokens"] = row["step"] * per_step
-
-
-def _first_key(rows: list[dict], candidates: tuple[str, ...]) -> str | None:
-    for key in candidates:
-        if any(isinstance(row.get(key), (int, float)) for row in rows):
-            return key
-    return None
-
-
 # Which plot shows which log keys (each log names things its own way; the first found wins).
 PLOTS = [
     ("base", "loss", "pretraining loss", ("train_loss", "loss")),
@@ -383,20 +315,22 @@ def write_plots(run: Path, out_dir: Path) -> list[tuple[str, Path]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     logs = {stage: stage_log(run, stage) for stage in MODEL_STAGES}
-    _add_tokens(logs["base"])
+    # pretraining logs steps; its plan row gives tokens per step, so its curves can be drawn over tokens
+    per_step = next((r["plan"].get("total_batch_size") for r in logs["base"] if isinstance(r.get("plan"), dict)), None)
+    for row in logs["base"] if per_step else []:
+        if isinstance(row.get("step"), int) and "tokens" not in row:
+            row["tokens"] = row["step"] * per_step
     for stage, name, title, keys in PLOTS:
         rows = logs[stage]
-        key = _first_key(rows, keys)
+        key = next((k for k in keys if any(isinstance(row.get(k), (int, float)) for row in rows)), None)
         if key is None:
             continue
         xs, ys, x_label = _series(rows, key)
-        if len(ys) < 1:
+        if not ys:
             continue
         fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
         ax.plot(xs, ys, marker="o" if len(ys) < 30 else None, linewidth=1.5)
-        ax.set_title(f"{stage}: {title}")
-        ax.set_xlabel(x_label)
-        ax.set_ylabel(key)
+        ax.set(title=f"{stage}: {title}", xlabel=x_label, ylabel=key)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = out_dir / f"{stage}_{name}.png"
@@ -442,14 +376,9 @@ def _how_run(info: dict) -> str:
 def _model_facts(run: Path, stage: str) -> dict:
     """Parameters and FLOPs/token from a stage's model config (no weights loaded)."""
     config = read_json(run / stage / "config.json")
-    facts = {}
-    if config:
-        facts["model_type"] = config.get("model_type")
-        facts["layers"] = config.get("num_hidden_layers")
-        facts["width"] = config.get("hidden_size")
-        facts["vocab"] = config.get("vocab_size")
-    rows = stage_log(run, stage)
-    for row in rows:  # pretraining: the derived plan, then the end-of-run totals
+    names = {"model_type": "model_type", "layers": "num_hidden_layers", "width": "hidden_size", "vocab": "vocab_size"}
+    facts = {fact: config.get(key) for fact, key in names.items()} if config else {}
+    for row in stage_log(run, stage):  # pretraining: the derived plan, then the end-of-run totals
         if isinstance(row.get("plan"), dict):
             for key in ("num_params", "num_scaling_params", "flops_per_token", "total_batch_size",
                         "num_iterations", "total_tokens"):
@@ -463,21 +392,15 @@ def _model_facts(run: Path, stage: str) -> dict:
 
 def build_report(run: Path, gpu_hour_cost: float = DEFAULT_GPU_HOUR_COST) -> str:
     stages = read_json(run / "stages.json")
-    env = environment()
     lines = [f"# nanochat_hf report card: `{run.name}`", ""]
-    preset = stages.get("preset")
-    if preset:
-        lines += [f"Preset: **{preset}**", ""]
-
-    lines += ["## Environment", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in env.items()]
-    lines.append("")
+    if stages.get("preset"):
+        lines += [f"Preset: **{stages['preset']}**", ""]
+    lines += ["## Environment", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in environment().items()), ""]
 
     tok_eval = read_json(run / "tokenizer" / "tokenizer_eval.json")
     if tok_eval:
-        lines += ["## Tokenizer", "", "| | |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in tok_eval.items() if not isinstance(v, (dict, list))]
-        lines.append("")
+        lines += ["## Tokenizer", "", "| | |", "|---|---|",
+                  *(f"| {k} | {_fmt(v)} |" for k, v in tok_eval.items() if not isinstance(v, (dict, list))), ""]
 
     timings = stages.get("stages", {})
     total_seconds = sum(s.get("seconds", 0.0) for s in timings.values() if isinstance(s, dict))
@@ -489,18 +412,14 @@ def build_report(run: Path, gpu_hour_cost: float = DEFAULT_GPU_HOUR_COST) -> str
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"Total wall time: **{_duration(total_seconds)}**"]
         num_gpus = int(stages.get("num_gpus", 0) or 0)
-        if num_gpus:
-            cost = total_seconds / 3600 * num_gpus * gpu_hour_cost
-            lines.append(f"Estimated cost: **${cost:,.2f}** ({num_gpus} GPUs at ${gpu_hour_cost:.2f}/GPU-hour)")
-        else:
-            lines.append("Estimated cost: $0 (CPU run)")
-        lines.append("")
+        cost = total_seconds / 3600 * num_gpus * gpu_hour_cost
+        lines += [f"Estimated cost: **${cost:,.2f}** ({num_gpus} GPUs at ${gpu_hour_cost:.2f}/GPU-hour)" if num_gpus
+                  else "Estimated cost: $0 (CPU run)", ""]
 
     facts = {stage: _model_facts(run, stage) for stage in MODEL_STAGES if (run / stage).is_dir()}
     if facts:
-        keys = sorted({k for f in facts.values() for k in f})
         lines += ["## Models", "", "| | " + " | ".join(facts) + " |", "|---|" + "---|" * len(facts)]
-        for key in keys:
+        for key in sorted({k for f in facts.values() for k in f}):
             lines.append(f"| {key} | " + " | ".join(_fmt(facts[s].get(key)) for s in facts) + " |")
         lines.append("")
 
@@ -540,11 +459,11 @@ def write_report(run: str | Path, gpu_hour_cost: float = DEFAULT_GPU_HOUR_COST) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nanochat-hf report", description="Write report.md and "
-                                                                            "plots for a run folder.")
+    parser = argparse.ArgumentParser(prog="nanochat-hf report",
+                                     description="Write report.md and plots for a run folder.")
     parser.add_argument("--run", required=True, help="run folder (e.g. runs/tiny)")
-    parser.add_argument("--gpu-hour-cost", type=float, default=DEFAULT_GPU_HOUR_COST, help="$ per GPU-hour for the "
-                                                                                           "cost line")
+    parser.add_argument("--gpu-hour-cost", type=float, default=DEFAULT_GPU_HOUR_COST,
+                        help="$ per GPU-hour for the cost line")
     args = parser.parse_args(argv)
     try:
         path = write_report(args.run, args.gpu_hour_cost)

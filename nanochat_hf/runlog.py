@@ -1,9 +1,8 @@
 """A training stage's log, `<output_dir>/logs/<stage>.jsonl`: one JSON object per line, read by the report card.
 
-`RunLog` is the file, for every stage; `RunLogCallback` feeds it the HF Trainer's log rows (SFT, RL).
-A run begins its log with `RunLog.start`: a fresh run empties the file, so a run killed before its first
-checkpoint and started again logs each step once; a resumed run keeps the rows up to its checkpoint's
-step and drops the rest, which it logs again, along with a torn last line left by the killed run.
+A run begins its log with `RunLog.start`: a fresh run empties the file, so a run killed before its first checkpoint
+and started again logs each step once; a resumed run keeps the rows up to its checkpoint's step and drops the rest
+(which it logs again), along with a torn last line left by the killed run.
 """
 
 from __future__ import annotations
@@ -48,17 +47,12 @@ class RunLog:
                 f.write(json.dumps(row, default=str) + "\n")
 
 
-def _plain(value) -> bool:
-    return value is None or isinstance(value, (bool, int, float, str))
-
-
 class RunLogCallback(TrainerCallback):
     """Every Trainer log row (loss, learning_rate, eval_loss, reward, pass@k, ...) as a line of a RunLog, with
     `step`, `epoch` and `time` (seconds since the callback was made); `header` fills the run's `start` row."""
 
     def __init__(self, path: str | Path, resume_step: int | None = None, header: dict | None = None):
-        self.log, self.resume_step, self.header = RunLog(path), resume_step, header
-        self.t0 = time.time()
+        self.log, self.resume_step, self.header, self.t0 = RunLog(path), resume_step, header, time.time()
 
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
@@ -70,5 +64,5 @@ class RunLogCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             row = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time() - self.t0, 3),
-                   **{k: v for k, v in logs.items() if _plain(v)}}
+                   **{k: v for k, v in logs.items() if v is None or isinstance(v, (bool, int, float, str))}}
             self.log.write(**row)

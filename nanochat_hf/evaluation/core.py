@@ -2,20 +2,13 @@
 
     nanochat-hf eval --model out/base --tasks core [--bundle eval_bundle/] [--max-per-task 500]
 
-The eval bundle (`core.yaml` task list, `eval_meta_data.csv` random baselines, one JSONL per task
-under `eval_data/`) is read from `--bundle DIR`, else from the cache, else downloaded from nanochat's
-public S3 location. Per task, nanochat's recipe:
-- shuffle the rows with `random.Random(1337)` (then keep the first `max_per_task`);
-- few-shot examples for row i: `random.Random(1234 + i).sample(other rows, k)`;
-- multiple choice: one prompt per choice, the continuation starts after the common token prefix;
-  schema: one prompt per context option, the continuation is the common token suffix;
-  the prediction is the option with the lowest *mean* continuation loss;
-- language modelling: correct iff greedy argmax reproduces every continuation token;
-- prompts are forwarded whole, as nanochat forwards them to its GPT (RoPE reaches past the training
-  length); models with learned positions (GPT-2) keep their last tokens (`prompt_crop_length`);
-- centered = (acc - 0.01*baseline) / (1 - 0.01*baseline), CORE = mean centered over tasks.
-Unlike nanochat (one example per forward) we pack many examples' sequences into one padded batch:
-the same numbers, several times faster (benchmarks/eval.py).
+The eval bundle (core.yaml, eval_meta_data.csv, eval_data/*.jsonl) is read from `--bundle DIR`, else the cache,
+else downloaded from nanochat's S3. Per task, nanochat's recipe: rows shuffled with Random(1337); few-shot examples
+of row i drawn with Random(1234 + i); multiple choice / schema: one prompt per option, the continuation span being
+the common token prefix / suffix, the prediction the option with the lowest *mean* span loss; language modelling:
+correct iff greedy argmax reproduces every continuation token; centered = (acc - b) / (1 - b), CORE = mean centered.
+Unlike nanochat (one example per forward) we pack many examples into one padded batch: the same numbers, several
+times faster (benchmarks/eval.py).
 """
 
 from __future__ import annotations
@@ -41,14 +34,12 @@ EVAL_BUNDLE_URL = "https://karpathy-public.s3.us-west-2.amazonaws.com/eval_bundl
 SHUFFLE_SEED = 1337  # nanochat shuffles each task once with this seed (stable subsampling)
 FEWSHOT_SEED = 1234  # few-shot examples of row i are drawn with Random(FEWSHOT_SEED + i)
 BATCH_TOKENS = 8192  # padded tokens per forward pass (rows x longest row)
-TASK_TYPES = ("multiple_choice", "schema", "language_modeling")
-# The labels of the DCLM bundle's core.yaml, in its order: task names are checked against these before any
-# download (a local bundle's own core.yaml takes their place, see known_labels).
+# The DCLM bundle's core.yaml labels, in order: task names are checked against these before any download.
 CORE_LABELS = ("hellaswag_zeroshot", "jeopardy", "bigbench_qa_wikidata", "arc_easy", "arc_challenge", "copa",
                "commonsense_qa", "piqa", "openbook_qa", "lambada_openai", "hellaswag", "winograd", "winogrande",
                "bigbench_dyck_languages", "agi_eval_lsat_ar", "bigbench_cs_algorithms", "bigbench_operators",
                "bigbench_repeat_copy_logic", "squad", "coqa", "boolq", "bigbench_language_identification")
-# The fields a row of each task type must have (the DCLM bundle's schema).
+# The task types there are, and the fields a row of each must have (the DCLM bundle's schema).
 ROW_FIELDS = {"multiple_choice": ("query", "choices", "gold"), "schema": ("context_options", "continuation", "gold"),
               "language_modeling": ("context", "continuation")}
 
@@ -118,7 +109,7 @@ def load_tasks(bundle: Path, labels: list[str] | None = None) -> list[CoreTask]:
         baselines = {row["Eval Task"]: float(row["Random baseline"]) for row in csv.DictReader(f)}
     tasks = []
     for t in config["icl_tasks"]:
-        if t["icl_task_type"] not in TASK_TYPES:
+        if t["icl_task_type"] not in ROW_FIELDS:
             raise ValueError(f"core.yaml task {t['label']}: unknown icl_task_type {t['icl_task_type']!r}")
         if t["label"] not in baselines:
             raise ValueError(f"eval_meta_data.csv has no random baseline for {t['label']!r}")
@@ -269,20 +260,15 @@ def model_max_seq_len(model) -> int | None:
 
 
 def prompt_crop_length(config) -> int | None:
-    """How many last tokens of a CORE prompt the model gets; None = the whole prompt. The one rule:
+    """How many last tokens of a CORE prompt the model gets; None = the whole prompt.
 
-    nanochat's core_eval crops only a model that declares a `max_seq_len`; its own GPT declares none, so
-    long few-shot prompts (BoolQ: passages x 10 shots) go in whole, its rotary tables reaching 10x the
-    training length. RoPE rotates any position, so RoPE models (ours, both architectures: rotations are
-    computed for the positions at hand; any transformers config with `rope_parameters`) are forwarded
-    uncropped too, and a converted nanochat checkpoint scores nanochat's numbers. Learned absolute
-    positions (GPT-2's `n_positions`, OPT) have no embedding past their table, and a model we cannot
-    tell about may fail past its length: those keep their last tokens (as nanochat crops GPT-2 to 1024).
+    nanochat's own GPT declares no `max_seq_len`, so core_eval forwards long few-shot prompts (BoolQ) whole.
+    RoPE rotates any position, so RoPE models (any config with `rope_parameters`) go uncropped too and a
+    converted nanochat checkpoint scores nanochat's numbers; learned positions (GPT-2, OPT) have no embedding
+    past their table, and those and models we cannot tell about keep their last tokens (GPT-2: 1024).
     """
     rope = isinstance(getattr(config, "rope_parameters", None), dict)
-    if rope and getattr(config, "n_positions", None) is None:
-        return None
-    return context_length(config)
+    return None if rope and getattr(config, "n_positions", None) is None else context_length(config)
 
 
 def parse_max_context(value: str) -> str | int:
@@ -315,18 +301,12 @@ def model_device(model) -> torch.device:
 
 @torch.no_grad()
 def sequence_scores(model, seqs: list[list[int]], spans: list[tuple[int, int]], pad_id: int):
-    """For each sequence: (mean loss over its span, whether greedy argmax reproduces the span).
-
-    Position t predicts token t+1, so the span [s, e) is scored by logits at [s-1, e-1). Rows are
-    right-padded with `pad_id` and no attention mask, as nanochat does: a causal model never sees
-    the padding of a real token, so each row's scores equal its unbatched ones.
-    """
-    device = model_device(model)
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    """For each sequence: (mean loss over its span [s, e), whether greedy argmax reproduces it). Rows are
+    right-padded with no attention mask, as nanochat does: a causal model never sees a real token's padding."""
+    ids = torch.full((len(seqs), max(len(s) for s in seqs)), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
-    out = model(input_ids=ids.to(device))
+    out = model(input_ids=ids.to(model_device(model)))
     logits = out.logits if hasattr(out, "logits") else out
     results = []
     for i, (s, e) in enumerate(spans):
@@ -373,10 +353,8 @@ def score_examples(model, examples: list[Example], pad_id: int, batch_tokens: in
 
 def evaluate_task(model, tokenizer, rows: list[dict], task: CoreTask, batch_tokens: int = BATCH_TOKENS,
                   max_seq_len: int | None = -1, progress: bool = True) -> list[bool]:
-    """Per-row correctness of one CORE task (rows already shuffled/cut by `load_task_rows`).
-
-    `max_seq_len`: -1 = `prompt_crop_length`'s rule for this model, None = never crop, N = keep the last N.
-    """
+    """Per-row correctness of one CORE task. `max_seq_len`: -1 = `prompt_crop_length`'s rule, None = never crop,
+    N = keep the last N."""
     if max_seq_len == -1:
         max_seq_len = crop_length(model, "auto")
     if task.num_fewshot >= len(rows):
@@ -389,17 +367,12 @@ def evaluate_task(model, tokenizer, rows: list[dict], task: CoreTask, batch_toke
 def evaluate_core(model, tokenizer, bundle: str | os.PathLike | None = None, max_per_task: int = -1,
                   labels: list[str] | None = None, batch_tokens: int = BATCH_TOKENS, progress: bool = True,
                   max_context: str | int = "auto") -> dict:
-    """{"tasks": {label: {accuracy, centered, n, shots, type}}, "core": mean centered}.
-
-    `max_context` (see `crop_length`): "auto" scores as nanochat does; "trained" crops every prompt to the
-    model's training length, which a small CPU run uses for speed (few-shot BoolQ runs to thousands of tokens).
-    """
+    """{"tasks": {label: {accuracy, centered, n, shots, type}}, "core": mean centered}. `max_context`: "auto"
+    scores as nanochat does; "trained" crops every prompt to the training length (a fast CPU run)."""
     bundle = resolve_bundle(bundle)
     tasks = load_tasks(bundle, labels)
-    results = {}
-    was_training = getattr(model, "training", False)
+    results, was_training, crop = {}, getattr(model, "training", False), crop_length(model, max_context)
     model.eval()
-    crop = crop_length(model, max_context)  # one model, one rule for every task
     try:
         for task in tqdm(tasks, desc="CORE", disable=not progress):
             rows = load_task_rows(bundle, task, max_per_task)

@@ -3,25 +3,18 @@
     from nanochat_hf.evaluation.execution import execute_code
     result = execute_code(program, timeout=5.0)   # ExecutionResult(success, reason, stdout, stderr)
 
-Each program runs in a fresh `python -I -S -B` process (isolated: no site-packages, no env vars,
-no bytecode writes) started in its own session (so a timeout kills everything it spawned) inside a
-throw-away scratch directory. Before the program runs, the child:
-- sets resource limits: address space (huge allocations -> MemoryError), CPU seconds, written file
-  size, number of processes, no core dumps;
-- replaces what a program could use to escape or do harm with functions that raise
-  `SandboxViolation`: process creation (fork, exec, spawn, system, popen, subprocess), signals to
-  other processes, sockets, writes/deletes/renames outside the scratch directory, chdir (in `os`, `io`
-  and the C modules under them, `posix` / `nt` and `_io`, which a program can import directly).
-The evaluating process reads the child's stdout/stderr as they come and holds only the last
-MAX_STREAM_BYTES of each, and at the wall-clock limit kills the child's whole session: a program
-printing in a loop costs neither memory nor time beyond its limit.
-Whatever happens, the evaluating process gets a failed result with the reason; nothing it owns is
-touched. This is nanochat's `execution.py` idea (a reliability guard, not a security boundary
-against a determined attacker: for that, run the evaluation in a container).
+Each program runs in a fresh `python -I -S -B` process in its own session (a timeout kills all it spawned) inside a
+throw-away scratch directory. Before the program runs, the child sets resource limits (address space, CPU seconds,
+file size, processes, no core dumps) and replaces process creation, signals, sockets, chdir and writes outside the
+scratch directory with functions that raise `SandboxViolation` (in `os`, `io` and the C modules under them, which a
+program can import directly). The parent keeps only the last MAX_STREAM_BYTES of each output stream and kills the
+session at the deadline, so a program printing in a loop costs neither memory nor time beyond its limit. This is
+nanochat's `execution.py` idea: a reliability guard, not a security boundary (for that, use a container).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -42,6 +35,7 @@ MAX_OUTPUT_CHARS = 4000  # stdout/stderr kept in the result
 MAX_STREAM_BYTES = 64 * 1024  # of each stream, at most this much is held while reading (the rest is drained)
 READ_CHUNK_BYTES = 64 * 1024
 RESULT_TAG = "__NANOCHAT_HF_SANDBOX__"  # the child's last stderr line: tag + JSON status
+LIMIT_SIGNALS = {"SIGXCPU": "cpu time limit", "SIGKILL": "memory limit", "SIGSEGV": "memory limit"}
 
 
 @dataclass
@@ -170,17 +164,14 @@ else:
 '''
 
 
-def _limits(timeout: float, max_memory_bytes: int) -> str:
-    return json.dumps({"memory": int(max_memory_bytes), "cpu": int(timeout) + 1, "fsize": MAX_FILE_BYTES, "nproc": 64})
-
-
 def execute_code(program: str, timeout: float = TIMEOUT_S,
                  max_memory_bytes: int = MAX_MEMORY_BYTES) -> ExecutionResult:
     """Run `program` in the sandbox; success iff it finishes within the limits without an exception."""
     with tempfile.TemporaryDirectory(prefix="nanochat_hf_exec_") as scratch:
         env = {"PATH": "/usr/bin:/bin", "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8",
                "PYTHONHASHSEED": "0", "no_proxy": "*", "http_proxy": "http://0.0.0.0:9", "https_proxy": "http://0.0.0.0:9"}
-        cmd = [sys.executable, "-I", "-S", "-B", "-c", _CHILD, RESULT_TAG, _limits(timeout, max_memory_bytes)]
+        limits = {"memory": int(max_memory_bytes), "cpu": int(timeout) + 1, "fsize": MAX_FILE_BYTES, "nproc": 64}
+        cmd = [sys.executable, "-I", "-S", "-B", "-c", _CHILD, RESULT_TAG, json.dumps(limits)]
         # The program goes in through an unnamed file, not a pipe: nothing to feed while we read the
         # child's output, and a program that never reads stdin cannot block us.
         with tempfile.TemporaryFile(dir=scratch) as source:
@@ -191,7 +182,8 @@ def execute_code(program: str, timeout: float = TIMEOUT_S,
         try:
             out, err, timed_out = _read_bounded(proc, time.monotonic() + timeout)
         finally:
-            _kill_group(proc)  # at the deadline, and anything the program left running in its session
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # at the deadline, and anything the program left running
             proc.wait()
             proc.stdout.close()
             proc.stderr.close()
@@ -201,19 +193,15 @@ def execute_code(program: str, timeout: float = TIMEOUT_S,
     status = None
     head, sep, tail = err.rpartition(RESULT_TAG)
     if sep:
-        try:
+        with contextlib.suppress(ValueError, IndexError):
             status = json.loads(tail.strip().splitlines()[0])
-        except (ValueError, IndexError):
-            status = None
         err = head.rstrip("\n")
     out, err = out[-MAX_OUTPUT_CHARS:], err[-MAX_OUTPUT_CHARS:]
     if status is None:  # the child died before reporting: a signal (CPU limit, OOM killer) or os._exit
         rc = proc.returncode
         if rc is not None and rc < 0:
             name = signal.Signals(-rc).name
-            limit_hit = {"SIGXCPU": "cpu time limit", "SIGKILL": "memory limit", "SIGSEGV": "memory limit"}
-            reason = limit_hit.get(name, name)
-            return ExecutionResult(False, f"{reason} (killed by {name})", out, err)
+            return ExecutionResult(False, f"{LIMIT_SIGNALS.get(name, name)} (killed by {name})", out, err)
         if rc == 0:
             return ExecutionResult(False, "exited before the tests ran (os._exit)", out, err)
         last = err.strip().splitlines()[-1] if err.strip() else f"exit code {rc}"
@@ -222,13 +210,8 @@ def execute_code(program: str, timeout: float = TIMEOUT_S,
 
 
 def _read_bounded(proc: subprocess.Popen, deadline: float) -> tuple[bytes, bytes, bool]:
-    """Read the child's stdout and stderr as they come, keeping only the last MAX_STREAM_BYTES of each.
-
-    A program printing in a loop writes gigabytes within its time limit; `communicate()` would hold
-    all of it in this process (and check the deadline only between its growing reads). Here memory
-    is bounded by the cap, and the loop stops at the deadline whatever the child does.
-    Returns (stdout tail, stderr tail, timed_out).
-    """
+    """(stdout tail, stderr tail, timed_out), keeping only the last MAX_STREAM_BYTES of each as they come:
+    `communicate()` would hold all a program printing in a loop writes, and check the deadline only between reads."""
     kept = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
     with selectors.DefaultSelector() as sel:
         for fd in kept:
@@ -253,15 +236,7 @@ def _read_bounded(proc: subprocess.Popen, deadline: float) -> tuple[bytes, bytes
             proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             timed_out = True
-    out, err = (bytes(b[-MAX_STREAM_BYTES:]) for b in kept.values())
-    return out, err, timed_out
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    return *(bytes(b[-MAX_STREAM_BYTES:]) for b in kept.values()), timed_out
 
 
 def execute_many(programs: list[str], timeout: float = TIMEOUT_S, max_memory_bytes: int = MAX_MEMORY_BYTES,

@@ -4,19 +4,12 @@
         "chat_gsm8k|0,chat_humaneval|0,chat_spellingbee|0,chat_arc_easy|0" \
         --custom-tasks nanochat_hf/evaluation/lighteval_tasks.py
 
-Why a backend of our own: GSM8K and SpellingBee replies call the calculator
-(`<|python_start|>12*7<|python_end|>`) and nanochat forces the result (`<|output_start|>84<|output_end|>`)
-into the sequence before the model goes on; lighteval's stock backends generate plain text and would
-score a different (tool-less) model. This class is lighteval's `LightevalModel` over our `Engine`:
-- `greedy_until`: greedy decoding with the tool, stopping at `<|assistant_end|>` / `<|bos|>`, from the
-  exact prompt tokens our tasks put in `doc.specific["prompt_ids"]` (else from the tokenized query);
-  a prompt longer than the context gets an empty reply (scored wrong), as in `nanochat-hf eval`;
-- `loglikelihood`: the summed log-probability of each choice after the context, tokenized the way
-  lighteval's transformers backend does (context with special tokens, choice without), so the letter
-  tasks (`chat_arc_*`, `chat_mmlu`) and CORE give the same numbers as `lighteval accelerate`;
-- `loglikelihood_rolling`: the log-probability of the whole text.
-The model argument is a model folder written by a training stage or a Hub id. lighteval loads the first
-`LightevalModel` subclass it finds in this file, so import no other one here.
+Why a backend of our own: GSM8K and SpellingBee replies call the calculator and nanochat forces the result into the
+sequence before the model goes on; lighteval's stock backends would score a different (tool-less) model.
+`greedy_until` decodes with the tool from the exact prompt tokens our tasks put in `doc.specific["prompt_ids"]` (a
+prompt longer than the context gets an empty reply, scored wrong, as in `nanochat-hf eval`); `loglikelihood`
+tokenizes as lighteval's transformers backend does, so letter tasks and CORE match `lighteval accelerate`.
+lighteval loads the first `LightevalModel` subclass it finds in this file, so import no other one here.
 """
 
 from __future__ import annotations
@@ -36,9 +29,8 @@ logger = logging.getLogger(__name__)
 
 
 class _NoSampleCache:
-    """lighteval's Pipeline hands its task registry to `model._cache`. We keep no disk cache of results:
-    lighteval keys it by the model's name and settings, not its weights, so a checkpoint retrained into the
-    same folder would be answered from the old run's samples."""
+    """No disk cache of results for lighteval's Pipeline: it keys them by the model's name, not its weights, so a
+    checkpoint retrained into the same folder would be answered from the old run's samples."""
 
     def _init_registry(self, registry):
         pass
@@ -48,12 +40,8 @@ class NanochatEngineModel(LightevalModel):
     """lighteval's model interface over nanochat_hf's Engine (see the module docstring)."""
 
     def __init__(self, config):
-        self.config = config
-        self._cache = _NoSampleCache()
-        self.engine = load_engine(config.model_name)
-        self.model = self.engine.model
-        self._tokenizer = self.engine.tokenizer
-        self.device = self.engine.device
+        self.config, self._cache, self.engine = config, _NoSampleCache(), load_engine(config.model_name)
+        self.model, self._tokenizer, self.device = self.engine.model, self.engine.tokenizer, self.engine.device
 
     @property
     def tokenizer(self):
@@ -69,14 +57,11 @@ class NanochatEngineModel(LightevalModel):
 
     # ------------------------------------------------------------------ generation
 
-    def _prompt(self, doc: Doc) -> list[int]:
-        ids = (doc.specific or {}).get("prompt_ids")
-        return list(ids) if ids else self.tok_encode(doc.query)
-
     def greedy_until(self, docs: list[Doc]) -> list[ModelResponse]:
         out, too_long = [], 0
         for doc in tqdm(docs, desc="greedy with the calculator", disable=self.disable_tqdm):
-            prompt = self._prompt(doc)
+            ids = (doc.specific or {}).get("prompt_ids")  # our tasks' exact tokens, else the tokenized query
+            prompt = list(ids) if ids else self.tok_encode(doc.query)
             if len(prompt) >= self.max_length:
                 too_long += 1
                 out.append(ModelResponse(input=doc.query, input_tokens=prompt, text=[""], output_tokens=[[]]))

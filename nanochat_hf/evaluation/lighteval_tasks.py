@@ -5,37 +5,23 @@
         "core_copa|0,core_winograd|0,core_lambada_openai|0" \
         --custom-tasks nanochat_hf/evaluation/lighteval_tasks.py
 
-Task names are `core_<label>` for every task of core.yaml; always ask for 0 lighteval shots: the
-few-shot examples are nanochat's (drawn per row with Random(1234 + i)) and already in the prompt.
-`nanochat-hf eval --tasks` takes these names too (`core_copa,chat_gsm8k`). lighteval cuts inputs to
-its `max_length` (default: the model's context); add `max_length=N` to the model arguments to score
-long prompts whole, as `nanochat-hf eval` does for RoPE models (`core.prompt_crop_length`).
+Task names are `core_<label>` (always 0 lighteval shots: nanochat's few-shot examples are already in the prompt)
+and `chat_<task>`; `nanochat-hf eval --tasks` takes them too. lighteval cuts inputs to its `max_length` (default:
+the model's context); add `max_length=N` to the model arguments to score long prompts whole.
 
-Why custom metrics: lighteval's loglikelihood path tokenizes context and continuation separately
-and sums log-probs, while nanochat tokenizes whole prompts, finds the continuation span in token
-space (common prefix / common suffix) and compares *mean* losses; LM tasks need every greedy
-token to match. So each request is built from nanochat's own token sequences:
-- multiple choice / schema: the context is just BOS and the "choices" are the full prompts plus,
-  for each, the part before its span; sum(full) - sum(prefix) is the span's log-prob and the span
-  length comes from the returned tokens, so the metric takes nanochat's argmin of mean loss;
-- language modelling: greedy generation of exactly the span's length from the prompt without the
-  continuation, correct iff the generated tokens equal the continuation's tokens.
-ChatCORE's letter-choice tasks are here too, as `chat_arc_easy`, `chat_arc_challenge`, `chat_mmlu`:
-the question rendered with the chat template up to `<|assistant_start|>` is the context and the
-allowed letters are the choices; each letter is one token, so its log-prob is its logit minus a
-normaliser shared by all letters, and the argmax equals nanochat's argmax over the letters' logits.
-The generative ones are `chat_gsm8k`, `chat_humaneval`, `chat_spellingbee`: the same prompt, a greedy
-reply, scored by `chat_tasks.score_completion` (the answer after '####'; HumanEval's tests in our
-sandbox). nanochat's replies call the calculator mid-generation, which lighteval's stock backends do not
-run, so evaluate them with our Engine backend:
+Why custom metrics: lighteval tokenizes context and continuation separately and sums log-probs, while nanochat
+tokenizes whole prompts, finds the continuation span in token space and compares *mean* losses. So each request
+carries nanochat's own token sequences: multiple choice / schema ask for the full prompts and, for each, the part
+before its span (the difference is the span's log-prob); language modelling generates greedily exactly the span's
+length. ChatCORE's letter tasks (`chat_arc_easy`, `chat_mmlu`, ...) score each one-token letter after the chat prompt,
+whose argmax is nanochat's; the generative ones (`chat_gsm8k`, `chat_humaneval`, `chat_spellingbee`) call the
+calculator mid-reply, which lighteval's stock backends do not run, so evaluate them with our Engine backend:
 
     lighteval custom out/sft nanochat_hf/evaluation/lighteval_model.py "chat_gsm8k|0,chat_spellingbee|0" \
         --custom-tasks nanochat_hf/evaluation/lighteval_tasks.py
 
-Environment: NANOCHAT_HF_EVAL_BUNDLE (bundle folder; default: the cached/downloaded one),
-NANOCHAT_HF_CHAT_DATA (folder of arc_easy/arc_challenge/mmlu/gsm8k .jsonl; default: the Hub datasets),
-NANOCHAT_HF_EVAL_TOKENIZER (default: the `model_name=` of the lighteval command line, or the model
-argument of `lighteval custom`), NANOCHAT_HF_EVAL_MAX_PER_TASK (nanochat's --max-per-task),
+Environment: NANOCHAT_HF_EVAL_BUNDLE (bundle folder), NANOCHAT_HF_CHAT_DATA (folder of chat .jsonl; default: the
+Hub), NANOCHAT_HF_EVAL_TOKENIZER (default: the command line's model), NANOCHAT_HF_EVAL_MAX_PER_TASK (--max-per-task),
 NANOCHAT_HF_EVAL_MAX_NEW_TOKENS (reply length of the generative tasks; nanochat's 512).
 """
 
@@ -70,14 +56,17 @@ def _max_per_task() -> int:
     return int(os.environ.get("NANOCHAT_HF_EVAL_MAX_PER_TASK", "-1"))
 
 
+def _model_arg(key: str, value: str = r"[^,]+") -> str | None:
+    """The value of `key=` in lighteval's model arguments on the command line, or None."""
+    m = next((m for m in (re.search(rf"(?:^|,){key}=({value})", a) for a in sys.argv) if m), None)
+    return m.group(1) if m else None
+
+
 def _tokenizer_source() -> str:
     """The tokenizer: $NANOCHAT_HF_EVAL_TOKENIZER, else the model_name= of lighteval's model argument."""
-    if os.environ.get("NANOCHAT_HF_EVAL_TOKENIZER"):
-        return os.environ["NANOCHAT_HF_EVAL_TOKENIZER"]
-    for arg in sys.argv:
-        m = re.search(r"(?:^|,)model_name=([^,]+)", arg)
-        if m:
-            return m.group(1)
+    source = os.environ.get("NANOCHAT_HF_EVAL_TOKENIZER") or _model_arg("model_name")
+    if source:
+        return source
     if "custom" in sys.argv[1:3]:  # `lighteval custom MODEL lighteval_model.py TASKS`
         i = sys.argv.index("custom")
         if len(sys.argv) > i + 1:
@@ -100,12 +89,8 @@ def _task_rows(label: str) -> tuple[core.CoreTask, list[dict]]:
     return task, core.load_task_rows(bundle, task, _max_per_task())
 
 
-def _prompt_crop() -> int | None:
-    return _prompt_crop_for(_tokenizer_source())
-
-
 @lru_cache(maxsize=None)
-def _prompt_crop_for(model: str) -> int | None:
+def _prompt_crop(model: str) -> int | None:
     """`core.prompt_crop_length` for the model, within lighteval's own `max_length` (it left-cuts longer inputs
     itself, which would cut a choice's full prompt and its prefix by different amounts: crop them alike first)."""
     from transformers import AutoConfig
@@ -114,9 +99,8 @@ def _prompt_crop_for(model: str) -> int | None:
         cfg = AutoConfig.from_pretrained(model, trust_remote_code=True)
     except (OSError, ValueError):
         return None
-    crop = core.prompt_crop_length(cfg)
-    m = next((m for m in (re.search(r"(?:^|,)max_length=(\d+)", a) for a in sys.argv) if m), None)
-    limit = int(m.group(1)) if m else core.context_length(cfg)  # lighteval's default: the config's context
+    crop, max_length = core.prompt_crop_length(cfg), _model_arg("max_length", r"\d+")
+    limit = int(max_length) if max_length else core.context_length(cfg)  # lighteval's default: the config's context
     if limit is not None and (crop is None or crop > limit):
         if crop is None:
             logger.warning("CORE prompts are cropped to lighteval's max_length %d; nanochat forwards them whole: "
@@ -125,12 +109,10 @@ def _prompt_crop_for(model: str) -> int | None:
     return crop
 
 
-def _context_prefix(tok) -> tuple[str, list[int]]:
+def _context_prefix(tok) -> str:
     """What lighteval feeds before our tokens: "" when the tokenizer adds BOS itself, else BOS's text."""
     bos = core.bos_id(tok)
-    if tok("", add_special_tokens=True)["input_ids"][:1] == [bos]:
-        return "", []
-    return tok.convert_ids_to_tokens(bos), []
+    return "" if tok("", add_special_tokens=True)["input_ids"][:1] == [bos] else tok.convert_ids_to_tokens(bos)
 
 
 @lru_cache(maxsize=None)
@@ -145,8 +127,8 @@ def prompt_fn(line: dict, task_name: str) -> Doc:
     """One nanochat CORE example -> a lighteval Doc carrying nanochat's exact token sequences."""
     task, rows = _task_rows(_task_of(task_name))
     tok = _tokenizer()
-    ex = core.prepare_example(int(line["idx"]), rows, task, tok, _prompt_crop())
-    query, _ = _context_prefix(tok)
+    ex = core.prepare_example(int(line["idx"]), rows, task, tok, _prompt_crop(_tokenizer_source()))
+    query = _context_prefix(tok)
 
     def decode(ids):
         return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -170,13 +152,11 @@ class NanochatMeanLossChoice(SampleLevelComputation):
         lps, toks = model_response.logprobs, model_response.output_tokens
         losses = []
         for i in range(n):
-            # -1 = lighteval's padding
-            full, prefix = [t for t in toks[i] if t >= 0], [t for t in toks[n + i] if t >= 0]
+            full, prefix = [t for t in toks[i] if t >= 0], [t for t in toks[n + i] if t >= 0]  # -1: padding
             if full[:len(prefix)] != prefix:
                 logger.warning("%s: prefix tokens differ from the full prompt's; the score may differ from nanochat's",
                                doc.task_name)
-            span = doc.specific["spans"][i]
-            losses.append(-(lps[i] - lps[n + i]) / span)
+            losses.append(-(lps[i] - lps[n + i]) / doc.specific["spans"][i])
         return float(losses.index(min(losses)) == doc.gold_index)
 
 
@@ -226,8 +206,8 @@ def _chat_query(tok, conv: dict) -> tuple[str, list[int]]:
     from nanochat_hf.tokenization import render_for_completion
 
     prompt = render_for_completion(tok, conv["messages"])  # starts with BOS, ends with <|assistant_start|>
-    query, _ = _context_prefix(tok)
-    return query + tok.decode(prompt[1:], skip_special_tokens=False, clean_up_tokenization_spaces=False), prompt
+    return _context_prefix(tok) + tok.decode(prompt[1:], skip_special_tokens=False,
+                                             clean_up_tokenization_spaces=False), prompt
 
 
 def chat_prompt_fn(line: dict, task_name: str) -> Doc:
@@ -264,11 +244,8 @@ def _max_new_tokens() -> int:
 
 
 def chat_generative_prompt_fn(line: dict, task_name: str) -> Doc:
-    """One GSM8K / HumanEval / SpellingBee conversation -> the prompt up to <|assistant_start|>, greedy reply.
-
-    `specific["prompt_ids"]` carries our exact tokens: the nanochat_hf lighteval model (lighteval_model.py)
-    generates from them with the calculator tool, as `nanochat-hf eval` does.
-    """
+    """One GSM8K / HumanEval / SpellingBee conversation -> the prompt up to <|assistant_start|>, greedy reply;
+    `specific["prompt_ids"]` carries our exact tokens, which lighteval_model.py generates from with the calculator."""
     task = _task_of(task_name)
     conv = _chat_rows(task)[int(line["idx"])]
     query, prompt = _chat_query(_tokenizer(), conv)
@@ -313,8 +290,7 @@ def build_chat_tasks() -> list[LightevalTaskConfig]:
 
 
 def build_tasks() -> list[LightevalTaskConfig]:
-    bundle = _bundle()
-    configs = []
+    bundle, configs = _bundle(), []
     for task in core.load_tasks(bundle):
         if not (bundle / "eval_data" / task.dataset_uri).is_file():
             continue  # an incomplete bundle: offer only what it has

@@ -5,13 +5,11 @@
     nanochat-hf eval --model openai-community/gpt2-xl --tasks core      # nanochat reports CORE 0.2565
     nanochat-hf eval --model out/base --tasks arc_easy,copa,bpb --max-per-task 100
 
-`--tasks`: `core` (the 22 DCLM tasks of core.yaml), `chatcore` (ARC-Easy, ARC-Challenge, MMLU,
-GSM8K, HumanEval, SpellingBee), `bpb`, or a comma list of CORE labels / chat task names, in any case
-and with - or _ (`gsm8k`, `humaneval`, `arc-challenge`); `arc_easy` / `arc_challenge` are CORE's and
-`ARC-Easy` / `ARC-Challenge` the chat tasks, and `core_` / `chat_` (lighteval's names) pick a kind.
-`--output FILE.json` writes {"model", "tasks": {label: {accuracy, centered, n, shots, type,
-seconds}}, "core", "chatcore", "bpb", "run": {model, commit, started, seconds, ...}} and a
-Markdown table next to it (FILE.md). The same task modules back `lighteval_tasks.py`.
+`--tasks`: `core` (the 22 DCLM tasks of core.yaml), `chatcore` (ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval,
+SpellingBee), `bpb`, or a comma list of task names in any case, with - or _; `arc_easy` is CORE's and `ARC-Easy` the
+chat task, and a `core_` / `chat_` prefix (lighteval's names) picks a kind. `--output FILE.json` writes {"model",
+"tasks": {label: {accuracy, centered, n, shots, type, seconds}}, "core", "chatcore", "bpb", "run": {...}} and a
+Markdown table next to it (FILE.md).
 """
 
 from __future__ import annotations
@@ -19,9 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +26,7 @@ import torch
 
 from nanochat_hf.errors import run_main
 from nanochat_hf.loading import load_model
+from nanochat_hf.report import git_commit
 
 from . import chat_tasks, core
 
@@ -69,11 +66,8 @@ def task_key(name: str) -> str:
 
 
 def resolve_task(name: str, core_labels=core.CORE_LABELS) -> tuple[str, str]:
-    """One task name -> (kind, canonical name), kind "group" (core, chatcore, bpb), "core" or "chat".
-
-    The exact name wins (`arc_easy` is CORE's, `ARC-Easy` the chat task); otherwise any spelling of exactly
-    one name does, and a `core_` / `chat_` prefix (lighteval's names) says which kind is meant.
-    """
+    """One task name -> (kind, canonical name), kind "group" (core, chatcore, bpb), "core" or "chat". The exact
+    name wins (`arc_easy` is CORE's, `ARC-Easy` the chat task); otherwise any spelling of exactly one name does."""
     kinds, rest = ("core", "chat"), name.strip()
     if m := KIND_PREFIX.match(rest):
         kinds, rest = (m.group(1).lower(),), rest[m.end():]
@@ -94,17 +88,13 @@ def resolve_task(name: str, core_labels=core.CORE_LABELS) -> tuple[str, str]:
 
 
 def resolve_tasks(spec: str, core_labels=core.CORE_LABELS) -> tuple[list[str] | None, list[str], bool]:
-    """--tasks -> (CORE labels or None for all / [] for none, chat tasks, bpb?), each name by `resolve_task`.
-
-    `core_labels`: the CORE tasks there are (`core.known_labels(bundle)` reads a local bundle's), so that
-    a wrong name fails here, before any model loads or bundle downloads.
-    """
+    """--tasks -> (CORE labels or None for all / [] for none, chat tasks, bpb?). `core_labels`: the CORE tasks
+    there are (`core.known_labels`), so that a wrong name fails before any model loads or bundle downloads."""
     names = [t.strip() for t in spec.split(",") if t.strip()]
     if not names:
         raise ValueError("--tasks is empty; use core, chatcore, bpb or task names")
     core_out: list[str] | None = []
-    chat: list[str] = []
-    bpb = False
+    chat, bpb = [], False
     for n in names:
         kind, name = resolve_task(n, core_labels)
         if (kind, name) == ("group", "core"):
@@ -143,14 +133,6 @@ def _default_bpb_text() -> str:
     return text[int(len(text) * 0.95):]  # the pretraining loader's held-out tail
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def evaluate(model, tokenizer, tasks: str = "core", max_per_task: int = -1, bundle=None, chat_data=None,
              bpb_text: str | None = None, batch_tokens: int = core.BATCH_TOKENS,
              max_new_tokens: int = chat_tasks.MAX_NEW_TOKENS, progress: bool = True, model_name: str = "model",
@@ -166,9 +148,8 @@ def evaluate(model, tokenizer, tasks: str = "core", max_per_task: int = -1, bund
         result["core"] = out["core"]
     for task in chat:
         t1 = time.time()
-        r = chat_tasks.evaluate_chat_task(task, model, tokenizer, chat_data,
-                                          max_per_task if max_per_task > 0 else None,
-                                          max_new_tokens, progress)
+        limit = max_per_task if max_per_task > 0 else None
+        r = chat_tasks.evaluate_chat_task(task, model, tokenizer, chat_data, limit, max_new_tokens, progress)
         r["seconds"] = round(time.time() - t1, 3)
         result["tasks"][task] = r
     if chat:
@@ -179,9 +160,9 @@ def evaluate(model, tokenizer, tasks: str = "core", max_per_task: int = -1, bund
     if want_bpb:
         text = Path(bpb_text).read_text(encoding="utf-8") if bpb_text else _default_bpb_text()
         result["bpb"] = bits_per_byte(model, tokenizer, text)
-    result["run"] = {"model": model_name, "commit": _commit(), "started": started,
-                     "seconds": round(time.time() - t0, 3),
-                     "max_per_task": max_per_task, "tasks": tasks, "max_context": max_context}
+    result["run"] = {"model": model_name, "commit": git_commit(), "started": started,
+                     "seconds": round(time.time() - t0, 3), "max_per_task": max_per_task, "tasks": tasks,
+                     "max_context": max_context}
     return result
 
 
@@ -197,7 +178,6 @@ def markdown_table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # A damaged bundle row, a bad checkpoint: one line and exit status 2 (nanochat_hf.errors).
     return run_main("nanochat-hf eval", lambda: _run(args))
 
 
@@ -221,8 +201,7 @@ def _run(args) -> None:
     if args.output:
         out = Path(args.output)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=2,
-                                  default=lambda x: None if isinstance(x, float) and math.isnan(x) else x))
+        out.write_text(json.dumps(result, indent=2))
         out.with_suffix(".md").write_text(table)
         print(f"wrote {out} and {out.with_suffix('.md')}")
 

@@ -2,19 +2,14 @@
 
     nanochat-hf serve --model runs/tiny/sft --host 127.0.0.1 --port 8000
     nanochat-hf serve --model user/nanochat-d20 --max-concurrent 32 --max-new-tokens 512 --request-timeout 120
-    nanochat-hf serve --model runs/tiny/sft --body-timeout 30 --idle-timeout 30   # cut off slow / stuck clients
-    nanochat-hf serve --model runs/tiny/sft --compile     # torch.compile the decode step (warm-up compiles)
 
-Routes: GET / (chat page), GET /health, GET /info, POST / and /generate (TGI JSON), POST
-/generate_stream (TGI SSE), POST /v1/chat/completions (OpenAI, streaming or not), GET /v1/models,
-POST /tokenize. Clients: `text_generation.Client("http://127.0.0.1:8000")`,
-`huggingface_hub.InferenceClient(base_url="http://127.0.0.1:8000")`,
-`openai.OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="-")`, or a browser.
-
-Access: `--api-key KEY` (or $NANOCHAT_HF_API_KEY) makes every route but GET / and GET /health ask for
-`Authorization: Bearer KEY` (the clients' api_key= / token=); a non-loopback --host refuses to start
-without one unless --no-auth. A Host header that is not the server's name gets 421 (DNS rebinding);
---allowed-hosts adds names. No CORS headers unless --allow-origin names the one origin that gets them.
+Routes: GET / (chat page), /health, /info, /v1/models; POST / and /generate (TGI JSON), /generate_stream
+(TGI SSE), /v1/chat/completions (OpenAI, streaming or not), /tokenize. Clients: text_generation,
+huggingface_hub's InferenceClient, openai (base_url=".../v1"), or a browser.
+Access: `--api-key KEY` (or $NANOCHAT_HF_API_KEY) makes every route but GET / and /health ask for
+`Authorization: Bearer KEY`; a non-loopback --host refuses to start without one unless --no-auth. A Host
+header that is not the server's name gets 421 (DNS rebinding); --allowed-hosts adds names. No CORS headers
+unless --allow-origin names the one origin that gets them.
 """
 
 from __future__ import annotations
@@ -37,8 +32,8 @@ def create_app(*args, **kwargs):
 
 def _parser() -> argparse.ArgumentParser:
     d = Limits()
-    p = argparse.ArgumentParser(prog="nanochat-hf serve", description="Serve a nanochat_hf model over HTTP "
-                                                                      "(chat page, TGI, OpenAI).")
+    p = argparse.ArgumentParser(prog="nanochat-hf serve",
+                                description="Serve a nanochat_hf model over HTTP (chat page, TGI, OpenAI).")
     p.add_argument("--model", required=True, help="model folder (a stage's output) or Hub id")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to listen on (0.0.0.0 for all: needs --api-key, or --no-auth)")
@@ -61,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=d.max_concurrent, help="requests decoded "
                                                                                 "together (batch rows)")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting for a row before 503s start")
-    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, help="seconds per request "
-                                                                                      "(queue + generation)")
+    p.add_argument("--request-timeout", type=float, default=d.request_timeout_s,
+                   help="seconds per request (queue + generation)")
     p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
     p.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
                    help="seconds a client has to send its request body; a slower one gets 408 and is disconnected")
@@ -75,33 +70,24 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _access_problem(host: str, api_key: str | None, no_auth: bool, allow_origin: str | None) -> str | None:
+def _access_problem(args) -> str | None:
     """One line saying why these access settings are refused, or None."""
     from nanochat_hf.serve.app import is_loopback
 
-    if api_key and no_auth:
+    if args.api_key and args.no_auth:
         return "--no-auth and an API key (--api-key or $NANOCHAT_HF_API_KEY) contradict each other; drop one"
-    if not api_key and not no_auth and not is_loopback(host):
-        return (f"--host {host} is reachable from other machines: set --api-key (or ${KEY_ENV}), "
+    if not args.api_key and not args.no_auth and not is_loopback(args.host):
+        return (f"--host {args.host} is reachable from other machines: set --api-key (or ${KEY_ENV}), "
                 "or pass --no-auth to serve without a key anyway")
-    if allow_origin is not None and "://" not in allow_origin:
-        return f"--allow-origin takes one origin such as https://app.example.com, not {allow_origin!r}"
+    if args.allow_origin is not None and "://" not in args.allow_origin:
+        return f"--allow-origin takes one origin such as https://app.example.com, not {args.allow_origin!r}"
     return None
-
-
-def _access(args):
-    """The `Access` for these arguments; the key comes from --api-key, else from the environment."""
-    from nanochat_hf.serve.app import Access
-
-    hosts = tuple(h for h in args.allowed_hosts.split(",") if h.strip())
-    origin = args.allow_origin.rstrip("/") if args.allow_origin else None  # browsers send it without the slash
-    return Access.for_bind(args.host, args.api_key, hosts, origin)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     args.api_key = args.api_key or os.environ.get(KEY_ENV) or None
-    problem = _access_problem(args.host, args.api_key, args.no_auth, args.allow_origin)
+    problem = _access_problem(args)
     if problem:
         print(f"nanochat-hf serve: {problem}", file=sys.stderr)
         return 2
@@ -123,7 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    app = create_app(engine, limits, model_id=args.model_id or args.model, access=_access(args))
+    from nanochat_hf.serve.app import Access
+
+    hosts = tuple(h for h in args.allowed_hosts.split(",") if h.strip())
+    origin = args.allow_origin.rstrip("/") if args.allow_origin else None  # browsers send it without the slash
+    app = create_app(engine, limits, model_id=args.model_id or args.model,
+                     access=Access.for_bind(args.host, args.api_key, hosts, origin))
     guard = "API key required" if args.api_key else "no API key"
     print(f"nanochat_hf serving {args.model} on http://{args.host}:{args.port}/  (chat page at /, API docs at /docs; "
           f"{guard})")

@@ -3,20 +3,13 @@
     app = create_app(engine, Limits(max_concurrent=32), model_id="nanochat-d20")
     uvicorn.run(app, host="127.0.0.1", port=8000)
 
-Every request becomes a `Request` on the engine's `Scheduler` (one background thread decodes all
-active requests together). Its events cross from that thread to the event loop through an
-asyncio.Queue; a request that ends early (client gone, stop sequence, timeout) is cancelled and
-its row leaves the batch at the next step.
-
-Each route is a handler in `ROUTES`. One that generates builds its protocol's answer (`TGIAnswer`,
-`ChatAnswer`: the JSON body, the stream's events) and hands it to `respond`, which runs one of the two
-loops over the events: to the end for a JSON answer, or `sse` for a stream. Text is shaped by the
-engine's own pieces: `StreamDecoder` for UTF-8, `ChatRenderer` for how a calculator call reads.
-
-Slow or stuck clients cannot slow the others: the scheduler never waits on a socket, a body that has
-not arrived within `Limits.body_timeout_s` gets 408, a stream whose client stops reading leaves the
-batch once `Limits.max_unread_tokens` tokens wait for it, and a client that has read nothing for
-`Limits.idle_timeout_s` is disconnected and its request cancelled (`ClientStream`).
+Every request becomes a `Request` on the engine's `Scheduler` (one background thread decodes all active
+requests together); its events reach the event loop through an asyncio.Queue, and a request that ends
+early (client gone, stop sequence, timeout) is cancelled, its row leaving the batch at the next step.
+A route that generates builds its protocol's answer (`TGIAnswer`, `ChatAnswer`) and hands it to
+`respond`: JSON once generation ends, or `sse` for a stream. Slow or stuck clients cannot slow the
+others: the scheduler never waits on a socket, a late body gets 408, and a stream whose client stops
+reading leaves the batch, then is disconnected (`ClientStream`).
 """
 
 from __future__ import annotations
@@ -41,7 +34,7 @@ from starlette.requests import ClientDisconnect
 
 from nanochat_hf import __version__
 from nanochat_hf.engine import ChatRenderer, Engine, Event, SamplingParams, StreamDecoder
-from nanochat_hf.serve.protocol import ApiError, Limits, bad, parse_chat, parse_json_body, parse_tgi
+from nanochat_hf.serve.protocol import ApiError, Limits, parse_chat, parse_json_body, parse_tgi, validation_error
 from nanochat_hf.tokenization import render_for_completion
 
 STREAM_SEND_BUFFER = 64 * 1024  # kernel send buffer of a streaming connection (bytes)
@@ -81,10 +74,7 @@ def is_loopback(host: str) -> bool:
 
 
 def host_name(header: str) -> str:
-    """A Host header's name, lower-cased, without its port.
-
-    'Example.com:8000' -> 'example.com', '[::1]:80' -> '::1'; a malformed one -> something no list holds.
-    """
+    """'Example.com:8000' -> 'example.com', '[::1]:80' -> '::1'; a malformed one -> something no list holds."""
     header = header.strip().lower()
     if header.startswith("["):  # an IPv6 literal: its colons are not the port's
         name, _, rest = header[1:].partition("]")
@@ -95,8 +85,8 @@ def host_name(header: str) -> str:
 
 @dataclass(frozen=True)
 class Access:
-    """Who may talk to the server: the API key (None: anyone who reaches it), the Host names it
-    answers to, and the one browser origin that gets CORS headers (None: no CORS at all)."""
+    """Who may talk to the server: the API key (None: anyone), the Host names it answers to, and the one
+    browser origin that gets CORS headers (None: no CORS at all)."""
 
     api_key: str | None = None
     hosts: frozenset[str] = LOOPBACK_NAMES
@@ -124,10 +114,8 @@ class Access:
 
     def key_matches(self, authorization: str | None) -> bool:
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer":
-            return False
         # constant time: a byte-by-byte compare that stops early tells a timing attacker how much matched
-        return hmac.compare_digest(token.strip().encode(), self.api_key.encode())
+        return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.api_key.encode())
 
 
 class HostCheck:
@@ -137,10 +125,10 @@ class HostCheck:
         self.app, self.access = app, access
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and not self.access.host_allowed(Headers(scope=scope).get("host")):
-            host = Headers(scope=scope).get("host", "")
-            err = ApiError(421, f"this server does not answer to the host {host!r}; start it with --allowed-hosts "
-                                "to add a name", "misdirected")
+        host = Headers(scope=scope).get("host") if scope["type"] == "http" else None
+        if scope["type"] == "http" and not self.access.host_allowed(host):
+            err = ApiError(421, f"this server does not answer to the host {host or ''!r}; start it with "
+                                "--allowed-hosts to add a name", "misdirected")
             return await _error_response(Request(scope), err)(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -164,28 +152,12 @@ class KeyCheck:
         await self.app(scope, receive, send)
 
 
-def add_access_control(app: FastAPI, access: Access):
-    """Host check outermost, then CORS (a preflight carries no key), then the key check."""
-    if access.api_key:
-        app.add_middleware(KeyCheck, access=access)
-    if access.allow_origin:
-        from starlette.middleware.cors import CORSMiddleware
-
-        app.add_middleware(CORSMiddleware, allow_origins=[access.allow_origin], allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(HostCheck, access=access)  # added last = runs first
-
-
 # ----------------------------------------------------------------------------- slow and stuck clients
 
 
 class App(FastAPI):
-    """FastAPI that puts each connection's transport in the scope (None under servers other than uvicorn).
-
-    ASGI has no way to shrink a socket's send buffer or to drop a connection, and a client that stops
-    reading its stream needs both (`ClientStream`). uvicorn hands the app the bound `send` of its
-    request cycle, which holds the transport.
-    """
+    """FastAPI that puts each connection's transport in the scope (None under servers other than uvicorn):
+    ASGI cannot shrink a send buffer or drop a connection, which `ClientStream` needs."""
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
@@ -200,12 +172,10 @@ class ClientStalled(Exception):
 class ClientStream(StreamingResponse):
     """Server-sent events that a client which stops reading cannot hold on to.
 
-    The socket's kernel send buffer is capped (Linux grows it to megabytes, which would hide a stuck
-    client for thousands of tokens), so a client that stops reading soon blocks our writes; its
-    request then leaves the batch once `max_unread_tokens` wait for it (the scheduler parks it). A
-    write still blocked after `idle_timeout_s` ends the stream: the generator is closed (which
-    cancels the request and frees its slot) and the connection is dropped without waiting for the
-    client to take what is already buffered.
+    The kernel send buffer is capped (Linux grows it to megabytes, hiding a stuck client for thousands of
+    tokens), so such a client soon blocks our writes and its request is parked once `max_unread_tokens`
+    wait. A write still blocked after `idle_timeout_s` closes the generator (cancelling the request) and
+    drops the connection.
     """
 
     def __init__(self, content, request: Request, idle_timeout_s: float):
@@ -234,17 +204,11 @@ class ClientStream(StreamingResponse):
 
 
 class Mailbox:
-    """Events from the scheduler thread to the event loop, one loop wake-up per batch of them.
-
-    A decode step emits one event per active request; handing each over with its own
-    `call_soon_threadsafe` would wake the loop (a pipe write + a GIL hand-off) once per row.
-    Here the first event of a step schedules one drain and the rest ride along with it.
-    """
+    """Events from the scheduler thread to the event loop: the first event of a decode step schedules one
+    drain and the rest ride along, instead of a loop wake-up (pipe write + GIL hand-off) per row."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.lock = threading.Lock()
-        self.pending: list[tuple[asyncio.Queue, Event]] = []
+        self.loop, self.lock, self.pending = loop, threading.Lock(), []  # pending: (queue, event)
 
     def post(self, q: asyncio.Queue, event: Event):  # scheduler thread
         with self.lock:
@@ -269,12 +233,8 @@ class Server:
     """State shared by the handlers: engine, scheduler, limits, the in-flight count and the chat page."""
 
     def __init__(self, engine: Engine, limits: Limits, model_id: str):
-        self.engine, self.limits, self.model_id = engine, limits, model_id
-        self.tokenizer = engine.tokenizer
-        self.scheduler = None
-        self.mailbox: Mailbox | None = None
-        self.in_flight = 0
-        self.created = int(time.time())
+        self.engine, self.limits, self.model_id, self.tokenizer = engine, limits, model_id, engine.tokenizer
+        self.scheduler, self.mailbox, self.in_flight, self.created = None, None, 0, int(time.time())
         self.special_ids = ChatRenderer(self.tokenizer).special
         self.page = resources.files("nanochat_hf.serve").joinpath("static/chat.html").read_text(encoding="utf-8")
 
@@ -308,7 +268,7 @@ class Server:
     def check_prompt(self, ids: list[int]) -> list[int]:
         n, limit = len(ids), min(self.limits.max_prompt_tokens, self.engine.max_context - 1)
         if n > limit:
-            raise bad(f"the prompt has {n} tokens; the limit is {limit} (shorten it, or set `truncate`)")
+            raise validation_error(f"the prompt has {n} tokens; the limit is {limit} (shorten it, or set `truncate`)")
         return ids
 
     def seeded(self, params: SamplingParams) -> SamplingParams:
@@ -322,12 +282,10 @@ class Server:
         until the end; cancels the request if we stop early. A stream writes each list as one chunk."""
         capacity = self.limits.max_concurrent + self.limits.max_queue
         if self.in_flight >= capacity:
-            raise ApiError(503, f"the server is busy ({self.in_flight} requests in flight, limit "
-                                f"{capacity}); retry later",
-                           "overloaded")
+            raise ApiError(503, f"the server is busy ({self.in_flight} requests in flight, limit {capacity}); retry "
+                                "later", "overloaded")
         self.in_flight += 1
-        q: asyncio.Queue = asyncio.Queue()
-        deadline = time.monotonic() + self.limits.request_timeout_s
+        q, deadline = asyncio.Queue(), time.monotonic() + self.limits.request_timeout_s
         req, finished = None, False
         try:
             req = self.scheduler.submit(prompt, params, lambda ev: self.mailbox.post(q, ev),
@@ -360,11 +318,6 @@ class Server:
             self.in_flight -= 1
             if req is not None and not finished:
                 req.cancel()  # client gone, stop sequence or timeout: free the row
-
-    @property
-    def parked(self) -> int:
-        """Requests out of the batch because their client is not reading."""
-        return len(self.scheduler.parked) if self.scheduler is not None else 0
 
     def token_text(self, token: int) -> str:
         return self.tokenizer.decode([token])
@@ -418,17 +371,15 @@ async def sse(server: Server, http: Request, answer):
 class TGIAnswer:
     """TGI's answer to one request: `generated_text` (+ details), whole or as a stream of token events.
 
-    Token pieces are streamed as they become valid UTF-8, and the same pieces make `generated_text`, so a
-    streamed answer and a non-streamed one read the same. Special tokens keep their spelling (a tool call
-    stays visible); the stop token is not part of the text.
+    The pieces streamed (each valid UTF-8) also make `generated_text`, so both forms read the same. Special
+    tokens keep their spelling (a tool call stays visible); the stop token is not part of the text.
     """
 
     FINISH = {"stop": "eos_token", "length": "length"}  # ours -> TGI's names
 
     def __init__(self, server: Server, r, prompt: list[int], params: SamplingParams, as_list: bool):
         self.server, self.r, self.prompt, self.params, self.as_list = server, r, prompt, params, as_list
-        self.decoder, self.generated = StreamDecoder(server.tokenizer), ""
-        self.tokens: list[tuple[int, float | None]] = []
+        self.decoder, self.generated, self.tokens = StreamDecoder(server.tokenizer), "", []  # (id, logprob)
         self.prefill, self.finish, self.stop_text = [], None, None
 
     def take(self, ev: Event) -> tuple[str, bool]:
@@ -473,12 +424,10 @@ class TGIAnswer:
         out = {"generated_text": self.text}
         if self.r.details:
             s = self.server
-            out["details"] = {
-                "finish_reason": self.finish, "generated_tokens": len(self.tokens), "seed": self.seed,
-                "prefill": self.prefill, "top_tokens": None, "best_of_sequences": None,
-                "tokens": [{"id": t, "text": s.token_text(t), "logprob": lp, "special": t in s.special_ids}
-                           for t, lp in self.tokens],
-            }
+            tokens = [{"id": t, "text": s.token_text(t), "logprob": lp, "special": t in s.special_ids}
+                      for t, lp in self.tokens]
+            out["details"] = {"finish_reason": self.finish, "generated_tokens": len(self.tokens), "seed": self.seed,
+                              "prefill": self.prefill, "top_tokens": None, "best_of_sequences": None, "tokens": tokens}
         return [out] if self.as_list else out
 
     def head(self) -> list[str]:
@@ -519,7 +468,9 @@ class ChatAnswer:
         if ev.token is not None:
             piece = self.parts.push(ev.token)
             if self.r.logprobs and ev.token not in self.server.engine.stop_ids:
-                self.logprobs.append(_logprob_entry(self.server, ev))
+                text = self.server.token_text(ev.token)
+                self.logprobs.append({"token": text, "logprob": ev.logprob, "bytes": list(text.encode("utf-8")),
+                                      "top_logprobs": []})
             if self.r.stop and _stop_hit(self.parts.content, self.r.stop):
                 self.finish = "stop"
                 return piece
@@ -561,19 +512,12 @@ class ChatAnswer:
         return f"data: {json.dumps({'error': {'message': err.message, 'type': err.kind, 'code': err.status}})}\n\n"
 
 
-def _logprob_entry(server: Server, ev: Event) -> dict:
-    text = server.token_text(ev.token)
-    return {"token": text, "logprob": ev.logprob, "bytes": list(text.encode("utf-8")), "top_logprobs": []}
-
-
 class Parts:
     """Completion tokens -> readable content (ChatRenderer's, a tool call as `[calculator: expr = result]`)
     and nanochat's message parts."""
 
     def __init__(self, tokenizer):
-        self.renderer = ChatRenderer(tokenizer)
-        self.parts: list[dict] = []
-        self.content, self.count = "", 0
+        self.renderer, self.parts, self.content, self.count = ChatRenderer(tokenizer), [], "", 0
 
     def push(self, token: int) -> tuple[str, str, str]:
         """-> (content piece, the part's type, raw text piece of the part)."""
@@ -611,7 +555,8 @@ async def chat_page(request: Request):
 
 async def health(request: Request):
     server = _server(request)
-    return {"status": "ok", "in_flight": server.in_flight, "parked": server.parked}
+    parked = len(server.scheduler.parked) if server.scheduler is not None else 0  # clients not reading
+    return {"status": "ok", "in_flight": server.in_flight, "parked": parked}
 
 
 async def info(request: Request):
@@ -640,7 +585,7 @@ async def tokenize(request: Request):
     server = _server(request)
     inputs = (await server.read_body(request)).get("inputs")
     if not isinstance(inputs, str) or not inputs:
-        raise bad("`inputs` must be a non-empty string")
+        raise validation_error("`inputs` must be a non-empty string")
     enc = server.tokenizer(inputs, return_offsets_mapping=True)
     return [{"id": i, "text": inputs[a:b] if b > a else server.token_text(i), "start": a, "stop": b}
             for i, (a, b) in zip(enc["input_ids"], enc["offset_mapping"])]
@@ -674,7 +619,7 @@ async def chat_completions(request: Request):
     try:
         prompt = render_for_completion(server.tokenizer, r.messages)
     except ValueError as err:  # the chat template's own checks (alternating roles, ...)
-        raise bad(str(err)) from None
+        raise validation_error(str(err)) from None
     answer = ChatAnswer(server, r, server.check_prompt(prompt), server.seeded(r.params))
     return await respond(server, request, answer, r.stream)
 
@@ -708,7 +653,16 @@ def create_app(engine: Engine, limits: Limits | None = None, model_id: str = "na
     """`access` defaults to a loopback server without a key (Host must be localhost, 127.0.0.1 or [::1])."""
     app = App(title="nanochat_hf", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.server = Server(engine, limits or Limits(), model_id)
-    add_access_control(app, access or Access())
+    access = access or Access()
+    # Host check outermost (added last), then CORS (a preflight carries no key), then the key check.
+    if access.api_key:
+        app.add_middleware(KeyCheck, access=access)
+    if access.allow_origin:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=[access.allow_origin], allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(HostCheck, access=access)
     app.add_exception_handler(ApiError, api_error)
     for method, path, handler, extra in ROUTES:
         app.add_api_route(path, handler, methods=[method], **extra)

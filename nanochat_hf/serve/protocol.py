@@ -1,8 +1,7 @@
 """Request parsing and validation for the TGI and OpenAI routes.
 
-Written by hand rather than as pydantic models so that every malformed request gets one clear
-sentence (naming the field and what is allowed) in the error shape its client library reads:
-TGI's `{"error", "error_type"}` or OpenAI's `{"error": {"message", "type", ...}}`.
+By hand rather than pydantic, so that every malformed request gets one sentence naming the field and
+what is allowed, in the error shape its client library reads.
 """
 
 from __future__ import annotations
@@ -22,7 +21,8 @@ class ApiError(Exception):
         self.status, self.message, self.kind = status, message, kind
 
 
-def bad(message: str) -> ApiError:
+def validation_error(message: str) -> ApiError:
+    """422: the request is well-formed JSON but asks for something not allowed."""
     return ApiError(422, message, "validation")
 
 
@@ -52,10 +52,10 @@ def parse_json_body(raw: bytes) -> dict:
     try:
         body = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ApiError(400, f"the request body is not valid JSON: {err.msg} at line "
-                            f"{err.lineno} column {err.colno}") from None
+        raise ApiError(400, f"the request body is not valid JSON: {err.msg} at line {err.lineno} column "
+                            f"{err.colno}") from None
     if not isinstance(body, dict):
-        raise bad(f"the request body must be a JSON object, got {type(body).__name__}")
+        raise validation_error(f"the request body must be a JSON object, got {type(body).__name__}")
     return body
 
 
@@ -63,33 +63,25 @@ def parse_json_body(raw: bytes) -> dict:
 
 
 def _number(d: dict, key: str, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-            name: str | None = None) -> float | None:
+            name: str | None = None, integer: bool = False) -> float | None:
     value, name = d.get(key), name or key
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise bad(f"`{name}` must be a number, got {json.dumps(value)[:40]}")
+    if integer and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not (integer or math.isfinite(value)):
+        raise validation_error(f"`{name}` must be {'an integer' if integer else 'a number'}, got "
+                               f"{json.dumps(value)[:40]}")
     if lo is not None and (value <= lo if lo_open else value < lo):
-        raise bad(f"`{name}` must be {'>' if lo_open else '>='} {lo}, got {value}")
+        raise validation_error(f"`{name}` must be {'>' if lo_open else '>='} {lo}, got {value}")
     if hi is not None and value > hi:
-        raise bad(f"`{name}` must be <= {hi}, got {value}")
+        raise validation_error(f"`{name}` must be <= {hi}, got {value}")
     return value
 
 
 def _int(d: dict, key: str, lo: int | None = None, hi: int | None = None, name: str | None = None) -> int | None:
-    value, name = d.get(key), name or key
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        else:
-            raise bad(f"`{name}` must be an integer, got {json.dumps(value)[:40]}")
-    if lo is not None and value < lo:
-        raise bad(f"`{name}` must be >= {lo}, got {value}")
-    if hi is not None and value > hi:
-        raise bad(f"`{name}` must be <= {hi}, got {value}")
-    return value
+    return _number(d, key, lo, hi, name=name, integer=True)
 
 
 def _bool(d: dict, key: str, default: bool = False) -> bool:
@@ -97,7 +89,7 @@ def _bool(d: dict, key: str, default: bool = False) -> bool:
     if value is None:
         return default
     if not isinstance(value, bool):
-        raise bad(f"`{key}` must be true or false, got {json.dumps(value)[:40]}")
+        raise validation_error(f"`{key}` must be true or false, got {json.dumps(value)[:40]}")
     return value
 
 
@@ -107,9 +99,9 @@ def _stops(value, limits: Limits, name: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
-        raise bad(f"`{name}` must be a non-empty string or a list of them")
+        raise validation_error(f"`{name}` must be a non-empty string or a list of them")
     if len(value) > limits.max_stop_sequences:
-        raise bad(f"`{name}` may hold at most {limits.max_stop_sequences} sequences, got {len(value)}")
+        raise validation_error(f"`{name}` may hold at most {limits.max_stop_sequences} sequences, got {len(value)}")
     return value
 
 
@@ -118,7 +110,7 @@ def _unsupported(d: dict, allowed_defaults: dict, where: str):
     for key, neutral in allowed_defaults.items():
         value = d.get(key)
         if value is not None and value not in neutral:
-            raise bad(f"`{key}` is not supported by nanochat_hf serve ({where}); leave it unset")
+            raise validation_error(f"`{key}` is not supported by nanochat_hf serve ({where}); leave it unset")
 
 
 # ----------------------------------------------------------------------------- TGI
@@ -139,10 +131,10 @@ class TGIRequest:
 def parse_tgi(body: dict, limits: Limits, stream: bool | None = None) -> TGIRequest:
     inputs = body.get("inputs")
     if not isinstance(inputs, str) or not inputs:
-        raise bad("`inputs` must be a non-empty string")
+        raise validation_error("`inputs` must be a non-empty string")
     p = body.get("parameters") or {}
     if not isinstance(p, dict):
-        raise bad("`parameters` must be a JSON object")
+        raise validation_error("`parameters` must be a JSON object")
     _unsupported(p, {"best_of": (1,), "repetition_penalty": (1, 1.0), "frequency_penalty": (0, 0.0),
                      "typical_p": (1, 1.0), "watermark": (False,), "top_n_tokens": (0,), "grammar": (),
                      "adapter_id": ()}, "TGI parameters")
@@ -190,32 +182,33 @@ def _content(message: dict, i: int):
         parts = []
         for j, part in enumerate(content):
             if not isinstance(part, dict) or not isinstance(part.get("text"), str):
-                raise bad(f"messages[{i}].content[{j}] must be an object with a string `text`")
+                raise validation_error(f"messages[{i}].content[{j}] must be an object with a string `text`")
             kind = part.get("type", "text")
             allowed = ASSISTANT_PART_TYPES if role == "assistant" else ("text",)
             if kind not in allowed:
-                raise bad(f"messages[{i}].content[{j}] has type {kind!r}; a {role} message allows "
-                          f"{', '.join(allowed)}")
+                raise validation_error(f"messages[{i}].content[{j}] has type {kind!r}; a {role} message allows "
+                                       f"{', '.join(allowed)}")
             parts.append({"type": kind, "text": part["text"]})
         if role != "assistant":  # user/system: OpenAI's list of text parts is just the joined text
             return "".join(p["text"] for p in parts)
         return parts
-    raise bad(f"messages[{i}].content must be a string or a non-empty list of text parts")
+    raise validation_error(f"messages[{i}].content must be a string or a non-empty list of text parts")
 
 
 def parse_chat(body: dict, limits: Limits) -> ChatRequest:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise bad("`messages` must be a non-empty list of {role, content} objects")
+        raise validation_error("`messages` must be a non-empty list of {role, content} objects")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise bad(f"messages[{i}] must be an object with `role` and `content`")
+            raise validation_error(f"messages[{i}] must be an object with `role` and `content`")
         if m.get("role") not in ROLES:
-            raise bad(f"messages[{i}].role is {json.dumps(m.get('role'))[:40]}; use one of {', '.join(ROLES)}")
+            raise validation_error(f"messages[{i}].role is {json.dumps(m.get('role'))[:40]}; use one of "
+                                   f"{', '.join(ROLES)}")
         out.append({"role": m["role"], "content": _content(m, i)})
     if out[-1]["role"] != "user":
-        raise bad("the last message must be from the user (the model answers it)")
+        raise validation_error("the last message must be from the user (the model answers it)")
     _unsupported(body, {"n": (1,), "tools": (), "tool_choice": ("none",), "response_format": (),
                         "frequency_penalty": (0, 0.0), "presence_penalty": (0, 0.0), "logit_bias": (),
                         "top_logprobs": (0,)}, "chat completions")
@@ -228,10 +221,10 @@ def parse_chat(body: dict, limits: Limits) -> ChatRequest:
     seed = _int(body, "seed", 0, 2**63 - 1)
     options = body.get("stream_options") or {}
     if not isinstance(options, dict):
-        raise bad("`stream_options` must be an object")
+        raise validation_error("`stream_options` must be an object")
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise bad("`model` must be a string")
+        raise validation_error("`model` must be a string")
     params = SamplingParams(max_tokens=max_tokens or limits.max_new_tokens,
                             temperature=1.0 if temperature is None else temperature, top_k=top_k, top_p=top_p,
                             seed=seed)
