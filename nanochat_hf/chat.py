@@ -17,6 +17,7 @@ import sys
 from nanochat_hf.engine import load_engine
 from nanochat_hf.rendering import ChatRenderer, parse_assistant
 
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nanochat-hf chat", description="Chat with a nanochat_hf model in the terminal.")
     p.add_argument("--model", required=True, help="model folder (a stage's output) or Hub id")

@@ -10,10 +10,10 @@ from torch import nn
 
 from nanochat_hf.engine import Engine
 from nanochat_hf.kv_cache import SlotCache
+from nanochat_hf.modeling import pop_cache
 from nanochat_hf.rendering import StreamDecoder
 from nanochat_hf.sampling import SamplingParams
 from nanochat_hf.scheduler import Event
-from nanochat_hf.modeling import pop_cache
 from nanochat_hf.tools import run_calculator
 
 
