@@ -78,8 +78,7 @@ class DecodeBatch:
         padded = bool((mask == 0).any())
         out = self.engine.model(input_ids=ids, attention_mask=mask if padded else None, position_ids=pos_ids,
                                 use_cache=True, logits_to_keep=0 if want_prompt_logits else 1, **{CACHE_ARG: cache})
-        logits = out.logits[:, -1, :].float()
-        self._append(cache, mask, mask.sum(-1), logits)
+        self._append(cache, mask, mask.sum(-1), out.logits[:, -1, :].float())
         return out.logits.float() if want_prompt_logits else None
 
     def _append(self, cache, mask, pos, logits):
@@ -227,9 +226,7 @@ class Engine:
                 else:
                     results[i].append(token)
                     masks[i].append(mask)
-            if all(done):
-                break
-        return results, masks
+        return results, masks  # generate() ends once every row has stopped
 
     def scheduler(self, max_batch_size: int = DEFAULT_MAX_BATCH):
         """A continuous-batching `nanochat_hf.scheduler.Scheduler` over this engine (its thread starts now)."""

@@ -115,9 +115,8 @@ def synthetic_rows(size: int, seed: int = 0, max_operand: int = 99) -> list[dict
         question, parts = messages[0]["content"], messages[1]["content"]
         # Back to GSM8K's text: a python part and the output after it become `<<expr=result>>`.
         answer = ""
-        for i, part in enumerate(parts):
+        for part, following in zip(parts, parts[1:] + [{}]):
             if part["type"] == "python":
-                following = parts[i + 1] if i + 1 < len(parts) else {}
                 result = following.get("text", "") if following.get("type") == "python_output" else ""
                 answer += f"<<{part['text']}={result}>>"
             elif part["type"] == "text":
