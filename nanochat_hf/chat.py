@@ -14,12 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nanochat_hf.engine import ChatRenderer, load_engine, parse_assistant
-
-# nanochat's chat_cli defaults
-TEMPERATURE = 0.6
-TOP_K = 50
-MAX_NEW_TOKENS = 256
+from nanochat_hf.engine import load_engine
+from nanochat_hf.rendering import ChatRenderer, parse_assistant
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,10 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="model folder (a stage's output) or Hub id")
     p.add_argument("-p", "--prompt", default=None, help="answer this one prompt and exit")
     p.add_argument("--system", default=None, help="optional system message (merged into the first user turn)")
-    p.add_argument("-t", "--temperature", type=float, default=TEMPERATURE)
-    p.add_argument("-k", "--top-k", type=int, default=TOP_K)
+    p.add_argument("-t", "--temperature", type=float, default=0.6)  # 0.6, 50, 256: nanochat's chat_cli defaults
+    p.add_argument("-k", "--top-k", type=int, default=50)
     p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random each turn)")
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:1 ... (default: cuda if available)")
     return p
@@ -90,12 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         print("Assistant: ", end="", flush=True)
         try:
             parts = answer(engine, system + messages, args)
-        except KeyboardInterrupt:  # Ctrl-C stops this answer, not the session
-            print("\n(stopped)")
-            messages.pop()
-            continue
-        except ValueError as err:  # e.g. the conversation outgrew the context
-            print(f"\n(error: {err}; type 'clear' to start over)")
+        except (KeyboardInterrupt, ValueError) as err:  # Ctrl-C stops this answer, not the session
+            stopped = isinstance(err, KeyboardInterrupt)  # else e.g. the conversation outgrew the context
+            print("\n(stopped)" if stopped else f"\n(error: {err}; type 'clear' to start over)")
             messages.pop()
             continue
         messages.append({"role": "assistant", "content": parts or ""})

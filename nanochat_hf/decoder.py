@@ -3,18 +3,12 @@
     decoder = FastDecoder.for_model(model)       # None for models it does not know (they use model.forward)
     logits = decoder.step(ids, positions, cache, attention_mask)   # (B, 1) new tokens -> (B, V) logits
 
-Why: at decode time a small model is overhead-bound. `model.forward` for one new token per row goes
-through ~70 nn.Module calls, transformers' config attribute hooks and its mask builders (which build a
-padding mask through vmapped mask functions every step); for a d4 model on CPU that is about a third
-of the time per token (benchmarks/serve.py). Here is the same arithmetic for one new position, written
-as straight-line tensor code over the model's own Parameters: RoPE from a table, q and k rotated and
-normalised together, norms in fp32. Nothing is copied but modern's per-layer scalars, which are re-read
-whenever an optimizer updates them, so a model being trained (RL rollouts) is always current. Tests
-hold its logits to the model's forward for both architectures, with padding, windows, GQA and smear.
-
-Attention here is always SDPA, whatever the model's own backend (FlashAttention-3, flex): with one
-query per row the kernels differ only in rounding. Only for plain (unsharded) NanoChatForCausalLM
-weights; another architecture or FSDP-sharded weights keep going through `model.forward`.
+Why: at decode time a small model is overhead-bound. `model.forward` for one new token per row goes through
+~70 nn.Module calls, config attribute hooks and mask builders: about a third of the time per token for a d4
+model on CPU (benchmarks/serve.py). Here is the same arithmetic for one new position as straight-line tensor
+code over the model's own Parameters (only modern's per-layer scalars are copied, re-read whenever an
+optimizer updates them, so RL rollouts always see the current model). Attention is always SDPA: with one
+query per row the kernels differ only in rounding. FSDP-sharded weights keep going through `model.forward`.
 """
 
 from __future__ import annotations
@@ -37,7 +31,7 @@ class FastDecoder:
     def __init__(self, model: NanoChatForCausalLM):
         cfg = model.config
         m = model.model
-        self.model, self.cfg = model, cfg
+        self.cfg = cfg
         self.modern = cfg.arch == "modern"
         self.eps = cfg.rms_norm_eps
         self.vocab_size = cfg.vocab_size
@@ -65,11 +59,8 @@ class FastDecoder:
         self._step = self._decode
 
     def compile(self) -> "FastDecoder":
-        """torch.compile the step (dynamic shapes: one graph serves every batch size and cache length).
-
-        The first calls compile (tens of seconds on a small CPU); after that the step runs as fused
-        kernels around the matmuls and attention. Worth it for a long-running server, not for a test.
-        """
+        """torch.compile the step (dynamic shapes: one graph for every batch size and cache length). The first
+        calls compile (tens of seconds on a small CPU): worth it for a long-running server, not for a test."""
         self._step = torch.compile(self._decode, dynamic=True)
         return self
 
@@ -84,11 +75,8 @@ class FastDecoder:
     @classmethod
     def for_model(cls, model) -> "FastDecoder | None":
         """A decoder when this model's decode step is one we reproduce exactly, else None."""
-        if not isinstance(model, NanoChatForCausalLM):
-            return None
-        if is_sharded(model):
-            return None  # sharded (DTensor) weights are gathered by hooks on model.forward
-        return cls(model)
+        # sharded (DTensor) weights are gathered by hooks on model.forward
+        return cls(model) if isinstance(model, NanoChatForCausalLM) and not is_sharded(model) else None
 
     def _rotary_tables(self, dtype: torch.dtype):
         """cos/sin per position laid out for the half-swap trick below: (P, 2, D/2) each, built once."""

@@ -3,16 +3,12 @@
     from nanochat_hf.rewards import correctness_reward, format_reward
     GRPOTrainer(..., reward_funcs=[correctness_reward, format_reward])
 
-A TRL reward function is called with `prompts`, `completions`, `completion_ids` and every
-dataset column as keyword arguments, and returns one float per completion. Our datasets
-carry GSM8K's `answer` column (a worked solution ending in `#### 72`), so the reference is
-extracted from it exactly as from the model's completion.
-
-Correctness is nanochat's GSM8K rule, decided in one place (`is_correct`) for the RL reward, pass@k,
-`nanochat-hf eval` and the lighteval task: the text after `#### ` made of digits, dots and commas (an
-optional leading minus), commas removed, equal as a string to the reference's. So "18.0" does not
-count for 18, as in GSM8K's official grading. The opt-in `correctness_last_number` reward also takes
-the last number of a reply that has no `####` (for models never taught the marker).
+TRL calls a reward function with `completions` and every dataset column as keyword arguments (ours carry
+GSM8K's `answer`, a worked solution ending in `#### 72`, read exactly as the model's completion). Correctness
+is nanochat's GSM8K rule, decided in one place (`is_correct`) for the RL reward, pass@k, `nanochat-hf eval`
+and the lighteval task: the number after `#### `, commas removed, equal as a string to the reference's (so
+"18.0" does not count for 18, as in GSM8K's official grading). The opt-in `correctness_last_number` also
+takes the last number of a reply that has no `####` (for models never taught the marker).
 """
 
 from __future__ import annotations
@@ -76,17 +72,11 @@ def correctness_reward_last_number(completions, answer, **kwargs) -> list[float]
 
 
 def format_reward(completions, **kwargs) -> list[float]:
-    """1.0 when the completion states its answer GSM8K's way (`#### <number>`), else 0.0.
-
-    Weighted small next to correctness (`reward_weights` in the recipe): it only shapes the
-    format of models that have not learnt it yet and is already saturated after SFT.
-    """
+    """1.0 when the completion states its answer GSM8K's way (`#### <number>`), else 0.0: weighted small next to
+    correctness, it only shapes the format of models that have not learnt it yet."""
     return [1.0 if ANSWER_RE.search(completion_text(c)) else 0.0 for c in completions]
 
 
 # Names the recipe can use in `reward_funcs` (the same names TRL logs as `rewards/<name>/mean`).
-REWARD_FUNCS = {
-    "correctness": correctness_reward,
-    "correctness_last_number": correctness_reward_last_number,
-    "format": format_reward,
-}
+REWARD_FUNCS = {"correctness": correctness_reward, "correctness_last_number": correctness_reward_last_number,
+                "format": format_reward}

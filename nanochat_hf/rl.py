@@ -16,25 +16,14 @@ one of GRPOConfig's knobs (set in the recipes):
   lr = 5% of base, linear decay to 0      init_lr_frac: 0.05 (nanochat optimizer) / learning_rate,
                                           lr_scheduler_type: linear
 
-Rollouts use the calculator tool as the model was taught in SFT: when it writes
-`<|python_start|>expr<|python_end|>`, `nanochat_hf.engine.Engine` evaluates `expr` with the safe
-calculator and forces `<|output_start|>result<|output_end|>` into the sequence. We plug that
-engine into TRL through its `rollout_func` hook and return the forced tokens as `env_mask = 0`,
-which TRL multiplies into the loss mask: the model is never trained to "predict" tool output.
-With `use_vllm: true` the same hook generates with TRL's vLLM backend turn by turn (cut at each
-call, calculator output forced in, prompt + completion so far sent back).
-TRL's own `tools=` support expects JSON function-calling templates, which nanochat's format is not.
-
-Data: `dataset_name: synthetic` (default, offline) generates arithmetic word problems with exact
-answers; `openai/gsm8k` (config `main`) or any local jsonl/parquet with GSM8K's `question` and
-`answer` columns is the real thing. The reward is exact numeric match of the final answer
-(`nanochat_hf.rewards`). pass@1..k on held-out questions is measured every `eval_every` steps.
-Outputs: checkpoints (`checkpoint-N/`, resumable with `--resume_from_checkpoint latest`), the log
-`<output_dir>/logs/rl.jsonl` (reward per step, pass@k), and a Hub-ready model folder in `<output_dir>`.
+Rollouts run the calculator as SFT taught it (our Engine, or TRL's vLLM in turns, through TRL's `rollout_func`)
+and return its forced output as `env_mask = 0`: the model is never trained to "predict" tool output. TRL's
+own `tools=` expects JSON function-calling templates, which nanochat's format is not. More: docs/rl.md.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from dataclasses import dataclass, field
@@ -49,51 +38,48 @@ from nanochat_hf.errors import ensure_writable, run_main, writing
 from nanochat_hf.extras import require
 from nanochat_hf.runlog import RunLogCallback
 
-# ----------------------------------------------------------------------------- arguments
+
+def _arg(default, help: str):
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class RLArguments:
     """Our flags; everything else is TRL's GRPOConfig (output_dir, max_steps, learning_rate, ...)."""
 
-    model_name_or_path: str | None = field(default=None, metadata={"help": "SFT model folder or Hub id (required)"})
-    tokenizer_name_or_path: str | None = field(default=None, metadata={"help": "tokenizer (default: the model's)"})
+    model_name_or_path: str | None = _arg(None, "SFT model folder or Hub id (required)")
+    tokenizer_name_or_path: str | None = _arg(None, "tokenizer (default: the model's)")
     # data
-    dataset_name: str = field(default="synthetic", metadata={
-        "help": "'synthetic' (offline arithmetic), a Hub id such as openai/gsm8k, or a local jsonl/parquet file or "
-                "folder with GSM8K's `question` and `answer` columns"})
-    dataset_config: str | None = field(default="main", metadata={"help": "Hub config / subfolder (GSM8K: main)"})
-    dataset_train_split: str = field(default="train", metadata={"help": "split with the training questions"})
-    dataset_test_split: str = field(default="test", metadata={"help": "split with the held-out questions (pass@k)"})
-    max_train_examples: int = field(default=-1, metadata={"help": "use only the first N training questions (-1: all)"})
-    synthetic_train_size: int = field(default=4000, metadata={"help": "synthetic: number of training problems"})
-    synthetic_test_size: int = field(default=200, metadata={"help": "synthetic: number of held-out problems"})
-    synthetic_max_operand: int = field(default=999, metadata={"help": "synthetic: largest number in a problem"})
-    synthetic_seed: int = field(default=200_000, metadata={
-        "help": "synthetic: seed of the first training problem (far from the seeds mid/SFT draw from)"})
-    # reward
+    dataset_name: str = _arg("synthetic", "'synthetic' (offline arithmetic), a Hub id such as openai/gsm8k, or a "
+                             "local jsonl/parquet file or folder with GSM8K's `question` and `answer` columns")
+    dataset_config: str | None = _arg("main", "Hub config / subfolder (GSM8K: main)")
+    dataset_train_split: str = _arg("train", "split with the training questions")
+    dataset_test_split: str = _arg("test", "split with the held-out questions (pass@k)")
+    max_train_examples: int = _arg(-1, "use only the first N training questions (-1: all)")
+    synthetic_train_size: int = _arg(4000, "synthetic: number of training problems")
+    synthetic_test_size: int = _arg(200, "synthetic: number of held-out problems")
+    synthetic_max_operand: int = _arg(999, "synthetic: largest number in a problem")
+    synthetic_seed: int = _arg(200_000, "synthetic: seed of the first training problem (far from the seeds "
+                                        "mid/SFT draw from)")
+    # reward and rollouts
     reward_funcs: list[str] = field(default_factory=lambda: ["correctness"], metadata={
         "help": "reward functions of nanochat_hf.rewards: correctness, correctness_last_number, format "
                 "(weights: GRPOConfig's reward_weights)"})
-    # rollouts
-    use_calculator: bool = field(default=True, metadata={
-        "help": "run the calculator tool inside rollouts (nanochat's Engine); false: plain TRL generation"})
+    use_calculator: bool = _arg(True, "run the calculator tool inside rollouts (nanochat's Engine); false: plain "
+                                      "TRL generation")
     # periodic pass@k on held-out questions (nanochat: every 60 steps, 400 questions, k up to 8)
-    eval_every: int = field(default=60, metadata={"help": "measure pass@k every N steps (and at 0 and "
-                                                          "the end); <=0: never"})
-    eval_examples: int = field(default=400, metadata={"help": "held-out questions per pass@k measurement"})
-    pass_k: int = field(default=8, metadata={"help": "samples per held-out question: logs pass@1..pass@k"})
-    eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of the pass@k samples"})
+    eval_every: int = _arg(60, "measure pass@k every N steps (and at 0 and the end); <=0: never")
+    eval_examples: int = _arg(400, "held-out questions per pass@k measurement")
+    pass_k: int = _arg(8, "samples per held-out question: logs pass@1..pass@k")
+    eval_temperature: float = _arg(1.0, "sampling temperature of the pass@k samples")
     # optimizer: TRL's AdamW (learning_rate, lr_scheduler_type) or nanochat's Muon + AdamW groups
-    optimizer: str = field(default="adamw", metadata={
-        "help": "'adamw' (TRL's, learning_rate + lr_scheduler_type) or 'nanochat' (Muon for matrices, AdamW "
-                "elsewhere, lrs below times init_lr_frac, linear decay to 0)"})
-    embedding_lr: float = field(default=0.2, metadata={"help": "nanochat optimizer: embedding lr (AdamW)"})
-    unembedding_lr: float = field(default=0.004, metadata={"help": "nanochat optimizer: lm_head lr (AdamW)"})
-    matrix_lr: float = field(default=0.02, metadata={"help": "nanochat optimizer: block matrices lr (Muon)"})
-    scalar_lr: float = field(default=0.5, metadata={"help": "nanochat optimizer: scalars lr (AdamW)"})
-    init_lr_frac: float = field(default=0.05, metadata={"help": "nanochat optimizer: start at "
-                                                                "this fraction of the lrs"})
+    optimizer: str = _arg("adamw", "'adamw' (TRL's, learning_rate + lr_scheduler_type) or 'nanochat' (Muon for "
+                                   "matrices, AdamW elsewhere, lrs below times init_lr_frac, linear decay to 0)")
+    embedding_lr: float = _arg(0.2, "nanochat optimizer: embedding lr (AdamW)")
+    unembedding_lr: float = _arg(0.004, "nanochat optimizer: lm_head lr (AdamW)")
+    matrix_lr: float = _arg(0.02, "nanochat optimizer: block matrices lr (Muon)")
+    scalar_lr: float = _arg(0.5, "nanochat optimizer: scalars lr (AdamW)")
+    init_lr_frac: float = _arg(0.05, "nanochat optimizer: start at this fraction of the lrs")
 
 
 @dataclass
@@ -120,11 +106,8 @@ def parse_args(argv: list[str]):
 
 
 def synthetic_rows(size: int, seed: int = 0, max_operand: int = 99) -> list[dict]:
-    """Arithmetic word problems in GSM8K's schema, from the SFT data's own generator.
-
-    The SFT stage teaches exactly these conversations (calculator call, then `#### answer`), so
-    RL starts from a model that knows the format and improves how often it gets them right.
-    """
+    """Arithmetic word problems in GSM8K's schema, from the SFT data's own generator: SFT teaches exactly
+    these conversations, so RL starts from a model that knows the format and improves how often it is right."""
     from nanochat_hf.chat_data import arithmetic
 
     rows = []
@@ -132,9 +115,8 @@ def synthetic_rows(size: int, seed: int = 0, max_operand: int = 99) -> list[dict
         question, parts = messages[0]["content"], messages[1]["content"]
         # Back to GSM8K's text: a python part and the output after it become `<<expr=result>>`.
         answer = ""
-        for i, part in enumerate(parts):
+        for part, following in zip(parts, parts[1:] + [{}]):
             if part["type"] == "python":
-                following = parts[i + 1] if i + 1 < len(parts) else {}
                 result = following.get("text", "") if following.get("type") == "python_output" else ""
                 answer += f"<<{part['text']}={result}>>"
             elif part["type"] == "text":
@@ -191,35 +173,25 @@ def load_prompts(args: RLArguments):
 
 def _groups(prompts: list) -> list[tuple[int, int]]:
     """(start, end) of runs of identical consecutive prompts: TRL's sampler repeats each question."""
-    spans, start = [], 0
-    for i in range(1, len(prompts) + 1):
-        if i == len(prompts) or prompts[i] != prompts[start]:
-            spans.append((start, i))
-            start = i
-    return spans
+    ends = list(itertools.accumulate(len(list(run)) for _, run in itertools.groupby(prompts)))
+    return list(zip([0] + ends[:-1], ends))
 
 
 def sample_with_tools(engine, prompt_tokens: list[int], num_samples: int, max_tokens: int,
                       temperature: float, top_k: int | None, top_p: float | None, seed: int):
-    """`num_samples` completions of one prompt: (completion ids, mask with 0 on forced tool output).
+    """`num_samples` completions of one prompt by the Engine: (completion ids, mask with 0 on forced tool output).
 
-    `engine` is a `nanochat_hf.engine.Engine`: it samples, runs the calculator on each
-    `<|python_end|>` and forces its output in. A completion that stopped on its own ends with
-    `<|assistant_end|>` (mask 1) so the model is also rewarded for stopping; one cut at
-    `max_tokens` does not, which TRL reads as truncated.
+    A completion that stopped on its own ends with `<|assistant_end|>` (mask 1) so the model is also rewarded
+    for stopping; one cut at `max_tokens` does not, which TRL reads as truncated.
     """
     sequences, masks = engine.generate_batch(
         prompt_tokens, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature,
         top_k=top_k or None, top_p=top_p if top_p is not None and top_p < 1.0 else None, seed=seed)
     end = engine.tokenizer.convert_tokens_to_ids("<|assistant_end|>")
-    out_ids, out_masks = [], []
-    for seq, mask in zip(sequences, masks):
-        ids, m = list(seq[len(prompt_tokens):]), list(mask[len(prompt_tokens):])
-        if len(ids) < max_tokens:
-            ids, m = ids + [end], m + [1]
-        out_ids.append(ids)
-        out_masks.append(m)
-    return out_ids, out_masks
+    n = len(prompt_tokens)
+    stopped = [len(seq) - n < max_tokens for seq in sequences]
+    return ([seq[n:] + [end] * s for seq, s in zip(sequences, stopped)],
+            [mask[n:] + [1] * s for mask, s in zip(masks, stopped)])
 
 
 def make_rollout_func():
@@ -266,14 +238,12 @@ def with_tool_call_metric(reward_func, python_start: int):
 def make_vllm_rollout_func():
     """`rollout_func` for `use_vllm: true`: TRL's vLLM generation in turns, the calculator between them.
 
-    TRL syncs the weights into vLLM before calling it. Each turn generates with
-    `trainer.vllm_generation` (colocate or server), keeps a sample's tokens up to its first
-    complete `<|python_end|>` call, forces the calculator's `<|output_start|>result<|output_end|>`
-    (env_mask 0, no sampling logprob) and sends prompt + completion so far back for the next turn.
+    Each turn (TRL has synced the weights into vLLM) keeps a sample's tokens up to its first complete call,
+    forces the calculator's output (env_mask 0, no sampling logprob) and sends prompt + completion so far back.
     Tokens vLLM generated after the call are dropped, as the Engine would never have sampled them.
     """
-    from nanochat_hf.engine import TOOL_TOKENS, ToolState
     from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.tools import TOOL_TOKENS, ToolState
 
     def rollout(prompts: list, trainer) -> dict:
         tokenizer, acc, budget = trainer.processing_class, trainer.accelerator, trainer.args.max_completion_length
@@ -321,28 +291,24 @@ def make_vllm_rollout_func():
 @torch.no_grad()
 def pass_at_k(model, tokenizer, dataset, k: int, max_tokens: int, temperature: float, top_k: int | None,
               rank: int = 0, world_size: int = 1, seed: int = 0) -> tuple[torch.Tensor, int]:
-    """nanochat's measure: for k' = 1..k, how many questions have a correct answer among the first k' samples.
-
-    Returns (counts[k], number of questions) for this rank's share; the caller sums across ranks.
-    """
+    """nanochat's measure: counts[j] = questions with a correct answer among the first j + 1 samples, and the
+    number of questions, for this rank's share (the caller sums across ranks)."""
     from nanochat_hf.engine import Engine
     from nanochat_hf.rewards import correctness_reward
     from nanochat_hf.tokenization import render_for_completion
 
-    counts, n = torch.zeros(k), 0
+    counts, mine = torch.zeros(k), range(rank, len(dataset), world_size)
     was_training = model.training
     engine = Engine(model, tokenizer)
-    for idx in range(rank, len(dataset), world_size):
+    for idx in mine:
         row = dataset[idx]
         tokens = render_for_completion(tokenizer, row["prompt"])
         ids, _ = sample_with_tools(engine, tokens, k, max_tokens, temperature, top_k, None, seed + idx)
         texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
         correct = correctness_reward(completions=texts, answer=[row["answer"]] * k)
-        for j in range(k):
-            counts[j] += float(any(correct[: j + 1]))
-        n += 1
+        counts += torch.tensor(correct).cummax(0).values  # 1 from the first correct sample on
     model.train(was_training)
-    return counts, n
+    return counts, len(mine)
 
 
 class PassAtKCallback(TrainerCallback):
@@ -516,15 +482,8 @@ def train(args: RLArguments, config):
     reward_funcs = [REWARD_FUNCS[name] for name in args.reward_funcs]
     if args.use_calculator:
         reward_funcs[0] = with_tool_call_metric(reward_funcs[0], tokenizer.convert_tokens_to_ids("<|python_start|>"))
-    trainer = _trainer_class(args)(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=config,
-        train_dataset=train_ds,
-        processing_class=tokenizer,
-        callbacks=[log, passk],
-        rollout_func=rollout_func,
-    )
+    trainer = _trainer_class(args)(model=model, reward_funcs=reward_funcs, args=config, train_dataset=train_ds,
+                                   processing_class=tokenizer, callbacks=[log, passk], rollout_func=rollout_func)
     passk.trainer = trainer
     if trainer.accelerator.is_main_process:
         print(f"[rl] {trainer.accelerator.state}".strip())

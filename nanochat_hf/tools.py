@@ -1,6 +1,6 @@
-"""The calculator tool the chat model calls between `<|python_start|>` and `<|python_end|>`.
+"""The calculator tool the chat model calls between `<|python_start|>` and `<|python_end|>`, and `ToolState`,
+which runs it inside a decoding row.
 
-    >>> from nanochat_hf.tools import run_calculator
     >>> run_calculator("12 * (3 + 4) / 2")
     '42'
     >>> run_calculator('"strawberry".count("r")')
@@ -8,33 +8,30 @@
     >>> run_calculator("__import__('os').system('ls')")
     'Error: ...'
 
-The model writes the expression, so it is untrusted input. nanochat `eval`s it with empty
-builtins after a character filter; we never call `eval`/`exec` at all: the expression is
-parsed with `ast` and a tiny interpreter walks the tree, accepting only
-
-  * numbers written with digits and `.` (commas as thousands separators are dropped),
-  * `+ - * /` (binary) and unary `+ -`, parentheses,
-  * `"text".count("x")` (nanochat's SpellingBee tool call), usable inside arithmetic.
-
-Anything else -- names, attributes other than `.count`, calls, `**`, `//`, `%`, subscripts,
-lambdas, comprehensions, f-strings, complex numbers -- is refused with an `Error:` string that
-the engine forces into the sequence as the tool's output. Input length, the size of integers
-and the wall time are bounded, and the deadline is checked while walking (no SIGALRM, so it is
-safe in the server's worker threads).
+The model writes the expression, so it is untrusted input. nanochat `eval`s it with empty builtins after
+a character filter; we never call `eval`/`exec`: `ast` parses it and a tiny interpreter walks the tree,
+accepting only numbers written with digits and `.` (thousands commas dropped), `+ - * /`, unary `+ -`,
+parentheses and `"text".count("x")` (nanochat's SpellingBee call). Anything else is refused with an
+`Error:` string, forced into the sequence as the tool's output. Input length, integer size and wall time
+are bounded; the deadline is checked while walking (no SIGALRM, so it is safe in the server's threads).
 """
 
 from __future__ import annotations
 
 import ast
 import math
+import operator
 import re
 import time
+from collections import deque
 
 MAX_EXPR_CHARS = 512  # GSM8K calculator calls are < 60 characters; 512 leaves room, bounds the work
 MAX_INT_DIGITS = 1000  # no `**`, so results stay about as long as the input; belt and braces
 TIME_LIMIT_S = 1.0  # wall-clock budget for parsing + evaluating one expression
+TOOL_TOKENS = ("<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>")  # what ToolState reads
 _NUMBER = re.compile(r"^(\d+(\.\d*)?|\.\d+)$")  # how a number literal must be spelled
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")  # 1,234,567 -> 1234567
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
 class _Refused(Exception):
@@ -64,18 +61,12 @@ def _eval(node: ast.AST, source: str, deadline: float):
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
         value = _number(_eval(node.operand, source, deadline))
         return value if isinstance(node.op, ast.UAdd) else -value
-    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
         left = _number(_eval(node.left, source, deadline))
         right = _number(_eval(node.right, source, deadline))
-        if isinstance(node.op, ast.Add):
-            return _check_int(left + right)
-        if isinstance(node.op, ast.Sub):
-            return _check_int(left - right)
-        if isinstance(node.op, ast.Mult):
-            return _check_int(left * right)
-        if right == 0:
+        if isinstance(node.op, ast.Div) and right == 0:
             raise _Refused("division by zero")
-        return _check_int(left / right)
+        return _check_int(_BINARY[type(node.op)](left, right))
     if isinstance(node, ast.Call):  # only "literal".count("literal")
         func = node.func
         if (isinstance(func, ast.Attribute) and func.attr == "count" and _is_str(func.value)
@@ -108,10 +99,7 @@ def _format(value) -> str:
 
 
 def run_calculator(expr: str) -> str:
-    """Evaluate `expr` (arithmetic or `"text".count("x")`) and return the result as text.
-
-    Refused or failing input returns a string starting with "Error:"; nothing is ever executed.
-    """
+    """`expr`'s value as text, or a string starting with "Error:" (nothing is ever executed)."""
     if not isinstance(expr, str):
         return f"Error: expected a string expression, got {type(expr).__name__}"
     expr = expr.strip()
@@ -133,3 +121,30 @@ def run_calculator(expr: str) -> str:
         return "Error: expression too deeply nested"
     except (OverflowError, ValueError, TypeError) as err:  # e.g. int too large for float division
         return f"Error: {type(err).__name__}: {err}"
+
+
+class ToolState:
+    """One row's calculator state while decoding: collects the expression, queues the forced output."""
+
+    def __init__(self, ids: dict[str, int], tokenizer):
+        self.ids, self.tokenizer = ids, tokenizer
+        self.forced: deque[int] = deque()
+        self.in_python = False
+        self.expr: list[int] = []
+
+    def next_token(self, sampled: int) -> tuple[int, int]:
+        """The token this row takes (a queued forced one wins over the sampled one) and its mask (0 = forced)."""
+        token, mask = (self.forced.popleft(), 0) if self.forced else (sampled, 1)
+        if token == self.ids["<|python_start|>"]:
+            self.in_python, self.expr = True, []
+        elif token == self.ids["<|python_end|>"] and self.in_python:
+            self.in_python = False
+            if self.expr:
+                result = run_calculator(self.tokenizer.decode(self.expr))
+                self.forced.append(self.ids["<|output_start|>"])
+                self.forced.extend(self.tokenizer.encode(result, add_special_tokens=False))
+                self.forced.append(self.ids["<|output_end|>"])
+            self.expr = []
+        elif self.in_python:
+            self.expr.append(token)
+        return token, mask

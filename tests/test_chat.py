@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from nanochat_hf import chat
-from nanochat_hf.engine import ChatRenderer, load_engine, parse_assistant
+from nanochat_hf.engine import load_engine
+from nanochat_hf.rendering import ChatRenderer, parse_assistant
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from nanochat_hf import NanoChatConfig, NanoChatForCausalLM
 from nanochat_hf.decoder import FastDecoder
-from nanochat_hf.engine import Engine, SlotCache
+from nanochat_hf.engine import Engine
+from nanochat_hf.kv_cache import SlotCache
 
 VOCAB = 300
 

@@ -8,8 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from nanochat_hf.engine import Engine, Event, SamplingParams, SlotCache, StreamDecoder
+from nanochat_hf.engine import Engine
+from nanochat_hf.kv_cache import SlotCache
 from nanochat_hf.modeling import pop_cache
+from nanochat_hf.rendering import StreamDecoder
+from nanochat_hf.sampling import SamplingParams
+from nanochat_hf.scheduler import Event
 from nanochat_hf.tools import run_calculator
 
 
@@ -334,7 +338,7 @@ def test_stream_decoder_pieces_equal_the_whole_decode_on_a_long_text(tiny_tokeni
 
 
 def test_draw_follows_the_distribution_and_never_picks_a_zero():
-    from nanochat_hf.engine import draw
+    from nanochat_hf.sampling import draw
 
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.2, 0.3, 0.0], [0.1, 0.0, 0.0, 0.0, 0.0, 0.9]])
     rng = random.Random(0)

@@ -33,7 +33,10 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 
 from nanochat_hf import __version__
-from nanochat_hf.engine import ChatRenderer, Engine, Event, SamplingParams, StreamDecoder
+from nanochat_hf.engine import Engine
+from nanochat_hf.rendering import ChatRenderer, StreamDecoder
+from nanochat_hf.sampling import SamplingParams
+from nanochat_hf.scheduler import Event
 from nanochat_hf.serve.protocol import ApiError, Limits, parse_chat, parse_json_body, parse_tgi, validation_error
 from nanochat_hf.tokenization import render_for_completion
 

@@ -10,7 +10,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from nanochat_hf.engine import SamplingParams
+from nanochat_hf.sampling import SamplingParams
 
 
 class ApiError(Exception):
