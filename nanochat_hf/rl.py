@@ -125,7 +125,7 @@ def synthetic_rows(size: int, seed: int = 0, max_operand: int = 99) -> list[dict
     The SFT stage teaches exactly these conversations (calculator call, then `#### answer`), so
     RL starts from a model that knows the format and improves how often it gets them right.
     """
-    from nanochat_hf.chat_data import arithmetic
+    from nanochat_hf.synthetic_tasks import arithmetic
 
     rows = []
     for messages in arithmetic(size, seed=seed, max_operand=max_operand):
@@ -160,7 +160,7 @@ def to_prompt_dataset(rows):
 def load_prompts(args: RLArguments):
     """(train, test) prompt datasets for `args.dataset_name`."""
     if args.dataset_name == "synthetic":
-        from nanochat_hf.chat_data import VAL_SEED_OFFSET
+        from nanochat_hf.synthetic_tasks import VAL_SEED_OFFSET
 
         train = synthetic_rows(args.synthetic_train_size, seed=args.synthetic_seed,
                                max_operand=args.synthetic_max_operand)
@@ -227,7 +227,7 @@ def make_rollout_func():
     from trl.models.utils import unwrap_model_for_generation
 
     from nanochat_hf.engine import Engine
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
 
     def rollout(prompts: list, trainer) -> dict:
         cfg, tokenizer = trainer.args, trainer.processing_class
@@ -273,7 +273,7 @@ def make_vllm_rollout_func():
     Tokens vLLM generated after the call are dropped, as the Engine would never have sampled them.
     """
     from nanochat_hf.engine import TOOL_TOKENS, ToolState
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
 
     def rollout(prompts: list, trainer) -> dict:
         tokenizer, acc, budget = trainer.processing_class, trainer.accelerator, trainer.args.max_completion_length
@@ -327,7 +327,7 @@ def pass_at_k(model, tokenizer, dataset, k: int, max_tokens: int, temperature: f
     """
     from nanochat_hf.engine import Engine
     from nanochat_hf.rewards import correctness_reward
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
 
     counts, n = torch.zeros(k), 0
     was_training = model.training

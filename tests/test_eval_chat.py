@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nanochat_hf.evaluation import chat_tasks
-from nanochat_hf.tokenization import render_for_completion
+from nanochat_hf.chat_format import render_for_completion
 
 CHAT = Path(__file__).parent / "fixtures" / "eval" / "chat"
 
