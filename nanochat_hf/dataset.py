@@ -36,10 +36,8 @@ from nanochat_hf.checkpoints import file_sha256
 from nanochat_hf.errors import UserError, run_main
 
 # The Hub datasets nanochat pretrains on: repo id, index of the last shard (= validation).
-HUB_DATASETS = {
-    "climbmix": ("karpathy/climbmix-400b-shuffle", 6542),
-    "fineweb-edu": ("karpathy/fineweb-edu-100b-shuffle", 1822),
-}
+HUB_DATASETS = {"climbmix": ("karpathy/climbmix-400b-shuffle", 6542),
+                "fineweb-edu": ("karpathy/fineweb-edu-100b-shuffle", 1822)}
 DEFAULT_DATASET = "climbmix"
 TEXT_ROWS_PER_GROUP = 256  # documents per pseudo row group for .txt/.jsonl sources
 VAL_FRACTION = 0.05  # a lone .txt/.jsonl file holds out its last 5% of documents as validation
@@ -52,8 +50,7 @@ def shard_filename(index: int) -> str:
 
 
 def data_home() -> Path:
-    """Where downloads live (shards, the CORE bundle, lighteval's task indexes): $NANOCHAT_HF_HOME,
-    default ~/.cache/nanochat_hf."""
+    """Downloads (shards, CORE bundle, lighteval indexes) go here: $NANOCHAT_HF_HOME, default ~/.cache/nanochat_hf."""
     return Path(os.environ.get("NANOCHAT_HF_HOME", Path.home() / ".cache" / "nanochat_hf")).expanduser()
 
 
@@ -107,8 +104,7 @@ def read_parquet(path: str | os.PathLike, row_group: int | None = None, column: 
 
 
 def file_documents(path: str | os.PathLike) -> Iterator[str]:
-    """Documents of one file, streamed: parquet a row group at a time, JSONL line by line, txt split on blank
-    lines."""
+    """Documents of one file, streamed: parquet by row group, JSONL by line, txt split on blank lines."""
     path = Path(path)
     if path.suffix == ".parquet":
         for i in range(read_parquet(path)):
@@ -190,15 +186,13 @@ def list_files(data: str | os.PathLike | None) -> list[Path]:
     try:
         alias, repo_id, _ = resolve_hub_dataset(str(data))
     except ValueError:
-        raise FileNotFoundError(
-            f"--data {data!r} is neither a file, a folder nor a known Hub dataset ({', '.join(HUB_DATASETS)})"
-        ) from None
+        raise FileNotFoundError(f"--data {data!r} is neither a file, a folder nor a known Hub dataset "
+                                f"({', '.join(HUB_DATASETS)})") from None
     folder = data_home() / "base_data" / alias
     files = sorted(folder.glob("shard_*.parquet")) if folder.is_dir() else []
     if len(files) < 2:
-        raise FileNotFoundError(
-            f"no downloaded shards of {repo_id} in {folder}; run `nanochat-hf data download -n 8 --dataset {alias}`"
-        )
+        raise FileNotFoundError(f"no downloaded shards of {repo_id} in {folder}; run `nanochat-hf data download -n 8 "
+                                f"--dataset {alias}`")
     return files
 
 

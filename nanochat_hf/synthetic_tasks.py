@@ -141,20 +141,14 @@ def arithmetic(size: int, seed: int = 0, max_operand: int = 999) -> list[list[di
     return out
 
 
-def _corpus_lines() -> list[tuple[str, str]]:
-    """(speaker, first line) of every speech in the embedded corpus ('NAME:\\nline...')."""
-    pairs = []
+def corpus_qa(size: int, seed: int = 0) -> list[list[dict]]:
+    """Simple questions over the embedded corpus: who speaks a line, and what comes after a speaker's cue."""
+    pairs = []  # (speaker, first line) of every speech ('NAME:\nline...')
     for block in embedded_corpus_path().read_text(encoding="utf-8").split("\n\n"):
         head, _, body = block.strip().partition("\n")
         line = body.split("\n", 1)[0].strip()
         if head.endswith(":") and 20 <= len(line) <= 120:
             pairs.append((head[:-1], line))
-    return pairs
-
-
-def corpus_qa(size: int, seed: int = 0) -> list[list[dict]]:
-    """Simple questions over the embedded corpus: who speaks a line, and what comes after a speaker's cue."""
-    pairs = _corpus_lines()
     out = []
     for i in range(size):
         rng = random.Random(seed + i)

@@ -169,18 +169,12 @@ def tokenizer_from_ranks(mergeable_ranks: dict[bytes, int], merges: list[tuple[b
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     tok.post_processor = processors.TemplateProcessing(
-        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B:1", special_tokens=[("<|bos|>", tok.token_to_id("<|bos|>"))]
-    )
+        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B:1", special_tokens=[("<|bos|>", tok.token_to_id("<|bos|>"))])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|bos|>",
-        eos_token="<|assistant_end|>",
-        pad_token="<|bos|>",
-        extra_special_tokens=SPECIAL_TOKENS[1:],
-        chat_template=CHAT_TEMPLATE,
+        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|assistant_end|>", pad_token="<|bos|>",
+        extra_special_tokens=SPECIAL_TOKENS[1:], chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,  # exact round trip: never touch spaces on decode
-        model_input_names=["input_ids", "attention_mask"],
-    )
+        model_input_names=["input_ids", "attention_mask"])
 
 
 def train_tokenizer(inputs=None, vocab_size: int = DEFAULT_VOCAB_SIZE, max_chars: int = DEFAULT_MAX_CHARS,
@@ -206,10 +200,9 @@ def train_from_documents(docs: Iterable[str], vocab_size: int, progress: bool = 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = _pre_tokenizer()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS),
+        vocab_size=vocab_size - len(SPECIAL_TOKENS), show_progress=progress,
         min_frequency=0,  # as rustbpe: merge until the vocabulary is full
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
-        show_progress=progress,
     )
     tok.train_from_iterator(_batched(docs), trainer)
     # Renumber into nanochat's layout: bytes 0..255, then the merges in the order they were learned.

