@@ -5,12 +5,10 @@
         [--step N] [--tokenizer tokenizer.pkl]
 
 `tokenizer`: a pickled tiktoken encoding -> a `PreTrainedTokenizerFast` folder with identical ids.
-`checkpoint`: nanochat writes `model_<step>.pt` (a state dict, keys `transformer.wte.weight`,
-`transformer.h.{i}.attn.c_q.weight`, ..., `lm_head.weight`; the 2026 model adds `value_embeds.{i}.weight`,
-`transformer.h.{i}.attn.ve_gate.weight`, `resid_lambdas`, `x0_lambdas`, `smear_gate.weight`,
-`smear_lambda`, `backout_lambda`) and `meta_<step>.json` (its `model_config`: sequence_len, vocab_size,
-n_layer, n_head, n_kv_head, n_embd, window_pattern), and `tokenizer.pkl` beside them when it was copied
-there. The architecture is read from the keys; every tensor is placed or the import stops with an error naming it.
+`checkpoint`: nanochat's `model_<step>.pt` (a state dict, its names in KEY_MAP below) + `meta_<step>.json` (its
+`model_config`: sequence_len, vocab_size, n_layer, n_head, n_kv_head, n_embd, window_pattern) + `tokenizer.pkl` when
+there -> a Hub-ready model folder. The architecture is read from the keys (the 2026 model adds value embeddings,
+lambdas, smear and backout); every tensor is placed or the import stops with an error naming it.
 """
 
 from __future__ import annotations

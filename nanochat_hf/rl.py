@@ -226,8 +226,8 @@ def make_rollout_func():
     """TRL `rollout_func(prompts, trainer) -> {prompt_ids, completion_ids, logprobs, env_mask}`."""
     from trl.models.utils import unwrap_model_for_generation
 
-    from nanochat_hf.engine import Engine
     from nanochat_hf.chat_format import render_for_completion
+    from nanochat_hf.engine import Engine
 
     def rollout(prompts: list, trainer) -> dict:
         cfg, tokenizer = trainer.args, trainer.processing_class
@@ -272,8 +272,8 @@ def make_vllm_rollout_func():
     (env_mask 0, no sampling logprob) and sends prompt + completion so far back for the next turn.
     Tokens vLLM generated after the call are dropped, as the Engine would never have sampled them.
     """
-    from nanochat_hf.engine import TOOL_TOKENS, ToolState
     from nanochat_hf.chat_format import render_for_completion
+    from nanochat_hf.engine import TOOL_TOKENS, ToolState
 
     def rollout(prompts: list, trainer) -> dict:
         tokenizer, acc, budget = trainer.processing_class, trainer.accelerator, trainer.args.max_completion_length
@@ -325,9 +325,9 @@ def pass_at_k(model, tokenizer, dataset, k: int, max_tokens: int, temperature: f
 
     Returns (counts[k], number of questions) for this rank's share; the caller sums across ranks.
     """
+    from nanochat_hf.chat_format import render_for_completion
     from nanochat_hf.engine import Engine
     from nanochat_hf.rewards import correctness_reward
-    from nanochat_hf.chat_format import render_for_completion
 
     counts, n = torch.zeros(k), 0
     was_training = model.training

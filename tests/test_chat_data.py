@@ -5,9 +5,7 @@ import re
 
 import pytest
 
-from nanochat_hf import chat_data as cd
-from nanochat_hf import chat_format as cf
-from nanochat_hf import synthetic_tasks as st
+from nanochat_hf import chat_data as cd, chat_format as cf, synthetic_tasks as st
 
 # Real GSM8K train rows (openai/gsm8k, config main): several <<expr=result>> per answer.
 GSM8K_ROWS = [
@@ -204,8 +202,8 @@ def test_packed_batch_mask(tiny_tokenizer):
     import torch
     from trl.data_utils import pack_dataset
 
-    from nanochat_hf.sft import PackedRowsCollator
     from nanochat_hf.chat_format import render_conversation
+    from nanochat_hf.sft import PackedRowsCollator
 
     convs = st.arithmetic(6, seed=0) + st.simple_spelling(6, seed=0) + st.identity(4)
     from datasets import Dataset

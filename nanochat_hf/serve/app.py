@@ -40,9 +40,9 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 
 from nanochat_hf import __version__
+from nanochat_hf.chat_format import render_for_completion
 from nanochat_hf.engine import ChatRenderer, Engine, Event, SamplingParams, StreamDecoder
 from nanochat_hf.serve.protocol import ApiError, Limits, bad, parse_chat, parse_json_body, parse_tgi
-from nanochat_hf.chat_format import render_for_completion
 
 STREAM_SEND_BUFFER = 64 * 1024  # kernel send buffer of a streaming connection (bytes)
 TRANSPORT = "nanochat_hf.transport"  # scope key: the connection's asyncio transport, when the server is uvicorn
