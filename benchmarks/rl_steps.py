@@ -15,13 +15,13 @@ import copy
 
 import torch
 
-from nanochat_hf.chat_data import VAL_SEED_OFFSET
+from nanochat_hf.chat_format import render_for_completion
 from nanochat_hf.engine import Engine
 from nanochat_hf.loading import load_model
 from nanochat_hf.optim import MuonAdamW, build_param_groups
 from nanochat_hf.rewards import correctness_reward
 from nanochat_hf.rl import sample_with_tools, synthetic_rows, to_prompt_dataset
-from nanochat_hf.tokenization import render_for_completion
+from nanochat_hf.synthetic_tasks import VAL_SEED_OFFSET
 
 LRS = dict(embedding_lr=0.2, unembedding_lr=0.004, matrix_lr=0.02, scalar_lr=0.5)  # nanochat's chat_rl
 

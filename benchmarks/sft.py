@@ -30,15 +30,16 @@ def main() -> None:
     from trl.data_utils import pack_dataset
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from nanochat_hf import chat_data
+    from nanochat_hf import synthetic_tasks
+    from nanochat_hf.chat_format import messages_features, tokenize_conversations
     from nanochat_hf.modeling import NanoChatConfig, NanoChatForCausalLM
     from nanochat_hf.sft import PackedRowsCollator
     from nanochat_hf.tokenization import train_tokenizer
 
     tok = train_tokenizer(None, vocab_size=1024, max_chars=300_000, progress=False)
-    convs = chat_data.arithmetic(args.rows * args.max_length // 40, seed=0) + chat_data.identity()
-    ds = Dataset.from_dict({"messages": convs}, features=chat_data.messages_features())
-    ds, _ = chat_data.tokenize_conversations(ds, tok, args.max_length)
+    convs = synthetic_tasks.arithmetic(args.rows * args.max_length // 40, seed=0) + synthetic_tasks.identity()
+    ds = Dataset.from_dict({"messages": convs}, features=messages_features())
+    ds, _ = tokenize_conversations(ds, tok, args.max_length)
     ds = ds.map(lambda r: {"labels": [t if m else -100 for t, m in zip(r["input_ids"], r["assistant_masks"])]})
     packed = pack_dataset(ds.select_columns(["input_ids", "labels"]), args.max_length, "bfd")
     rows = [packed[i] for i in range(min(args.rows, len(packed)))]

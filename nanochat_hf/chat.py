@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def answer(engine, messages: list[dict], args, out=None) -> list[dict]:
     """Generate the assistant's reply to `messages`, streaming it to `out`; returns the reply's parts."""
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
 
     out = out or sys.stdout
     prompt = render_for_completion(engine.tokenizer, messages)

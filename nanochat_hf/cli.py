@@ -29,7 +29,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "serve": ("nanochat_hf.serve:main", "web chat + TGI- and OpenAI-compatible API server"),
     "report": ("nanochat_hf.report:main", "write the report card (report.md + plots) of a run"),
     "push": ("nanochat_hf.hub:main", "push a stage's model folder to the Hugging Face Hub with a model card"),
-    "convert": ("nanochat_hf.convert:main", "import an original nanochat tokenizer.pkl or checkpoint"),
+    "convert": ("nanochat_hf.conversion:main", "import an original nanochat tokenizer.pkl or checkpoint"),
     "speedrun": ("nanochat_hf.speedrun:main", "run the whole pipeline: tokenizer -> ... -> report"),
 }
 

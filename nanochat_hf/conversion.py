@@ -1,25 +1,27 @@
-"""Import an original karpathy/nanochat checkpoint folder into a Hugging Face model folder.
+"""Import artefacts of the original karpathy/nanochat into Hugging Face formats.
 
+    nanochat-hf convert tokenizer ~/.cache/nanochat/tokenizer/tokenizer.pkl --output DIR
     nanochat-hf convert checkpoint ~/.cache/nanochat/base_checkpoints/d20 --output out/d20-hf \\
         [--step N] [--tokenizer tokenizer.pkl]
 
-nanochat writes `model_<step>.pt` (a state dict, keys `transformer.wte.weight`,
-`transformer.h.{i}.attn.c_q.weight`, ..., `lm_head.weight`; the 2026 model adds `value_embeds.{i}.weight`,
-`transformer.h.{i}.attn.ve_gate.weight`, `resid_lambdas`, `x0_lambdas`, `smear_gate.weight`,
-`smear_lambda`, `backout_lambda`) and `meta_<step>.json` (its `model_config`: sequence_len, vocab_size,
-n_layer, n_head, n_kv_head, n_embd, window_pattern). The architecture is read from the keys; every tensor
-is placed or the import stops with an error naming it.
+`tokenizer`: a pickled tiktoken encoding -> a `PreTrainedTokenizerFast` folder with identical ids.
+`checkpoint`: nanochat's `model_<step>.pt` (a state dict, its names in KEY_MAP below) + `meta_<step>.json` (its
+`model_config`: sequence_len, vocab_size, n_layer, n_head, n_kv_head, n_embd, window_pattern) + `tokenizer.pkl` when
+there -> a Hub-ready model folder. The architecture is read from the keys (the 2026 model adds value embeddings,
+lambdas, smear and backout); every tensor is placed or the import stops with an error naming it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import pickle
 import re
+import sys
 from pathlib import Path
 
-import torch
-
-from nanochat_hf.configuration import NanoChatConfig
+from nanochat_hf.errors import run_main
 
 # nanochat name pattern -> our name (native transformers names for the shared part).
 KEY_MAP = [
@@ -39,6 +41,45 @@ KEY_MAP = [
 MODERN_MARKERS = ("resid_lambdas", "x0_lambdas", "smear_lambda", "smear_gate.weight", "backout_lambda")
 
 
+# ----------------------------------------------------------------------------- tokenizer.pkl
+
+
+def convert_tiktoken_tokenizer(pkl_path: str | os.PathLike, output_dir: str | os.PathLike):
+    """nanochat's `tokenizer.pkl` (a pickled `tiktoken.Encoding`) -> our format with identical ids."""
+    from nanochat_hf.tokenization import SPECIAL_TOKENS, SPLIT_PATTERN, save_tokenizer, tokenizer_from_ranks
+
+    path = Path(pkl_path).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.pkl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; pass nanochat's tokenizer.pkl (in ~/.cache/nanochat/tokenizer/)")
+    try:
+        import tiktoken  # noqa: F401  (unpickling needs the class)
+    except ImportError:
+        raise ValueError("reading tokenizer.pkl needs tiktoken: pip install tiktoken") from None
+    with open(path, "rb") as f:
+        enc = pickle.load(f)
+    ranks = getattr(enc, "_mergeable_ranks", None)
+    specials = getattr(enc, "_special_tokens", None)
+    if ranks is None or specials is None:
+        raise ValueError(f"{path} does not hold a tiktoken Encoding")
+    if enc._pat_str != SPLIT_PATTERN:
+        raise ValueError(f"{path} uses a different split pattern than nanochat's; it cannot be imported as "
+                         "a nanochat tokenizer")
+    expected = {t: len(ranks) + i for i, t in enumerate(SPECIAL_TOKENS)}
+    if specials != expected:
+        raise ValueError(f"{path} has special tokens {specials}, expected nanochat's 9 right after the "
+                         f"{len(ranks)} merged tokens")
+    # By hand rather than transformers' convert_tiktoken_to_fast (which needs blobfile): the same
+    # builder as training, so an imported tokenizer and a trained one are the same kind of folder.
+    tokenizer = tokenizer_from_ranks(dict(ranks))
+    save_tokenizer(tokenizer, output_dir)
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------- checkpoint folder
+
+
 def find_step(src: Path, step: int | None) -> tuple[Path, Path, int]:
     """model_<step>.pt and meta_<step>.json (nanochat zero-pads steps to 6 digits); the latest by default."""
     found = {}
@@ -54,12 +95,12 @@ def find_step(src: Path, step: int | None) -> tuple[Path, Path, int]:
         raise FileNotFoundError(f"no model_<step>.pt for step {step} in {src}; available steps: {sorted(found)}")
     meta = found[step].with_name(found[step].name.replace("model_", "meta_").replace(".pt", ".json"))
     if not meta.exists():
-        raise FileNotFoundError(f"{meta.name} is missing next to {found[step].name}; nanochat "
-                                "writes both, copy it too")
+        raise FileNotFoundError(f"{meta.name} is missing next to {found[step].name}; nanochat writes both, "
+                                "copy it too")
     return found[step], meta, step
 
 
-def detect_arch(state: dict[str, torch.Tensor]) -> str:
+def detect_arch(state: dict) -> str:
     """modern (2026) checkpoints carry the per-layer lambdas, smear and backout; October 2025 ones do not."""
     present = [k for k in MODERN_MARKERS if k in state]
     if not present and not any(k.startswith("value_embeds.") for k in state):
@@ -67,14 +108,15 @@ def detect_arch(state: dict[str, torch.Tensor]) -> str:
     missing = [k for k in MODERN_MARKERS if k not in state]
     if missing:
         raise ValueError(f"checkpoint has some 2026-architecture tensors ({', '.join(present)}) but lacks "
-                         f"{', '.join(missing)}; "
-                         "only nanochat's October 2025 and 2026 layouts can be imported")
+                         f"{', '.join(missing)}; only nanochat's October 2025 and 2026 layouts can be imported")
     return "modern"
 
 
-def config_from_meta(model_config: dict, arch: str) -> NanoChatConfig:
-    need = ["sequence_len", "vocab_size", "n_layer", "n_head", "n_embd"]
-    missing = [k for k in need if k not in model_config]
+def config_from_meta(model_config: dict, arch: str):
+    """The `NanoChatConfig` of nanochat's GPTConfig fields."""
+    from nanochat_hf.configuration import NanoChatConfig
+
+    missing = [k for k in ["sequence_len", "vocab_size", "n_layer", "n_head", "n_embd"] if k not in model_config]
     if missing:
         raise ValueError(f"meta json model_config lacks {missing}; it must hold nanochat's GPTConfig fields")
     n_embd, n_head = int(model_config["n_embd"]), int(model_config["n_head"])
@@ -91,8 +133,10 @@ def config_from_meta(model_config: dict, arch: str) -> NanoChatConfig:
                           max_position_embeddings=int(model_config["sequence_len"]), **extra)
 
 
-def map_state_dict(state: dict[str, torch.Tensor], config: NanoChatConfig) -> dict[str, torch.Tensor]:
+def map_state_dict(state: dict, config) -> dict:
     """Rename every tensor; refuse any that has no place (nothing is silently dropped)."""
+    import torch
+
     out, unplaced = {}, []
     for key, tensor in state.items():
         for pattern, target in KEY_MAP:
@@ -119,6 +163,8 @@ def map_state_dict(state: dict[str, torch.Tensor], config: NanoChatConfig) -> di
 def convert_nanochat_checkpoint(src_dir, output_dir, step: int | None = None, tokenizer_path=None) -> Path:
     """nanochat checkpoint folder -> Hub-ready folder (config.json, model.safetensors, generation_config.json,
     tokenizer)."""
+    import torch
+
     from nanochat_hf.modeling import NanoChatForCausalLM, check_tokenizer_fits
 
     src, out_dir = Path(src_dir), Path(output_dir)
@@ -162,7 +208,7 @@ def convert_nanochat_checkpoint(src_dir, output_dir, step: int | None = None, to
         raise FileNotFoundError(f"tokenizer {pkl} does not exist")
     if pkl.exists():
         from nanochat_hf.loading import set_generation_config
-        from nanochat_hf.tokenization import convert_tiktoken_tokenizer, load_tokenizer
+        from nanochat_hf.tokenization import load_tokenizer
 
         convert_tiktoken_tokenizer(str(pkl), str(out_dir))
         tokenizer = load_tokenizer(str(out_dir))
@@ -174,3 +220,34 @@ def convert_nanochat_checkpoint(src_dir, output_dir, step: int | None = None, to
     print(f"imported {arch} nanochat step {step}: {sum(v.numel() for v in weights.values()):,} "
           f"parameters -> {out_dir}")
     return out_dir
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="nanochat-hf convert", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    tok = sub.add_parser("tokenizer", help="import a nanochat tokenizer.pkl (tiktoken encoding)")
+    tok.add_argument("path", help="path to tokenizer.pkl (or the folder holding it)")
+    tok.add_argument("--output", required=True, help="output folder")
+    ckpt = sub.add_parser("checkpoint", help="import a nanochat checkpoint folder (model_*.pt, meta_*.json)")
+    ckpt.add_argument("path", help="folder with model_<step>.pt and meta_<step>.json")
+    ckpt.add_argument("--step", type=int, default=None, help="which step to import (default: the latest)")
+    ckpt.add_argument("--tokenizer", default=None,
+                      help="tokenizer.pkl to import alongside (default: PATH/tokenizer.pkl if present)")
+    ckpt.add_argument("--output", required=True, help="output folder")
+    args = parser.parse_args(argv)
+    return run_main(f"nanochat-hf convert {args.what}", lambda: _run(args))
+
+
+def _run(args) -> None:
+    if args.what == "tokenizer":
+        convert_tiktoken_tokenizer(args.path, args.output)
+    else:
+        convert_nanochat_checkpoint(args.path, args.output, step=args.step, tokenizer_path=args.tokenizer)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -36,10 +36,8 @@ from nanochat_hf.checkpoints import file_sha256
 from nanochat_hf.errors import UserError, run_main
 
 # The Hub datasets nanochat pretrains on: repo id, index of the last shard (= validation).
-HUB_DATASETS = {
-    "climbmix": ("karpathy/climbmix-400b-shuffle", 6542),
-    "fineweb-edu": ("karpathy/fineweb-edu-100b-shuffle", 1822),
-}
+HUB_DATASETS = {"climbmix": ("karpathy/climbmix-400b-shuffle", 6542),
+                "fineweb-edu": ("karpathy/fineweb-edu-100b-shuffle", 1822)}
 DEFAULT_DATASET = "climbmix"
 TEXT_ROWS_PER_GROUP = 256  # documents per pseudo row group for .txt/.jsonl sources
 VAL_FRACTION = 0.05  # a lone .txt/.jsonl file holds out its last 5% of documents as validation
@@ -52,8 +50,7 @@ def shard_filename(index: int) -> str:
 
 
 def data_home() -> Path:
-    """Where downloads live (shards, the CORE bundle, lighteval's task indexes): $NANOCHAT_HF_HOME,
-    default ~/.cache/nanochat_hf."""
+    """Downloads (shards, CORE bundle, lighteval indexes) go here: $NANOCHAT_HF_HOME, default ~/.cache/nanochat_hf."""
     return Path(os.environ.get("NANOCHAT_HF_HOME", Path.home() / ".cache" / "nanochat_hf")).expanduser()
 
 
@@ -107,8 +104,7 @@ def read_parquet(path: str | os.PathLike, row_group: int | None = None, column: 
 
 
 def file_documents(path: str | os.PathLike) -> Iterator[str]:
-    """Documents of one file, streamed: parquet a row group at a time, JSONL line by line, txt split on blank
-    lines."""
+    """Documents of one file, streamed: parquet by row group, JSONL by line, txt split on blank lines."""
     path = Path(path)
     if path.suffix == ".parquet":
         for i in range(read_parquet(path)):
@@ -131,8 +127,7 @@ class Shard:
     """One file of documents, read a row group at a time."""
 
     path: Path
-    doc_range: tuple[int, int] | None = None  # text files: only documents [start, stop)
-    _docs: list[str] | None = field(default=None, repr=False)  # cache for text files
+    _docs: list[str] | None = field(default=None, repr=False)  # text files: their documents, read once
 
     @property
     def is_parquet(self) -> bool:
@@ -141,16 +136,13 @@ class Shard:
     def _text_docs(self) -> list[str]:
         if self._docs is None:
             self._docs = list(file_documents(self.path))
-            if self.doc_range is not None:
-                self._docs = self._docs[self.doc_range[0]:self.doc_range[1]]
         return self._docs
 
     @property
     def num_row_groups(self) -> int:
         if self.is_parquet:
             return read_parquet(self.path)
-        n = len(self._text_docs())
-        return (n + TEXT_ROWS_PER_GROUP - 1) // TEXT_ROWS_PER_GROUP
+        return (len(self._text_docs()) + TEXT_ROWS_PER_GROUP - 1) // TEXT_ROWS_PER_GROUP
 
     def read_row_group(self, index: int) -> list[str]:
         if self.is_parquet:
@@ -194,42 +186,36 @@ def list_files(data: str | os.PathLike | None) -> list[Path]:
     try:
         alias, repo_id, _ = resolve_hub_dataset(str(data))
     except ValueError:
-        raise FileNotFoundError(
-            f"--data {data!r} is neither a file, a folder nor a known Hub dataset ({', '.join(HUB_DATASETS)})"
-        ) from None
+        raise FileNotFoundError(f"--data {data!r} is neither a file, a folder nor a known Hub dataset "
+                                f"({', '.join(HUB_DATASETS)})") from None
     folder = data_home() / "base_data" / alias
     files = sorted(folder.glob("shard_*.parquet")) if folder.is_dir() else []
     if len(files) < 2:
-        raise FileNotFoundError(
-            f"no downloaded shards of {repo_id} in {folder}; run `nanochat-hf data download -n 8 --dataset {alias}`"
-        )
+        raise FileNotFoundError(f"no downloaded shards of {repo_id} in {folder}; run `nanochat-hf data download -n 8 "
+                                f"--dataset {alias}`")
     return files
 
 
 def load_splits(data: str | os.PathLike | None) -> tuple[Split, Split]:
-    """(train, val) splits of a source: the last file is val, or the last row group of a lone file."""
+    """(train, val) splits of a source: the last file is val; a lone parquet file holds out its last row group,
+    a lone text file its last VAL_FRACTION of documents."""
     files = list_files(data)
     shards = [Shard(p) for p in files]
-    if len(shards) == 1 and shards[0].is_parquet:
-        n = shards[0].num_row_groups
-        if n < 2:
+    if len(shards) == 1 and not shards[0].is_parquet:
+        docs = shards[0]._text_docs()
+        n_val = max(1, round(VAL_FRACTION * len(docs)))
+        if len(docs) - n_val < 1:
+            raise ValueError(f"{files[0]} is too small to hold out validation ({len(docs)} document(s)); give it more "
+                             "text or a second file")
+        shards = [Shard(files[0], docs[:-n_val]), Shard(files[0], docs[-n_val:])]
+    units = [(s, i) for s, shard in enumerate(shards) for i in range(shard.num_row_groups)]
+    if len(shards) == 1:
+        if len(units) < 2:
             raise ValueError(f"{files[0]} is too small to hold out validation (one row group); give it more "
                              "text or a second file")
-        return Split(shards, [(0, i) for i in range(n - 1)]), Split(shards, [(0, n - 1)])
-    if len(shards) == 1:  # one text file: its last VAL_FRACTION of documents is validation
-        n = len(shards[0]._text_docs())
-        n_val = max(1, round(VAL_FRACTION * n))
-        if n - n_val < 1:
-            raise ValueError(f"{files[0]} is too small to hold out validation ({n} document(s)); give it more "
-                             "text or a second file")
-        train_shard, val_shard = Shard(files[0], (0, n - n_val)), Shard(files[0], (n - n_val, n))
-        train_shard._docs, val_shard._docs = shards[0]._docs[: n - n_val], shards[0]._docs[n - n_val:]
-        return (Split([train_shard], [(0, i) for i in range(train_shard.num_row_groups)]),
-                Split([val_shard], [(0, i) for i in range(val_shard.num_row_groups)]))
-    train = [(s, i) for s, sh in enumerate(shards[:-1]) for i in range(sh.num_row_groups)]
+        return Split(shards, units[:-1]), Split(shards, units[-1:])
     last = len(shards) - 1
-    val = [(last, i) for i in range(shards[-1].num_row_groups)]
-    return Split(shards, train), Split(shards, val)
+    return Split(shards, [u for u in units if u[0] < last]), Split(shards, [u for u in units if u[0] == last])
 
 
 # ----------------------------------------------------------------------------- download

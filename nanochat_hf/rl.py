@@ -108,7 +108,7 @@ def parse_args(argv: list[str]):
 def synthetic_rows(size: int, seed: int = 0, max_operand: int = 99) -> list[dict]:
     """Arithmetic word problems in GSM8K's schema, from the SFT data's own generator: SFT teaches exactly
     these conversations, so RL starts from a model that knows the format and improves how often it is right."""
-    from nanochat_hf.chat_data import arithmetic
+    from nanochat_hf.synthetic_tasks import arithmetic
 
     rows = []
     for messages in arithmetic(size, seed=seed, max_operand=max_operand):
@@ -142,7 +142,7 @@ def to_prompt_dataset(rows):
 def load_prompts(args: RLArguments):
     """(train, test) prompt datasets for `args.dataset_name`."""
     if args.dataset_name == "synthetic":
-        from nanochat_hf.chat_data import VAL_SEED_OFFSET
+        from nanochat_hf.synthetic_tasks import VAL_SEED_OFFSET
 
         train = synthetic_rows(args.synthetic_train_size, seed=args.synthetic_seed,
                                max_operand=args.synthetic_max_operand)
@@ -198,8 +198,8 @@ def make_rollout_func():
     """TRL `rollout_func(prompts, trainer) -> {prompt_ids, completion_ids, logprobs, env_mask}`."""
     from trl.models.utils import unwrap_model_for_generation
 
+    from nanochat_hf.chat_format import render_for_completion
     from nanochat_hf.engine import Engine
-    from nanochat_hf.tokenization import render_for_completion
 
     def rollout(prompts: list, trainer) -> dict:
         cfg, tokenizer = trainer.args, trainer.processing_class
@@ -242,7 +242,7 @@ def make_vllm_rollout_func():
     forces the calculator's output (env_mask 0, no sampling logprob) and sends prompt + completion so far back.
     Tokens vLLM generated after the call are dropped, as the Engine would never have sampled them.
     """
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
     from nanochat_hf.tools import TOOL_TOKENS, ToolState
 
     def rollout(prompts: list, trainer) -> dict:
@@ -293,9 +293,9 @@ def pass_at_k(model, tokenizer, dataset, k: int, max_tokens: int, temperature: f
               rank: int = 0, world_size: int = 1, seed: int = 0) -> tuple[torch.Tensor, int]:
     """nanochat's measure: counts[j] = questions with a correct answer among the first j + 1 samples, and the
     number of questions, for this rank's share (the caller sums across ranks)."""
+    from nanochat_hf.chat_format import render_for_completion
     from nanochat_hf.engine import Engine
     from nanochat_hf.rewards import correctness_reward
-    from nanochat_hf.tokenization import render_for_completion
 
     counts, mine = torch.zeros(k), range(rank, len(dataset), world_size)
     was_training = model.training

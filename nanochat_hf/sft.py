@@ -367,7 +367,8 @@ def save_chat_model(trainer, tokenizer, output_dir: Path) -> None:
 
 def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
     """Build the data, run SFTTrainer, save the chat model; returns a summary of the run."""
-    from nanochat_hf.chat_data import Mixture, build_mixture, tokenize_conversations
+    from nanochat_hf.chat_data import Mixture, build_mixture
+    from nanochat_hf.chat_format import tokenize_conversations
     from nanochat_hf.distributed import fsdp_fallback_note
 
     output_dir = ensure_writable(cfg.output_dir)

@@ -5,26 +5,21 @@
     nanochat-hf tokenizer train --data hub:karpathy/climbmix-400b-shuffle --output runs/d20/tokenizer
     nanochat-hf tokenizer eval runs/tiny/tokenizer [--data FILE...] [--output eval.json]
 
-`--data` reads what pretraining's `--data` reads (`nanochat_hf.dataset`); `--input` is the same flag.
-
-What it is (same as nanochat's rustbpe + tiktoken pair, in one `tokenizer.json`):
-  - byte-level BPE over chunks cut by GPT-4's split regex (numbers in groups of 1-2, not 1-3);
-  - ids: the 256 bytes first (id = byte value), then the merges in the order they were learned,
-    then the 9 special tokens -- exactly nanochat's layout, so its `tokenizer.pkl` imports 1:1;
-  - `tokenizer("text")` prepends `<|bos|>` (nanochat starts every document with it);
-  - a Jinja chat template (`chat_template.jinja`) rendering nanochat's conversations, with
-    `{% generation %}` spans so `return_assistant_tokens_mask=True` gives nanochat's training mask.
-
-The output folder loads with `AutoTokenizer.from_pretrained(DIR)` anywhere, no nanochat_hf needed.
+`--data` reads what pretraining's `--data` reads (`nanochat_hf.dataset`). nanochat's rustbpe + tiktoken pair in
+one `tokenizer.json`: byte-level BPE over chunks cut by GPT-4's split regex (numbers in groups of 1-2, not 1-3);
+ids are the 256 bytes (id = byte value), the merges in learned order, then the 9 special tokens: nanochat's
+layout, so its `tokenizer.pkl` imports 1:1. `tokenizer("text")` prepends `<|bos|>` as nanochat starts every
+document with it; the chat template (`chat_template.jinja`, see `nanochat_hf.chat_format`) gives nanochat's
+training mask. The folder loads with `AutoTokenizer.from_pretrained(DIR)` anywhere, no nanochat_hf needed.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import os
-import pickle
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -32,19 +27,10 @@ from pathlib import Path
 
 from nanochat_hf.errors import UserError, run_main
 
-# ----------------------------------------------------------------------------- hyperparameters
-
-SPECIAL_TOKENS = [
-    "<|bos|>",  # every document starts with it; also the padding token
-    "<|user_start|>",
-    "<|user_end|>",
-    "<|assistant_start|>",
-    "<|assistant_end|>",  # end of an assistant turn: the EOS of a chat model
-    "<|python_start|>",  # the assistant calls the calculator tool ...
-    "<|python_end|>",
-    "<|output_start|>",  # ... and the tool's answer is forced in
-    "<|output_end|>",
-]
+# <|bos|> starts every document (and pads); <|assistant_end|> ends an assistant turn, a chat model's EOS; the
+# assistant calls the calculator tool in <|python_start|>...<|python_end|>, its answer is forced in as <|output_*|>.
+SPECIAL_TOKENS = ["<|bos|>", "<|user_start|>", "<|user_end|>", "<|assistant_start|>", "<|assistant_end|>",
+                  "<|python_start|>", "<|python_end|>", "<|output_start|>", "<|output_end|>"]
 # GPT-4's pattern with \p{N}{1,2} instead of {1,3}: fewer number tokens wasted at small vocabularies.
 SPLIT_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,2}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+"""  # noqa: E501  (one regex, kept whole)
 DEFAULT_VOCAB_SIZE = 32768  # nanochat's 2**15
@@ -69,13 +55,11 @@ def _byte_tables() -> tuple[dict[int, str], dict[str, int]]:
 
 
 def _to_chars(token: bytes) -> str:
-    to_char = _byte_tables()[0]
-    return "".join(to_char[b] for b in token)
+    return "".join(_byte_tables()[0][b] for b in token)
 
 
 def _to_bytes(token: str) -> bytes:
-    to_byte = _byte_tables()[1]
-    return bytes(to_byte[c] for c in token)
+    return bytes(_byte_tables()[1][c] for c in token)
 
 
 # ----------------------------------------------------------------------------- reading text
@@ -85,8 +69,7 @@ def _hub_documents(repo_id: str) -> Iterator[str]:
     """Stream a Hub dataset's `text` column (train split) with `datasets`, no full download."""
     from datasets import load_dataset
 
-    ds = load_dataset(repo_id, split="train", streaming=True)
-    for row in ds.select_columns(["text"]):
+    for row in load_dataset(repo_id, split="train", streaming=True).select_columns(["text"]):
         yield row["text"]
 
 
@@ -125,8 +108,7 @@ def iter_documents(inputs=None, max_chars: int = DEFAULT_MAX_CHARS, doc_cap: int
     pending = 0  # update the bar in chunks: one tqdm call per document would cost more than the reading
     try:
         for src in sources:
-            docs = _hub_documents(src[4:]) if isinstance(src, str) else file_documents(src)
-            for doc in docs:
+            for doc in _hub_documents(src[4:]) if isinstance(src, str) else file_documents(src):
                 if not doc:
                     continue
                 if doc_cap:
@@ -147,6 +129,14 @@ def iter_documents(inputs=None, max_chars: int = DEFAULT_MAX_CHARS, doc_cap: int
 # ----------------------------------------------------------------------------- building the tokenizer
 
 
+def _pre_tokenizer():
+    """Split by the regex first, then map bytes to ByteLevel characters (its own regex off)."""
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
 def tokenizer_from_ranks(mergeable_ranks: dict[bytes, int], merges: list[tuple[bytes, bytes]] | None = None):
     """A `PreTrainedTokenizerFast` from tiktoken-style ranks (token bytes -> id) plus the 9 specials after them.
 
@@ -155,7 +145,7 @@ def tokenizer_from_ranks(mergeable_ranks: dict[bytes, int], merges: list[tuple[b
     the adjacent pair whose concatenation has the lowest rank, and this reproduces it (the one
     theoretical gap: two *different* splits of one token both adjacent in one chunk at once).
     """
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Tokenizer, decoders, models, processors
     from transformers import PreTrainedTokenizerFast
 
     ranks = sorted(mergeable_ranks.items(), key=lambda kv: kv[1])
@@ -163,43 +153,28 @@ def tokenizer_from_ranks(mergeable_ranks: dict[bytes, int], merges: list[tuple[b
         raise ValueError("token ranks must be 0..N-1 without gaps")
     if any(mergeable_ranks.get(bytes([b])) is None for b in range(256)):
         raise ValueError("the vocabulary must contain all 256 single bytes")
-    vocab = {_to_chars(tok): rank for tok, rank in ranks}
     if merges is None:
         merges = []
         for tok, rank in ranks:
-            if len(tok) < 2:
-                continue
             splits = [(tok[:i], tok[i:]) for i in range(1, len(tok))]
             splits = [(a, b) for a, b in splits
                       if mergeable_ranks.get(a, rank) < rank and mergeable_ranks.get(b, rank) < rank]
-            splits.sort(key=lambda ab: (mergeable_ranks[ab[0]], mergeable_ranks[ab[1]]))
-            merges.extend(splits)
-    model = models.BPE(
-        vocab=vocab,
+            merges.extend(sorted(splits, key=lambda ab: (mergeable_ranks[ab[0]], mergeable_ranks[ab[1]])))
+    tok = Tokenizer(models.BPE(
+        vocab={_to_chars(tok): rank for tok, rank in ranks},
         merges=[(_to_chars(a), _to_chars(b)) for a, b in merges],
         ignore_merges=True,  # a chunk that is itself a token maps straight to it, as in tiktoken
-    )
-    tok = Tokenizer(model)
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    ))
+    tok.pre_tokenizer = _pre_tokenizer()
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    bos_id = tok.token_to_id("<|bos|>")
     tok.post_processor = processors.TemplateProcessing(
-        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B:1", special_tokens=[("<|bos|>", bos_id)]
-    )
+        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B:1", special_tokens=[("<|bos|>", tok.token_to_id("<|bos|>"))])
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|bos|>",
-        eos_token="<|assistant_end|>",
-        pad_token="<|bos|>",
-        extra_special_tokens=SPECIAL_TOKENS[1:],
-        chat_template=CHAT_TEMPLATE,
+        tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|assistant_end|>", pad_token="<|bos|>",
+        extra_special_tokens=SPECIAL_TOKENS[1:], chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,  # exact round trip: never touch spaces on decode
-        model_input_names=["input_ids", "attention_mask"],
-    )
+        model_input_names=["input_ids", "attention_mask"])
 
 
 def train_tokenizer(inputs=None, vocab_size: int = DEFAULT_VOCAB_SIZE, max_chars: int = DEFAULT_MAX_CHARS,
@@ -217,53 +192,34 @@ def train_tokenizer(inputs=None, vocab_size: int = DEFAULT_VOCAB_SIZE, max_chars
 def train_from_documents(docs: Iterable[str], vocab_size: int, progress: bool = True):
     """tokenizers' BpeTrainer over the documents -> our tokenizer (nanochat's id layout + specials).
 
-    Where the time goes (benchmarks/tokenizer.py, 2 cores): the merge loop is cheap (~5% of the run);
-    ~95% is splitting + counting chunks, where tokenizers tracks offset alignments for every chunk
-    (~1 us of CPU per chunk vs ~0.5 us for rustbpe). Counting chunks ourselves first (`regex` in
-    worker processes, then feeding each distinct chunk `count` times) is no faster in CPU time:
-    the trainer has no way to take counts, so the feed costs as much as the count saved.
+    ~95% of the time is splitting + counting chunks (~1 us of CPU per chunk vs rustbpe's ~0.5: tokenizers tracks
+    offsets); counting them ourselves first is no faster, as the trainer cannot take counts (benchmarks/tokenizer.py).
     """
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = _pre_tokenizer()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(SPECIAL_TOKENS),
+        vocab_size=vocab_size - len(SPECIAL_TOKENS), show_progress=progress,
         min_frequency=0,  # as rustbpe: merge until the vocabulary is full
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),  # all 256 bytes, seen or not
-        show_progress=progress,
     )
     tok.train_from_iterator(_batched(docs), trainer)
-    ranks, merges = _ranks_from_trained(tok)
+    # Renumber into nanochat's layout: bytes 0..255, then the merges in the order they were learned.
+    ranks = {bytes([b]): b for b in range(256)}
+    merges = []
+    for m in json.loads(tok.to_str())["model"]["merges"]:
+        a, b = map(_to_bytes, m if isinstance(m, list) else m.split(" "))
+        merges.append((a, b))
+        ranks.setdefault(a + b, len(ranks))
     return tokenizer_from_ranks(ranks, merges)
 
 
 def _batched(docs: Iterable[str], size: int = 256) -> Iterator[list[str]]:
     """Lists of documents: one Python -> Rust hand-over per batch instead of per document."""
-    batch = []
-    for doc in docs:
-        batch.append(doc)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
+    it = iter(docs)
+    while batch := list(itertools.islice(it, size)):
         yield batch
-
-
-def _ranks_from_trained(tok) -> tuple[dict[bytes, int], list[tuple[bytes, bytes]]]:
-    """Renumber a trained `tokenizers` BPE into nanochat's layout: bytes 0..255, then merges in order."""
-    state = json.loads(tok.to_str())["model"]
-    ranks = {bytes([b]): b for b in range(256)}
-    merges = []
-    for m in state["merges"]:
-        a, b = m if isinstance(m, list) else m.split(" ")
-        pa, pb = _to_bytes(a), _to_bytes(b)
-        merges.append((pa, pb))
-        ranks.setdefault(pa + pb, len(ranks))
-    return ranks, merges
 
 
 # ----------------------------------------------------------------------------- loading, saving, token bytes
@@ -336,62 +292,9 @@ def save_tokenizer(tokenizer, output_dir: str | os.PathLike) -> Path:
     return out
 
 
-# ----------------------------------------------------------------------------- conversations
-
-
-def _messages_of(conversation) -> list[dict]:
-    """Accept a list of messages or nanochat's {"messages": [...]} dict."""
-    if isinstance(conversation, dict) and "messages" in conversation:
-        conversation = conversation["messages"]
-    if not isinstance(conversation, (list, tuple)):
-        raise ValueError(f"a conversation is a list of {{'role', 'content'}} messages, got "
-                         f"{type(conversation).__name__}")
-    for i, m in enumerate(conversation):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise ValueError(f"message {i} must be a dict with 'role' and 'content', got {m!r:.80}")
-    return list(conversation)
-
-
-def _apply(tokenizer, messages, **kwargs):
-    import jinja2
-
-    try:
-        return tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
-    except jinja2.exceptions.TemplateError as err:  # raise_exception() in the template
-        raise ValueError(f"bad conversation: {err}") from None
-
-
-def render_conversation(tokenizer, messages, max_length: int | None = None) -> tuple[list[int], list[int]]:
-    """(ids, mask) of a conversation as nanochat renders it; mask 1 = the model is trained on this token."""
-    messages = _messages_of(messages)
-    if not messages:
-        raise ValueError("bad conversation: the conversation is empty; give at least one user message")
-    out = _apply(tokenizer, messages, return_assistant_tokens_mask=True)
-    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
-    if max_length is not None:
-        ids, mask = ids[:max_length], mask[:max_length]
-    return ids, mask
-
-
-def render_for_completion(tokenizer, messages) -> list[int]:
-    """Prompt ids for generation: a trailing assistant message is dropped, `<|assistant_start|>` appended."""
-    messages = _messages_of(messages)
-    if messages and messages[-1]["role"] == "assistant":
-        messages = messages[:-1]
-    if not messages:
-        raise ValueError("bad conversation: nothing left to prompt with; give at least one user message")
-    return list(_apply(tokenizer, messages, add_generation_prompt=True)["input_ids"])
-
-
-# ----------------------------------------------------------------------------- export to tiktoken
-
-
 def to_tiktoken(tokenizer, name: str = "nanochat_hf"):
-    """Our tokenizer as a `tiktoken.Encoding` with the same ids (specials included).
-
-    For bulk data preparation: tiktoken encodes about twice as fast as `tokenizers` on the same
-    merges (see benchmarks/tokenizer.py), and it is what nanochat itself encodes with.
-    """
+    """Our tokenizer as a `tiktoken.Encoding` with the same ids (specials included), for bulk encoding: tiktoken is
+    about twice as fast as `tokenizers` on the same merges (benchmarks/tokenizer.py), and it is what nanochat uses."""
     try:
         import tiktoken
     except ImportError:
@@ -401,80 +304,50 @@ def to_tiktoken(tokenizer, name: str = "nanochat_hf"):
     return tiktoken.Encoding(name, pat_str=SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
 
 
-# ----------------------------------------------------------------------------- import nanochat's tokenizer.pkl
-
-
-def convert_tiktoken_tokenizer(pkl_path: str | os.PathLike, output_dir: str | os.PathLike):
-    """nanochat's `tokenizer.pkl` (a pickled `tiktoken.Encoding`) -> our format with identical ids."""
-    path = Path(pkl_path).expanduser()
-    if path.is_dir():
-        path = path / "tokenizer.pkl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found; pass nanochat's tokenizer.pkl (in ~/.cache/nanochat/tokenizer/)")
-    try:
-        import tiktoken  # noqa: F401  (unpickling needs the class)
-    except ImportError:
-        raise ValueError("reading tokenizer.pkl needs tiktoken: pip install tiktoken") from None
-    with open(path, "rb") as f:
-        enc = pickle.load(f)
-    ranks = getattr(enc, "_mergeable_ranks", None)
-    specials = getattr(enc, "_special_tokens", None)
-    if ranks is None or specials is None:
-        raise ValueError(f"{path} does not hold a tiktoken Encoding")
-    if enc._pat_str != SPLIT_PATTERN:
-        raise ValueError(f"{path} uses a different split pattern than nanochat's; it cannot be imported as "
-                         "a nanochat tokenizer")
-    expected = {t: len(ranks) + i for i, t in enumerate(SPECIAL_TOKENS)}
-    if specials != expected:
-        raise ValueError(f"{path} has special tokens {specials}, expected nanochat's 9 right after the "
-                         f"{len(ranks)} merged tokens")
-    # By hand rather than transformers' convert_tiktoken_to_fast (which needs blobfile): the same
-    # builder as training, so an imported tokenizer and a trained one are the same kind of folder.
-    tokenizer = tokenizer_from_ranks(dict(ranks))
-    save_tokenizer(tokenizer, output_dir)
-    return tokenizer
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 
-def bytes_per_token(encode, texts: list[str]) -> tuple[int, int]:
-    """(total UTF-8 bytes, total tokens) of `texts` under `encode(list[str]) -> list[list[int]]`."""
-    num_bytes = sum(len(t.encode("utf-8")) for t in texts)
-    num_tokens = sum(len(ids) for ids in encode(texts))
-    return num_bytes, num_tokens
-
-
-def _reference_encoders() -> tuple[dict, list[str]]:
+def _reference_encodings() -> tuple[dict, list[str]]:
     """GPT-2 and GPT-4 (cl100k_base) tiktoken encodings when they load (they download once); notes otherwise."""
-    encoders, notes = {}, []
+    encodings, notes = {}, []
     try:
         import tiktoken
     except ImportError:
         return {}, ["GPT-2/GPT-4 comparison skipped: tiktoken is not installed (pip install tiktoken)"]
     for label, name in (("gpt2", "gpt2"), ("gpt4", "cl100k_base")):
         try:
-            enc = tiktoken.get_encoding(name)
-            encoders[label] = lambda texts, enc=enc: enc.encode_ordinary_batch(texts)
+            encodings[label] = tiktoken.get_encoding(name)
         except Exception as err:  # offline and not cached: tiktoken cannot download the ranks
             notes.append(f"{label} ({name}) comparison skipped: tiktoken could not load it ({type(err).__name__})")
-    return encoders, notes
+    return encodings, notes
 
 
 def evaluate_tokenizer(tokenizer, texts: list[str]) -> dict:
     """nanochat's tok_eval in one number per tokenizer: bytes per token (higher = better compression)."""
-    backend = tokenizer.backend_tokenizer
-    ours = lambda batch: [e.ids for e in backend.encode_batch_fast(batch, add_special_tokens=False)]  # noqa: E731
-    num_bytes, num_tokens = bytes_per_token(ours, texts)
+    num_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    encoded = tokenizer.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    num_tokens = sum(len(e.ids) for e in encoded)
     result = {"vocab_size": len(tokenizer), "num_docs": len(texts), "num_bytes": num_bytes,
               "num_tokens": num_tokens, "bytes_per_token": num_bytes / max(num_tokens, 1)}
-    encoders, notes = _reference_encoders()
-    for label, encode in encoders.items():
-        _, n = bytes_per_token(encode, texts)
+    encodings, notes = _reference_encodings()
+    for label, enc in encodings.items():
+        n = sum(len(ids) for ids in enc.encode_ordinary_batch(texts))
         result[f"{label}_bytes_per_token"] = num_bytes / max(n, 1)
         result[f"ratio_vs_{label}"] = result["bytes_per_token"] / result[f"{label}_bytes_per_token"]
     result["notes"] = notes
     return result
+
+
+def _print_eval(r: dict) -> None:
+    print(f"{r['num_docs']} documents, {r['num_bytes']:,} bytes")
+    print(f"{'tokenizer':<10} {'vocab':>8} {'tokens':>12} {'bytes/token':>12}")
+    print(f"{'ours':<10} {r['vocab_size']:>8} {r['num_tokens']:>12,} {r['bytes_per_token']:>12.3f}")
+    for label, vocab in (("gpt2", 50257), ("gpt4", 100277)):
+        if f"{label}_bytes_per_token" in r:
+            bpt = r[f"{label}_bytes_per_token"]
+            print(f"{label:<10} {vocab:>8} {round(r['num_bytes'] / bpt):>12,} {bpt:>12.3f}")
+    for note in r["notes"]:
+        print(f"note: {note}")
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -493,19 +366,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="as pretraining's --data: txt/jsonl/parquet files or folders (a folder's last file is "
                         "held out as validation), a downloaded dataset alias (climbmix), or hub:<dataset id> to "
                         "stream; default: embedded Shakespeare")
-    t.add_argument("--vocab-size", type=_parse_int, default=DEFAULT_VOCAB_SIZE, help="total vocabulary "
-                                                                                     "incl. 9 special tokens")
-    t.add_argument("--max-chars", type=_parse_int, default=DEFAULT_MAX_CHARS, help="train on at most "
-                                                                                   "this many characters")
-    t.add_argument("--doc-cap", type=_parse_int, default=DEFAULT_DOC_CAP, help="crop each document to "
-                                                                               "this many characters")
+    t.add_argument("--vocab-size", type=_parse_int, default=DEFAULT_VOCAB_SIZE,
+                   help="total vocabulary incl. 9 special tokens")
+    t.add_argument("--max-chars", type=_parse_int, default=DEFAULT_MAX_CHARS,
+                   help="train on at most this many characters")
+    t.add_argument("--doc-cap", type=_parse_int, default=DEFAULT_DOC_CAP,
+                   help="crop each document to this many characters")
     t.add_argument("--output", required=True, help="output folder")
     e = sub.add_parser("eval", help="bytes/token on texts (vs GPT-2/GPT-4 when available); writes token_bytes.pt")
     e.add_argument("path", help="tokenizer folder (or Hub id)")
     e.add_argument("--data", "--input", dest="data", nargs="+", default=None,
                    help="texts to evaluate on (as for train); default: embedded Shakespeare")
-    e.add_argument("--max-chars", type=_parse_int, default=DEFAULT_EVAL_CHARS, help="evaluate on at most "
-                                                                                    "this many characters")
+    e.add_argument("--max-chars", type=_parse_int, default=DEFAULT_EVAL_CHARS,
+                   help="evaluate on at most this many characters")
     e.add_argument("--output", default=None, help="also write the results as JSON here")
     return p
 
@@ -536,18 +409,6 @@ def _run(args) -> None:
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=2))
-
-
-def _print_eval(r: dict) -> None:
-    print(f"{r['num_docs']} documents, {r['num_bytes']:,} bytes")
-    print(f"{'tokenizer':<10} {'vocab':>8} {'tokens':>12} {'bytes/token':>12}")
-    print(f"{'ours':<10} {r['vocab_size']:>8} {r['num_tokens']:>12,} {r['bytes_per_token']:>12.3f}")
-    for label, vocab in (("gpt2", 50257), ("gpt4", 100277)):
-        if f"{label}_bytes_per_token" in r:
-            bpt = r[f"{label}_bytes_per_token"]
-            print(f"{label:<10} {vocab:>8} {round(r['num_bytes'] / bpt):>12,} {bpt:>12.3f}")
-    for note in r["notes"]:
-        print(f"note: {note}")
 
 
 if __name__ == "__main__":

@@ -90,7 +90,7 @@ def test_tool_calls_render_and_parse(tiny_tokenizer):
     assert parts == [{"type": "text", "text": "It is "}, {"type": "python", "text": "6*7"},
                      {"type": "python_output", "text": "42"}, {"type": "text", "text": " so 42."}]
     # the parts re-render to the same tokens through the chat template
-    from nanochat_hf.tokenization import render_conversation
+    from nanochat_hf.chat_format import render_conversation
 
     full, _ = render_conversation(tiny_tokenizer, [{"role": "user", "content": "q"},
                                                    {"role": "assistant", "content": parts}])

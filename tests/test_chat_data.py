@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from nanochat_hf import chat_data as cd
+from nanochat_hf import chat_data as cd, chat_format as cf, synthetic_tasks as st
 
 # Real GSM8K train rows (openai/gsm8k, config main): several <<expr=result>> per answer.
 GSM8K_ROWS = [
@@ -44,7 +44,7 @@ def test_gsm8k_annotations_become_tool_calls():
 
 
 def test_gsm8k_tool_parts_render_with_python_tokens(tiny_tokenizer):
-    from nanochat_hf.tokenization import render_conversation
+    from nanochat_hf.chat_format import render_conversation
 
     ids, mask = render_conversation(tiny_tokenizer, cd.gsm8k_to_messages(GSM8K_ROWS[0]))
     text = tiny_tokenizer.decode(ids)
@@ -91,7 +91,7 @@ def test_bad_rows_are_refused_naming_dataset_and_row(tmp_path):
     path = tmp_path / "mine.jsonl"
     path.write_text(json.dumps(good) + "\n" + json.dumps([{"role": "user", "content": "only a question"}]) + "\n")
     with pytest.raises(ValueError, match=r"mine.jsonl row 2: .*assistant"):
-        cd.read_jsonl_conversations(path)
+        cf.read_jsonl_conversations(path)
     bad = tmp_path / "talk.jsonl"
     robot = {"messages": [{"role": "robot", "content": "x"}]}
     bad.write_text(json.dumps({"messages": good}) + "\n" + json.dumps(robot))
@@ -102,13 +102,13 @@ def test_bad_rows_are_refused_naming_dataset_and_row(tmp_path):
     with pytest.raises(ValueError, match=r"gsm.jsonl row 0: .*gsm8k schema"):
         cd.load_source(cd.SourceSpec("gsm8k", path=str(rows)))
     with pytest.raises(ValueError, match="row 7: message 1 has a bad part"):
-        cd.check_conversation([good[0], {"role": "assistant", "content": [{"type": "bash", "text": "ls"}]}], "d", 7)
+        cf.check_conversation([good[0], {"role": "assistant", "content": [{"type": "bash", "text": "ls"}]}], "d", 7)
 
 
 def test_simple_spelling():
     words = ["apple", "strawberry", "kiwi"]
-    rows = cd.simple_spelling(20, seed=3, words=words)
-    assert rows == cd.simple_spelling(20, seed=3, words=words)  # deterministic
+    rows = st.simple_spelling(20, seed=3, words=words)
+    assert rows == st.simple_spelling(20, seed=3, words=words)  # deterministic
     for user, assistant in rows:
         word = user["content"].removeprefix("Spell the word: ")
         assert word in words
@@ -116,10 +116,10 @@ def test_simple_spelling():
 
 
 def test_spelling_bee_counts_with_a_count_tool_call():
-    words = cd.load_words()  # offline: the english-words package if installed, else the embedded corpus
+    words = st.load_words()  # offline: the english-words package if installed, else the embedded corpus
     assert len(words) > 1000 and all(w.isalpha() and w.islower() for w in words[:100])
-    rows = cd.spelling_bee(200, seed=0, words=words)
-    assert rows[:5] == cd.spelling_bee(5, seed=0, words=words)  # row i does not depend on the size asked for
+    rows = st.spelling_bee(200, seed=0, words=words)
+    assert rows[:5] == st.spelling_bee(5, seed=0, words=words)  # row i does not depend on the size asked for
     zero_counts = 0
     for user, assistant in rows:
         parts = assistant["content"]
@@ -135,13 +135,13 @@ def test_spelling_bee_counts_with_a_count_tool_call():
         assert f"That gives {count}." in parts[0]["text"]  # the manual count agrees with the tool
         assert f"{word}:{','.join(word)}" in parts[0]["text"]
     assert 0 < zero_counts < 60  # some letters are not in the word (nanochat: ~10% random letters)
-    assert cd.spelling_bee(3, seed=cd.VAL_SEED_OFFSET, words=words) != rows[:3]
+    assert st.spelling_bee(3, seed=st.VAL_SEED_OFFSET, words=words) != rows[:3]
 
 
 def test_arithmetic_tool_calls_agree_with_the_calculator():
     from nanochat_hf.tools import run_calculator
 
-    rows = cd.arithmetic(100, seed=1)
+    rows = st.arithmetic(100, seed=1)
     for _user, assistant in rows:
         _, call, output, final = assistant["content"]
         assert call["type"] == "python" and re.fullmatch(r"[0-9+\-*]+", call["text"])
@@ -151,11 +151,11 @@ def test_arithmetic_tool_calls_agree_with_the_calculator():
 
 
 def test_identity_and_corpus_qa_are_valid_conversations():
-    ident = cd.identity()
+    ident = st.identity()
     assert len(ident) >= 50
     assert any("nanochat" in m["content"] for conv in ident for m in conv if m["role"] == "assistant")
-    for conv in cd.corpus_qa(30, seed=0):
-        cd.check_conversation(conv, "corpus_qa", 0)
+    for conv in st.corpus_qa(30, seed=0):
+        cf.check_conversation(conv, "corpus_qa", 0)
         assert conv[1]["content"].strip()
 
 
@@ -187,13 +187,13 @@ def test_long_rows_are_cropped_and_counted(tiny_tokenizer):
     long = [{"role": "user", "content": "Count: " + " ".join(map(str, range(200)))},
             {"role": "assistant", "content": "ok"}]
     short = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
-    ds = Dataset.from_dict({"messages": [long, short, short]}, features=cd.messages_features())
-    out, stats = cd.tokenize_conversations(ds, tiny_tokenizer, max_length=32)
+    ds = Dataset.from_dict({"messages": [long, short, short]}, features=cf.messages_features())
+    out, stats = cf.tokenize_conversations(ds, tiny_tokenizer, max_length=32)
     assert stats["truncated_rows"] == 1
     # The long row, cropped to its first 32 tokens, has no assistant token left: dropped and counted.
     assert stats["dropped_rows"] == 1 and len(out) == 2
     assert all(len(r) <= 32 for r in out["input_ids"])
-    out, stats = cd.tokenize_conversations(ds, tiny_tokenizer, max_length=4096)
+    out, stats = cf.tokenize_conversations(ds, tiny_tokenizer, max_length=4096)
     assert stats["truncated_rows"] == 0 and stats["dropped_rows"] == 0
 
 
@@ -202,14 +202,14 @@ def test_packed_batch_mask(tiny_tokenizer):
     import torch
     from trl.data_utils import pack_dataset
 
+    from nanochat_hf.chat_format import render_conversation
     from nanochat_hf.sft import PackedRowsCollator
-    from nanochat_hf.tokenization import render_conversation
 
-    convs = cd.arithmetic(6, seed=0) + cd.simple_spelling(6, seed=0) + cd.identity(4)
+    convs = st.arithmetic(6, seed=0) + st.simple_spelling(6, seed=0) + st.identity(4)
     from datasets import Dataset
 
-    ds = Dataset.from_dict({"messages": convs}, features=cd.messages_features())
-    tok, _ = cd.tokenize_conversations(ds, tiny_tokenizer, max_length=128)
+    ds = Dataset.from_dict({"messages": convs}, features=cf.messages_features())
+    tok, _ = cf.tokenize_conversations(ds, tiny_tokenizer, max_length=128)
     # What TRL does with it: labels = input_ids where assistant_masks == 1, then best-fit packing.
     tok = tok.map(lambda r: {"labels": [t if m else -100 for t, m in zip(r["input_ids"], r["assistant_masks"])]})
     packed = pack_dataset(tok.select_columns(["input_ids", "labels"]), 128, "bfd")

@@ -7,8 +7,7 @@ import pytest
 import torch
 from test_model_reference import reference_logits
 
-from nanochat_hf.conversion import convert_nanochat_checkpoint
-from nanochat_hf.convert import main as convert_main
+from nanochat_hf.conversion import convert_nanochat_checkpoint, main as convert_main
 from nanochat_hf.modeling import NanoChatForCausalLM
 
 MC = {"sequence_len": 32, "vocab_size": 265, "n_layer": 3, "n_head": 4, "n_kv_head": 2, "n_embd": 32}

@@ -93,7 +93,7 @@ def test_in_place_weight_updates_are_followed():
 
 
 def test_engine_tokens_are_the_same_with_and_without_the_fast_step(tiny_tokenizer):
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
 
     model = random_model("modern", seed=3, depth=2, vocab=len(tiny_tokenizer), head_dim=64)
     prompt = render_for_completion(tiny_tokenizer, [{"role": "user", "content": "Count the letters in strawberry."}])
@@ -115,7 +115,7 @@ def test_other_models_keep_model_forward():
                                                                                  "needs a C++ compiler")
 def test_compiled_step_gives_the_eager_tokens(tiny_tokenizer):
     """`Engine(compile=True)` (serve --compile): torch.compile of the same step, same greedy tokens."""
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
 
     model = random_model("modern", seed=4, depth=1, vocab=len(tiny_tokenizer), context=64, head_dim=64)
     prompt = render_for_completion(tiny_tokenizer, [{"role": "user", "content": "Hi"}])

@@ -37,7 +37,7 @@ def model(request, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def prompt(tiny_tokenizer):
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
 
     return render_for_completion(tiny_tokenizer, [{"role": "user", "content": "What is the meaning of life?"}])
 
@@ -194,7 +194,7 @@ def run_concurrently(sched, prompts, params, cancel_index=None):
 
 
 def test_scheduler_matches_single_requests(model, tiny_tokenizer):
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
 
     engine = Engine(model, tiny_tokenizer)
     engine.stop_ids = set()

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from nanochat_hf.chat_format import render_for_completion
 from nanochat_hf.evaluation import chat_tasks
-from nanochat_hf.tokenization import render_for_completion
 
 CHAT = Path(__file__).parent / "fixtures" / "eval" / "chat"
 

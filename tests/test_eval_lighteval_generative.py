@@ -110,7 +110,7 @@ def test_generative_metric_scores_right_and_wrong_replies(offline_rows):
     assert score(he, f"```python\n{solution}\n```") == 1.0
     assert score(he, f"```python\n{conv['messages'][0]['content']}\n    return None\n```") == 0.0
     # the prompt tokens the backend generates from are nanochat's rendering
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
 
     assert gsm.specific["prompt_ids"] == render_for_completion(offline_rows._tokenizer(),
                                                                offline_rows._chat_rows("GSM8K")[0]["messages"])

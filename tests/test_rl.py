@@ -29,7 +29,7 @@ SFT_STEPS = 200  # pass@1 about 0.25 on held-out problems: room for RL to improv
 
 def _sft(model, tokenizer, conversations, steps: int, lr: float = 1e-2, batch_size: int = 16, seed: int = 0):
     """Plain supervised training on the assistant tokens (what `nanochat-hf sft` does, minus TRL)."""
-    from nanochat_hf.tokenization import render_conversation
+    from nanochat_hf.chat_format import render_conversation
 
     data = [render_conversation(tokenizer, c) for c in conversations]
     rng = random.Random(seed)
@@ -54,7 +54,7 @@ def noisy_arithmetic(size: int) -> list:
     The SFT'd model then answers right or "0" about evenly: a policy with room to improve that
     GRPO can fix within a few steps (only the reward tells the two apart).
     """
-    from nanochat_hf.chat_data import arithmetic
+    from nanochat_hf.synthetic_tasks import arithmetic
 
     conversations = arithmetic(size, seed=0, max_operand=MAX_OPERAND)
     for i, conv in enumerate(conversations):
@@ -86,7 +86,8 @@ def sft_model_dir(tiny_tokenizer_dir, tmp_path_factory):
 
 
 def test_synthetic_rows_are_gsm8k_rows_whose_reference_earns_the_reward():
-    from nanochat_hf.chat_data import arithmetic, gsm8k_answer_to_parts
+    from nanochat_hf.chat_data import gsm8k_answer_to_parts
+    from nanochat_hf.synthetic_tasks import arithmetic
 
     rows = synthetic_rows(20, seed=3, max_operand=99)
     assert all(set(r) == {"question", "answer"} and "####" in r["answer"] for r in rows)
@@ -207,7 +208,8 @@ class FakeVLLM:
 @pytest.mark.parametrize("other_rank,call_sizes", [([0, 0, 0], [2, 2]), ([3, 3, 1, 0], [3, 3, 1])])
 def test_vllm_rollout_runs_the_calculator_between_turns(tiny_tokenizer_dir, other_rank, call_sizes):
     """use_vllm: turns through TRL's vLLM backend (mocked: no GPU here), the calculator's answer forced in."""
-    from nanochat_hf.tokenization import load_tokenizer, render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
+    from nanochat_hf.tokenization import load_tokenizer
 
     tokenizer = load_tokenizer(tiny_tokenizer_dir)
     vllm = FakeVLLM(tokenizer)

@@ -531,7 +531,7 @@ def test_slow_and_stuck_clients_do_not_slow_the_others(tiny_tokenizer_dir, tiny_
 def test_tool_calls_through_the_chat_api(tiny_tokenizer):
     from test_engine import scripted_engine
 
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
 
     msgs = [{"role": "user", "content": "What is 7 times 6?"}]
     prompt = render_for_completion(tiny_tokenizer, msgs)

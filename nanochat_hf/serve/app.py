@@ -33,12 +33,12 @@ from starlette.datastructures import Headers
 from starlette.requests import ClientDisconnect
 
 from nanochat_hf import __version__
+from nanochat_hf.chat_format import render_for_completion
 from nanochat_hf.engine import Engine
 from nanochat_hf.rendering import ChatRenderer, StreamDecoder
 from nanochat_hf.sampling import SamplingParams
 from nanochat_hf.scheduler import Event
 from nanochat_hf.serve.protocol import ApiError, Limits, parse_chat, parse_json_body, parse_tgi, validation_error
-from nanochat_hf.tokenization import render_for_completion
 
 STREAM_SEND_BUFFER = 64 * 1024  # kernel send buffer of a streaming connection (bytes)
 TRANSPORT = "nanochat_hf.transport"  # scope key: the connection's asyncio transport, when the server is uvicorn
