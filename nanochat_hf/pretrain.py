@@ -42,12 +42,8 @@ from nanochat_hf.runlog import RunLog
 
 LOG_NAME = "pretrain.jsonl"
 SAMPLE_PROMPTS = (  # nanochat's fixed prompts, sampled greedily at the end of pretraining
-    "The capital of France is",
-    "The chemical symbol of gold is",
-    "If yesterday was Friday, then tomorrow will be",
-    "The opposite of hot is",
-    "The planets of the solar system are:",
-    "My favorite color is",
+    "The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
+    "The opposite of hot is", "The planets of the solar system are:", "My favorite color is",
     "If 5*x + 3 = 13, then x is",
 )
 # bf16 dense peak FLOP/s per device, for MFU (nanochat uses 989 TFLOP/s for an H100).
