@@ -131,9 +131,8 @@ class NanoChatConfig(PretrainedConfig):
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                              f"{self.num_attention_heads}; pick a multiple of the head count")
         if self.head_dim * self.num_attention_heads != self.hidden_size:
-            raise ValueError(f"head_dim {self.head_dim} x num_attention_heads "
-                             f"{self.num_attention_heads} != hidden_size "
-                             f"{self.hidden_size}; nanochat needs width = heads x head_dim")
+            raise ValueError(f"head_dim {self.head_dim} x num_attention_heads {self.num_attention_heads} != "
+                             f"hidden_size {self.hidden_size}; nanochat needs width = heads x head_dim")
         if self.head_dim % 2:
             raise ValueError(f"head_dim {self.head_dim} must be even for rotary embeddings")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -144,13 +143,12 @@ class NanoChatConfig(PretrainedConfig):
         if self.arch == "modern":
             pattern = str(self.window_pattern).upper()
             if not pattern or any(c not in WINDOW_CHARS for c in pattern):
-                raise ValueError(f"window_pattern {self.window_pattern!r} may only use the letters S "
-                                 "(short) and L (long)")
+                raise ValueError(f"window_pattern {self.window_pattern!r} may only use the letters S (short) and L "
+                                 "(long)")
             if self.hidden_size < self.smear_gate_channels or self.head_dim * self.num_key_value_heads < 1 \
                     or self.hidden_size < self.value_embed_gate_channels:
-                raise ValueError(f"hidden_size {self.hidden_size} is smaller than the "
-                                 "smear/value-embedding gate inputs "
-                                 f"({self.smear_gate_channels}/{self.value_embed_gate_channels})")
+                raise ValueError(f"hidden_size {self.hidden_size} is smaller than the smear/value-embedding gate "
+                                 f"inputs ({self.smear_gate_channels}/{self.value_embed_gate_channels})")
 
     # ------------------------------------------------------------------ derived sizes
 
@@ -174,15 +172,13 @@ class NanoChatConfig(PretrainedConfig):
                    head_dim: int = 128, aspect_ratio: int = 64, **kwargs) -> "NanoChatConfig":
         """nanochat's scaling rule: width = ceil(depth * aspect / head_dim) * head_dim, heads = width / head_dim."""
         if depth <= 0 or head_dim <= 0 or aspect_ratio <= 0:
-            raise ValueError(f"depth, head_dim and aspect_ratio must be positive, got {depth}, "
-                             f"{head_dim}, {aspect_ratio}")
+            raise ValueError(f"depth, head_dim and aspect_ratio must be positive, got {depth}, {head_dim}, "
+                             f"{aspect_ratio}")
         width = math.ceil(depth * aspect_ratio / head_dim) * head_dim
         heads = width // head_dim
         kwargs.setdefault("num_key_value_heads", heads)
-        if arch == "classic":
-            target = NanoChatClassicConfig
-        else:
-            target = cls if cls is not NanoChatClassicConfig else NanoChatConfig
+        target = cls if cls is not NanoChatClassicConfig else NanoChatConfig
+        target = NanoChatClassicConfig if arch == "classic" else target
         return target(arch=arch, vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width,
                       num_hidden_layers=depth, num_attention_heads=heads, head_dim=head_dim,
                       max_position_embeddings=max_position_embeddings, **kwargs)

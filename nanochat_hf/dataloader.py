@@ -8,24 +8,16 @@
     state = loader.state_dict()                   # position after the last batch yielded
     BestFitLoader(train, tokenizer, ..., state=state)   # continues exactly there
 
-Packing: every row starts with a document's BOS. A buffer of `buffer_size` tokenised documents
-fills each row of T+1 tokens with the *largest* document that still fits; only when none fits
-is the *shortest* one cropped to fill the row exactly. No padding, every token is trained on;
-every token can attend back to its document's BOS (nanochat loses ~35% of tokens to crops at
-T=2048 and finds it worth it).
+Packing: every row starts with a document's BOS; a buffer of `buffer_size` tokenised documents fills each
+row of T+1 tokens with the *largest* document that still fits, and only when none fits crops the *shortest*
+to fill the row exactly. No padding, and every token sees its document's BOS (nanochat loses ~35% of
+tokens to crops at T=2048 and finds it worth it).
 
-Ranks: rank r reads row groups r, r+W, r+2W, ... of the split (disjoint by construction, the
-same striding as `datasets.distributed.split_dataset_by_node` on a sharded dataset). A split with
-fewer row groups than ranks is split by documents instead (docs r, r+W, ... of each group).
-
-Resume: the state names the row group and document being read plus the documents sitting in
-the buffer (by row group and index, not by content, so it is a few KB). Restoring re-reads and
-re-tokenises those documents, so a resumed run sees exactly the batches an uninterrupted run
-would have seen (the packing is deterministic).
-
-Tokenisation runs in batches of `tokenizer_batch_size` documents through the Rust tokenizer
-(multi-threaded, releases the GIL) on a background thread that stays `prefetch` batches ahead
-of the training step.
+Rank r reads row groups r, r+W, r+2W, ... (disjoint; a split with fewer row groups than ranks is strided
+by documents instead). The state names the row group and document being read plus the buffered documents
+(by row group and index: a few KB); restoring re-reads and re-tokenises them, so a resumed run sees exactly
+the batches of an uninterrupted one. Tokenisation (the Rust tokenizer, in batches of `tokenizer_batch_size`)
+runs on a background thread that stays `prefetch` batches ahead of the training step.
 """
 
 from __future__ import annotations
@@ -72,41 +64,34 @@ class _Packer:
         self.buffer_size, self.tok_batch = buffer_size, tokenizer_batch_size
         # Few row groups (e.g. a small validation file): every rank reads every group, docs strided.
         self.doc_strided = len(split) < world_size
+        self.first_unit, self.unit_step = (0, 1) if self.doc_strided else (rank, world_size)
         self.docs: dict[int, tuple[list[int], int, int]] = {}  # seq -> (tokens, unit, doc index)
         # Sorted (length, -seq): best-fit lookups by bisection; among equal lengths the last
         # key is the oldest document, so ties go to the oldest (nanochat's first-in-buffer).
         self.keys: list[tuple[int, int]] = []
         self.seq = 0
-        self.epoch, self.unit, self.doc = 1, self._first_unit(), 0
+        self.epoch, self.unit, self.doc = 1, self.first_unit, 0
         self._texts: list[str] | None = None
         if state is not None:
             self._restore(state)
 
     # -- cursor over this rank's row groups ---------------------------------------------------
 
-    def _first_unit(self) -> int:
-        return 0 if self.doc_strided else self.rank
-
-    def _unit_step(self) -> int:
-        return 1 if self.doc_strided else self.world
-
-    def _doc_indices(self, n: int) -> range:
-        return range(self.rank, n, self.world) if self.doc_strided else range(n)
-
     def _read_more(self) -> None:
         """Tokenise the next `tokenizer_batch_size` documents of this rank into the buffer."""
         while True:
             if self._texts is None:
                 self._texts = self.split.read(self.unit)
-            idx = [i for i in self._doc_indices(len(self._texts)) if i >= self.doc][: self.tok_batch]
+            docs = range(self.rank, len(self._texts), self.world) if self.doc_strided else range(len(self._texts))
+            idx = [i for i in docs if i >= self.doc][: self.tok_batch]
             if idx:
                 self._add([self._texts[i] for i in idx], [(self.unit, i) for i in idx])
                 self.doc = idx[-1] + 1
                 return
             # This row group is used up: next one, wrapping around into a new epoch.
-            self.unit += self._unit_step()
+            self.unit += self.unit_step
             if self.unit >= len(self.split):
-                self.unit, self.epoch = self._first_unit(), self.epoch + 1
+                self.unit, self.epoch = self.first_unit, self.epoch + 1
             self.doc, self._texts = 0, None
 
     def _add(self, texts: list[str], refs: list[tuple[int, int]], seqs: list[int] | None = None) -> None:
@@ -154,10 +139,10 @@ class _Packer:
             # Different world size: positions are not comparable; restart this rank's stride
             # just after the furthest row group reached (skips at most one group per rank).
             base = state["unit"] // max(1, state["world_size"]) + 1
-            self.unit = base * self._unit_step() + self._first_unit() if not self.doc_strided else 0
+            self.unit = base * self.unit_step + self.first_unit if not self.doc_strided else 0
             self.epoch = state["epoch"]
             if self.unit >= len(self.split):
-                self.unit, self.epoch = self._first_unit(), self.epoch + 1
+                self.unit, self.epoch = self.first_unit, self.epoch + 1
             return
         self.epoch, self.unit, self.doc = state["epoch"], state["unit"], state["doc"]
         # Re-read and re-tokenise the buffered documents, keeping their order (seq numbers).

@@ -1,7 +1,4 @@
-"""What the training stages share about running on several processes (accelerate: DDP or FSDP2).
-
-    from nanochat_hf.distributed import fsdp_fallback_note, no_accelerator, save_trainer_model
-"""
+"""What the training stages share about running on several processes (accelerate: DDP or FSDP2)."""
 
 from __future__ import annotations
 

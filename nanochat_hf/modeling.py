@@ -78,19 +78,9 @@ def sdpa_fallback_attention(module, query, key, value, attention_mask, scaling=N
 
 def long_window(config: NanoChatConfig) -> int | None:
     """The window of modern's long ("L") layers in transformers' counting (query included); None = unlimited.
-
-    nanochat gives its long layers a left window of the training context (`window_size=(sequence_len, 0)`),
-    so past the training length (long few-shot prompts, long chats) they stop seeing the oldest tokens. Up to
-    it the window covers everything and changes nothing. The October 2025 (classic) model has no window.
-    """
+    nanochat gives them a left window of the training context (`window_size=(sequence_len, 0)`): past it (long
+    few-shot prompts, chats) they stop seeing the oldest tokens. The October 2025 (classic) model has none."""
     return config.max_position_embeddings + 1 if config.arch == "modern" else None
-
-
-def long_window_overlay(window: int):
-    """A transformers mask function: keep the key iff it lies within `window` positions of the query."""
-    def inner(batch_idx, head_idx, q_idx, kv_idx):
-        return kv_idx > q_idx - window
-    return inner
 
 
 class NanoChatRotaryEmbedding(nn.Module):
@@ -130,7 +120,7 @@ class NanoChatAttention(nn.Module):
         # nanochat multiplies Q and K by 1.2 after QK-norm; folded into the softmax scale (same logits).
         self.scaling = (config.qk_scale**2 if modern else 1.0) / math.sqrt(self.head_dim)
         self.is_sliding = config.layer_types[layer_idx] == "sliding_attention"
-        # modern's long layers see the training context back, not everything (see long_window_overlay); the
+        # modern's long layers see the training context back, not everything (see long_window); the
         # FlashAttention path reads the window from here, the other backends from the mask.
         self.sliding_window = config.sliding_window if self.is_sliding else long_window(config)
         bias = config.attention_bias
@@ -207,12 +197,10 @@ class NanoChatPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """nanochat's initialisation, per architecture, instead of transformers' N(0, initializer_range): nanochat's
-        recipe (learning rates, Muon, zero-init residual branches) was tuned for its own init. The
-        `transformers.initialization` functions skip tensors loaded from a checkpoint, so `from_pretrained` never
-        re-initialises weights."""
-        # Each tensor is initialised by the module that owns it directly (transformers skips container
-        # modules without direct parameters in custom code), so Linear/Embedding carry an `init_role` tag.
+        """nanochat's initialisation, per architecture (its recipe: lrs, Muon, zero-init residual branches, was tuned
+        for it), not transformers' N(0, initializer_range); `transformers.initialization` skips tensors loaded from a
+        checkpoint. Each tensor is initialised by the module that owns it directly (transformers skips container
+        modules without direct parameters in custom code), hence the `init_role` tag on Linear/Embedding."""
         cfg = self.config
         modern = cfg.arch == "modern"
         s = math.sqrt(3) / math.sqrt(cfg.hidden_size)  # uniform bound with std 1/sqrt(d)
@@ -277,11 +265,9 @@ class NanoChatModel(NanoChatPreTrainedModel):
         self.post_init()
 
     def _smear(self, x, position_ids, cache):
-        """Add gate * previous token's embedding (a cheap bigram feature); the gate starts at 0.
-
-        At decode the previous token lives in an earlier call, so the cache object carries it. A position
-        id of 0 (a document start in a packed row, or a left-pad boundary) gets nothing from before it.
-        """
+        """Add gate * previous token's embedding (a cheap bigram feature; the gate starts at 0). At decode the previous
+        token lives in an earlier call, so the cache carries it; a position id of 0 (a packed document's start, a
+        left-pad boundary) gets nothing from before it."""
         prev = None
         if cache is not None:
             prev = getattr(cache, SMEAR_CACHE_ATTR, None)
@@ -326,7 +312,8 @@ class NanoChatModel(NanoChatPreTrainedModel):
             window = long_window(self.config)
             past = cache.get_seq_length() if cache is not None else 0
             bites = window is not None and past + inputs_embeds.shape[1] > window  # only past the training length
-            long = {"and_mask_function": long_window_overlay(window)} if bites else {}
+            # keep a key only within `window` positions of its query (a transformers mask function)
+            long = {"and_mask_function": lambda batch, head, q, kv: kv > q - window} if bites else {}
             masks = {"full_attention": create_causal_mask(**mask_args, **long)}
             if self.has_sliding_layers:
                 masks["sliding_attention"] = create_sliding_window_causal_mask(**mask_args)
@@ -354,12 +341,9 @@ class NanoChatModel(NanoChatPreTrainedModel):
 
 
 def default_position_ids(attention_mask, cache, inputs_embeds) -> torch.Tensor:
-    """Positions counted from each row's first real token, as `generate()` counts them.
-
-    A trainer's forward over left-padded rows (TRL's GRPO scores prompt + completion that way) passes no
-    position ids: counted from the pads, a row's BOS sits at position > 0 and the smear mixes the pad's
-    embedding into it, so the scored log-probs are not those of the unpadded sequence that was sampled.
-    """
+    """Positions counted from each row's first real token, as `generate()` counts them: a trainer's forward over
+    left-padded rows (TRL's GRPO scoring) passes none, and counted from the pads a row's BOS would sit past 0, the
+    smear mixing the pad's embedding into it (log-probs not those of the unpadded sequence that was sampled)."""
     past = cache.get_seq_length() if cache is not None else 0
     length = inputs_embeds.shape[1]
     if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and not attention_mask.all():
@@ -402,14 +386,19 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
 
     # ------------------------------------------------------------------ nanochat's accounting
 
+    def _modern_scalars(self) -> list[nn.Parameter]:
+        m = self.model
+        if self.config.arch != "modern":
+            return []
+        return [m.resid_lambdas, m.x0_lambdas, m.smear_gate.weight, m.smear_lambda, m.backout_lambda]
+
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Optimizer groups by role: embeddings (AdamW), head (AdamW), block matrices (Muon), scalars (AdamW)."""
         m = self.model
-        groups = {"embedding": [m.embed_tokens.weight], "unembedding": [self.lm_head.weight],
-                  "matrix": [], "scalar": []}
+        groups = {"embedding": [m.embed_tokens.weight], "unembedding": [self.lm_head.weight], "matrix": [],
+                  "scalar": self._modern_scalars()}
         if self.config.arch == "modern":
             groups["embedding"] += [e.weight for e in m.value_embeds.values()]
-            groups["scalar"] += [m.resid_lambdas, m.x0_lambdas, m.smear_gate.weight, m.smear_lambda, m.backout_lambda]
         for p in m.layers.parameters():  # every 2-D weight in the blocks (q, k, v, o, fc1, fc2, ve_gate)
             groups["matrix" if p.ndim == 2 else "scalar"].append(p)
         return groups
@@ -419,11 +408,8 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
         m = self.model
         count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
         ve = count(m.value_embeds.parameters()) if self.config.arch == "modern" else 0
-        scalars = 0
-        if self.config.arch == "modern":
-            scalars = count([m.resid_lambdas, m.x0_lambdas, m.smear_gate.weight, m.smear_lambda, m.backout_lambda])
         out = {"wte": m.embed_tokens.weight.numel(), "value_embeds": ve, "lm_head": self.lm_head.weight.numel(),
-               "transformer_matrices": count(m.layers.parameters()), "scalars": scalars}
+               "transformer_matrices": count(m.layers.parameters()), "scalars": count(self._modern_scalars())}
         out["total"] = sum(out.values())
         return out
 
@@ -451,7 +437,6 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
         param = next(self.parameters())
         device = torch.device(device) if device is not None else param.device
         dtype = compute_dtype or param.dtype
-        impl = "sdpa"
         if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
             major, minor = torch.cuda.get_device_capability(device)
             if major not in (8, 9):  # the kernel is built for Ampere / Ada / Hopper only
@@ -467,8 +452,8 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
                 except Exception as err:  # no Hub access, no build for this torch/CUDA: stay correct, be slower
                     first = (str(err).strip().splitlines() or [""])[0][:200]
                     say(f"FlashAttention-3 could not load ({type(err).__name__}: {first}); using SDPA")
-        self.set_attn_implementation(impl)
-        return impl
+        self.set_attn_implementation("sdpa")
+        return "sdpa"
 
     # ------------------------------------------------------------------ saving and loading
 
@@ -476,9 +461,8 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' loader, with a damaged weights file or a tensor of the wrong shape reported in one line."""
         if not kwargs.get("subfolder"):
-            _check_has_weights(pretrained_model_name_or_path)
-        if not kwargs.get("ignore_mismatched_sizes") and not kwargs.get("subfolder"):
-            _check_tensor_shapes(cls, pretrained_model_name_or_path, kwargs.get("config"))
+            _check_local_checkpoint(cls, pretrained_model_name_or_path, kwargs.get("config"),
+                                    shapes=not kwargs.get("ignore_mismatched_sizes"))
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except Exception as err:
@@ -510,30 +494,21 @@ class NanoChatForCausalLM(NanoChatPreTrainedModel, GenerationMixin):
             self.config._auto_class = None
 
 
-def _check_has_weights(folder) -> None:
-    """A local folder with a config but no weights file (an interrupted save or copy) is refused as such:
-    transformers' "no file named model.safetensors" would otherwise read as a damaged file."""
+def _check_local_checkpoint(cls, folder, config=None, shapes: bool = True) -> None:
+    """Refuse a local folder whose save did not finish (no weights file: transformers' "no file named
+    model.safetensors" would read as a damaged file) or, with `shapes`, whose tensors do not have the shapes its
+    config.json gives them. transformers would log a table and raise, or (ignore_mismatched_sizes) re-initialise the
+    tensor at random; one line naming the tensor and the file is what a user can act on. Only the safetensors
+    headers are read, and the expected shapes come from a model built on the meta device (no memory)."""
     folder = str(folder)
     if not os.path.isdir(folder):
-        return  # a Hub id
+        return  # a Hub id: transformers' own checks apply
     names = os.listdir(folder)
     if not any(n.endswith((".safetensors", ".bin", ".index.json")) for n in names):
         raise FileNotFoundError(f"{folder} has no weights (no model.safetensors); the save that wrote it did not "
                                 "finish: run that stage again, or copy the whole model folder")
-
-
-def _check_tensor_shapes(cls, folder, config=None) -> None:
-    """Refuse a local checkpoint whose tensors do not have the shapes its config.json gives them.
-
-    transformers would log a table and raise, or (ignore_mismatched_sizes) re-initialise the tensor at
-    random; one line naming the tensor and the file is what a user can act on. Only the safetensors
-    headers are read, and the expected shapes come from a model built on the meta device (no memory).
-    """
-    folder = str(folder)
-    if not os.path.isdir(folder):
-        return  # a Hub id: transformers' own check applies
-    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
-    if not files:
+    files = sorted(f for f in names if f.endswith(".safetensors"))
+    if not shapes or not files:
         return
     try:
         from safetensors import safe_open
@@ -553,6 +528,8 @@ def _check_tensor_shapes(cls, folder, config=None) -> None:
             raise ValueError(f"{os.path.join(folder, name)}: tensor {key} has shape {list(shape)}, but config.json "
                              f"makes it {list(expected[key])}; the file is damaged or belongs to another model: "
                              "save or download the checkpoint again")
+
+
 def _has_kernels() -> bool:
     """Is the `kernels` package (FlashAttention-3 from the Hub) installed? (A hidden one counts as missing.)"""
     import importlib.util

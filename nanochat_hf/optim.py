@@ -4,21 +4,16 @@
     optimizer = build_optimizer(model, embedding_lr=0.3, unembedding_lr=0.008, matrix_lr=0.02,
                                 scalar_lr=0.5, weight_decay=0.28, batch_lr_scale=1.0)
 
-Muon updates the 2-D weight matrices inside the transformer blocks; AdamW updates the
-embeddings, the head and the scalars. Why not `torch.optim.Muon` (torch 2.13): it has one
-fixed Newton-Schulz polynomial, plain decoupled weight decay and no second moment, while
-nanochat's Muon (which sets its speedrun numbers) uses Polar Express orthogonalisation,
-MuonEq row equilibration, Muon+ renormalisation, a NorMuon factored second moment and
-cautious weight decay. So this module re-implements that update, written from the papers
-and nanochat's description:
+Muon updates the 2-D weight matrices inside the transformer blocks; AdamW the embeddings, the head and
+the scalars. Not `torch.optim.Muon` (torch 2.13: one fixed Newton-Schulz polynomial, plain weight decay, no
+second moment): nanochat's Muon, which sets its speedrun numbers, uses Polar Express, MuonEq row
+equilibration, Muon+ renormalisation, a NorMuon factored second moment and cautious weight decay:
   Polar Express  https://arxiv.org/abs/2505.16932    NorMuon  https://arxiv.org/abs/2510.05491
   MuonEq         https://arxiv.org/abs/2603.28254    Muon+    https://arxiv.org/abs/2602.21545
 
-Distributed: under DDP (accelerate) the gradients arrive already averaged, so every rank
-computes the same update locally (nanochat shards the optimizer itself because it does not
-use DDP). Under FSDP2 parameters are DTensors sharded on dim 0: AdamW is elementwise and
-works shard by shard; Muon gathers each matrix's momentum (`full_tensor`), orthogonalises
-the whole matrix (it is not elementwise) and applies its own shard of the update.
+Under DDP every rank computes the same update from the averaged gradients (nanochat shards the optimizer
+itself: it does not use DDP). Under FSDP2 (DTensors sharded on dim 0) AdamW works shard by shard; Muon
+gathers each matrix's momentum, orthogonalises the whole matrix and applies its own shard of the update.
 """
 
 from __future__ import annotations
@@ -95,12 +90,8 @@ _compiled_direction = None
 
 
 def direction_fn(is_cuda: bool):
-    """The Muon direction to run: one fused torch.compile graph on GPU (as nanochat), eager elsewhere.
-
-    Compiling for CUDA needs triton (it ships with torch's CUDA wheels); without it the step stays eager and
-    says so once. NANOCHAT_HF_COMPILE_OPTIM=0 keeps it eager on purpose (debugging, or a torch whose compiler
-    misbehaves).
-    """
+    """The Muon direction to run: one fused torch.compile graph on GPU (as nanochat; it needs triton, else eager,
+    said once), eager elsewhere or with NANOCHAT_HF_COMPILE_OPTIM=0 (debugging, a misbehaving compiler)."""
     global _compiled_direction
     if not is_cuda or os.environ.get("NANOCHAT_HF_COMPILE_OPTIM", "1") != "1":
         return _muon_direction
@@ -131,12 +122,11 @@ def _full(t):
 
 
 class MuonAdamW(torch.optim.Optimizer):
-    """One optimizer, two kinds of parameter groups.
+    """One optimizer, two kinds of parameter groups (each also keeps `initial_lr`, which the schedule multiplies).
 
     AdamW groups: `kind="adamw"`, `lr`, `betas`, `eps`, `weight_decay` (decoupled).
     Muon groups:  `kind="muon"`, `lr`, `momentum` (Nesterov), `ns_steps`, `beta2` (NorMuon),
                   `weight_decay` (cautious: only where update and weight agree in sign).
-    Every group also keeps `initial_lr`, which the schedule multiplies.
     """
 
     def __init__(self, param_groups: list[dict]):
@@ -155,10 +145,7 @@ class MuonAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            if group["kind"] == "adamw":
-                self._adamw(group)
-            else:
-                self._muon(group)
+            (self._adamw if group["kind"] == "adamw" else self._muon)(group)
         return loss
 
     def _adamw(self, group: dict) -> None:
@@ -169,17 +156,15 @@ class MuonAdamW(torch.optim.Optimizer):
                 continue
             state = self.state[p]
             if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                state.update(step=0, exp_avg=torch.zeros_like(p, dtype=torch.float32),
+                             exp_avg_sq=torch.zeros_like(p, dtype=torch.float32))
             state["step"] += 1
             # Local shards: AdamW is elementwise, so FSDP2 shards update independently.
             p_, g = _local(p), _local(p.grad).float()
             m, v = _local(state["exp_avg"]), _local(state["exp_avg_sq"])
             m.lerp_(g, 1 - beta1)
             v.lerp_(g.square(), 1 - beta2)
-            bias1 = 1 - beta1 ** state["step"]
-            bias2 = 1 - beta2 ** state["step"]
+            bias1, bias2 = 1 - beta1 ** state["step"], 1 - beta2 ** state["step"]
             p32 = p_.float()
             p32.mul_(1 - lr * wd)
             p32.addcdiv_(m, (v / bias2).sqrt_().add_(eps), value=-lr / bias1)
@@ -249,16 +234,9 @@ def _named_groups(model: torch.nn.Module) -> dict[str, list[tuple[str, torch.nn.
     return out
 
 
-def build_param_groups(
-    model: torch.nn.Module,
-    embedding_lr: float = 0.3,
-    unembedding_lr: float = 0.008,
-    matrix_lr: float = 0.02,
-    scalar_lr: float = 0.5,
-    weight_decay: float = 0.0,
-    batch_lr_scale: float = 1.0,
-    hidden_size: int | None = None,
-) -> list[dict]:
+def build_param_groups(model: torch.nn.Module, embedding_lr: float = 0.3, unembedding_lr: float = 0.008,
+                       matrix_lr: float = 0.02, scalar_lr: float = 0.5, weight_decay: float = 0.0,
+                       batch_lr_scale: float = 1.0, hidden_size: int | None = None) -> list[dict]:
     """nanochat's groups: per-group lrs, (d/768)^-0.5 for embedding/head, batch scaling for all."""
     named = _named_groups(model)
     seen = [p for v in named.values() for _, p in v]
@@ -350,29 +328,20 @@ def weight_decay_multiplier(step: int, num_iterations: int) -> float:
 
 
 class TrainingSchedule:
-    """Sets lr, Muon momentum and Muon weight decay on every group for a given step.
-
-    A plain object with `state_dict`/`load_state_dict` so `accelerator.register_for_checkpointing`
-    saves it with the checkpoint (a torch LRScheduler only knows about learning rates).
-    """
+    """Sets lr, Muon momentum and Muon weight decay on every group for a given step; `state_dict` lets
+    `accelerator.register_for_checkpointing` save it (a torch LRScheduler only knows about learning rates)."""
 
     def __init__(self, optimizer, num_iterations: int, warmup_steps: int = 40, warmdown_ratio: float = 0.65,
                  final_lr_frac: float = 0.05, momentum_warmup_steps: int = 400):
-        self.optimizer = optimizer
-        self.num_iterations = num_iterations
-        self.warmup_steps = warmup_steps
-        self.warmdown_ratio = warmdown_ratio
-        self.final_lr_frac = final_lr_frac
+        self.optimizer, self.num_iterations, self.step_count = optimizer, num_iterations, 0
+        self.warmup_steps, self.warmdown_ratio, self.final_lr_frac = warmup_steps, warmdown_ratio, final_lr_frac
         self.momentum_warmup_steps = momentum_warmup_steps
-        self.step_count = 0
 
     def values(self, step: int) -> dict[str, float]:
-        return {
-            "lrm": lr_multiplier(step, self.num_iterations, self.warmup_steps,
-                                 self.warmdown_ratio, self.final_lr_frac),
-            "muon_momentum": muon_momentum(step, self.num_iterations, self.warmdown_ratio, self.momentum_warmup_steps),
-            "muon_wd_multiplier": weight_decay_multiplier(step, self.num_iterations),
-        }
+        n = self.num_iterations
+        return {"lrm": lr_multiplier(step, n, self.warmup_steps, self.warmdown_ratio, self.final_lr_frac),
+                "muon_momentum": muon_momentum(step, n, self.warmdown_ratio, self.momentum_warmup_steps),
+                "muon_wd_multiplier": weight_decay_multiplier(step, n)}
 
     def apply(self, step: int) -> dict[str, float]:
         """Write step `step`'s values into the optimizer's groups (call before optimizer.step())."""

@@ -238,10 +238,8 @@ def chat_stage(recipe: str, world: int, vocab_size: int | None = None, base_mode
     rows = None if None in per_source else sum(n * s.repeat for n, s in zip(per_source, mixture.train))
     rows_per_step = cfg.per_device_train_batch_size * world * cfg.gradient_accumulation_steps
     tokens_per_step = rows_per_step * cfg.max_length
-    if cfg.max_steps > 0:
-        steps = cfg.max_steps
-    else:
-        steps = None if rows is None else math.ceil(cfg.num_train_epochs * rows / rows_per_step)
+    epoch_steps = None if rows is None else math.ceil(cfg.num_train_epochs * rows / rows_per_step)
+    steps = cfg.max_steps if cfg.max_steps > 0 else epoch_steps
     n = model.num_params_by_group()
     stage = StagePlan(chat_args.stage, recipe, n["total"], model.num_scaling_params(), model.estimate_flops(),
                       tokens_per_step, rows_per_step, cfg.per_device_train_batch_size, cfg.gradient_accumulation_steps,
@@ -270,19 +268,16 @@ def rl_stage(recipe: str, world: int, vocab_size: int | None = None, base_model=
     questions = known.get(args.dataset_name)
     if questions is not None and args.max_train_examples > 0:
         questions = min(questions, args.max_train_examples)
-    if cfg.max_steps > 0:
-        steps = cfg.max_steps
-    else:
-        completions = None if questions is None else cfg.num_train_epochs * questions * cfg.num_generations
-        steps = None if completions is None else math.ceil(completions / sequences)
+    epoch_steps = None if questions is None else math.ceil(cfg.num_train_epochs * questions * cfg.num_generations
+                                                           / sequences)
+    steps = cfg.max_steps if cfg.max_steps > 0 else epoch_steps
     model = _chat_model(args.model_name_or_path, recipe, vocab_size, base_model)
     n = model.num_params_by_group()
-    stage = StagePlan("rl", recipe, n["total"], model.num_scaling_params(), model.estimate_flops(),
-                      sequences * cfg.max_completion_length, sequences, cfg.per_device_train_batch_size,
-                      cfg.gradient_accumulation_steps, cfg.max_completion_length, world, steps,
-                      None if steps is None else steps * sequences * cfg.max_completion_length, upper_bound=True,
-                      note=f"{sequences // cfg.num_generations} questions x {cfg.num_generations} samples per step")
-    return stage
+    return StagePlan("rl", recipe, n["total"], model.num_scaling_params(), model.estimate_flops(),
+                     sequences * cfg.max_completion_length, sequences, cfg.per_device_train_batch_size,
+                     cfg.gradient_accumulation_steps, cfg.max_completion_length, world, steps,
+                     None if steps is None else steps * sequences * cfg.max_completion_length, upper_bound=True,
+                     note=f"{sequences // cfg.num_generations} questions x {cfg.num_generations} samples per step")
 
 
 STAGE_OF = {"mid": chat_stage, "sft": chat_stage, "grpo": rl_stage}
@@ -308,17 +303,15 @@ def plan_recipe(path: str, world: int, vocab_size: int | None = None, base_model
 
 def plan_preset(preset: str, world: int) -> list[StagePlan]:
     """Every training stage of a speedrun preset, with the vocabulary its tokenizer stage will train."""
-    from nanochat_hf.speedrun import PRESETS, RECIPES_DIR
+    from nanochat_hf.speedrun import CHAT_STAGES, PRESETS, RECIPES_DIR
 
     if preset not in PRESETS:
         raise PlanError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
     folder = RECIPES_DIR / p.recipe_dir
     pre, model = pretrain_stage(str(folder / "pretrain.yaml"), world, p.vocab_size, p.overrides.get("pretrain"))
-    stages = [pre]
-    for name in ("mid", "sft", "grpo"):
-        stages.append(STAGE_OF[name](str(folder / f"{name}.yaml"), world, p.vocab_size, model))
-    return stages
+    chat = [STAGE_OF[name](str(folder / f"{name}.yaml"), world, p.vocab_size, model) for name in CHAT_STAGES.values()]
+    return [pre, *chat]
 
 
 # ----------------------------------------------------------------------------- accelerate configs
@@ -338,7 +331,7 @@ def check_accelerate_config(path: str) -> dict:
     unknown = sorted(k for k in (cfg.fsdp_config or {}) if k not in known)
     if unknown:
         raise PlanError(f"{path}: unknown fsdp_config keys {unknown}; "
-                        "`accelerate launch --help` lists the fsdp_* ones")
+                       "`accelerate launch --help` lists the fsdp_* ones")
     kind = str(cfg.distributed_type).split(".")[-1]
     n, machines = int(cfg.num_processes), int(cfg.num_machines)
     if n < 1 or machines < 1 or n % machines:
@@ -367,12 +360,6 @@ def _n(x) -> str:
     return f"{x:,}"
 
 
-def wall_seconds(stage: StagePlan, gpu: GPU, mfu: float) -> float | None:
-    if stage.tokens is None:
-        return None
-    return stage.tokens * stage.flops_per_token / (mfu * gpu.peak_flops * stage.world)
-
-
 def render(stages: list[StagePlan], gpu: GPU | None, mfu: float = DEFAULT_MFU, price: float = DEFAULT_PRICE,
            fsdp: bool = False) -> str:
     """The plan as a text table: one column per stage, then the pretraining memory breakdown and warnings."""
@@ -393,11 +380,13 @@ def render(stages: list[StagePlan], gpu: GPU | None, mfu: float = DEFAULT_MFU, p
              [f"{s.device_batch} x {s.accum} x {s.world} of {s.seq_len}" for s in stages])]
     warnings = []
     if gpu is not None:
-        times = [wall_seconds(s, gpu, mfu) if s.stage != "rl" else None for s in stages]
+        peak = mfu * gpu.peak_flops  # wall seconds: tokens x FLOPs per token / (MFU x peak x GPUs)
+        times = [s.tokens * s.flops_per_token / (peak * s.world) if s.tokens is not None and s.stage != "rl" else None
+                 for s in stages]
         rows.append((f"wall time at {mfu:.0%} MFU", [bound(s, "-" if t is None else f"{t / 3600:.2f} h")
-                                                     for s, t in zip(stages, times)]))
+                                                    for s, t in zip(stages, times)]))
         rows.append(("cost", [bound(s, "-" if t is None else f"${t / 3600 * s.world * price:,.0f}")
-                              for s, t in zip(stages, times)]))
+                             for s, t in zip(stages, times)]))
         for kind in ("DDP", "FSDP2"):
             rows.append((f"memory per GPU, {kind}", [_mem_cell(s, kind, gpu) for s in stages]))
         warnings = [w for s in stages for w in _fit_warnings(s, gpu, fsdp)]
@@ -466,13 +455,13 @@ def detect_gpu() -> GPU | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="nanochat-hf plan", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                    epilog=__doc__.split("\n\n", 1)[1],
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="a speedrun preset: every training stage of its recipes (d20..d32, tiny)")
     src.add_argument("--config", help="one recipe (stage from its name: pretrain*, mid, sft, grpo)")
     parser.add_argument("--num-gpus", type=int, default=None,
-                        help="processes (default: the accelerate config's, else 8)")
+                       help="processes (default: the accelerate config's, else 8)")
     parser.add_argument("--accelerate-config", default=None, help="launcher config: checked, and sets GPUs / FSDP2")
     parser.add_argument("--gpu", default="h100", choices=[*GPUS, "cpu"], help="GPU kind for time, cost and memory")
     parser.add_argument("--mfu", type=float, default=DEFAULT_MFU, help="assumed model FLOPs utilisation (0-1)")

@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -37,16 +37,13 @@ import torch.nn.functional as F
 from nanochat_hf.checkpoints import STATE_NAME, file_sha256, publish, resume_checkpoint, rotate, staging_dir
 from nanochat_hf.errors import UserError, ensure_writable, run_main, writing
 from nanochat_hf.extras import require
+from nanochat_hf.recipe import arg, parse_stage_args
 from nanochat_hf.runlog import RunLog
 
 LOG_NAME = "pretrain.jsonl"
 SAMPLE_PROMPTS = (  # nanochat's fixed prompts, sampled greedily at the end of pretraining
-    "The capital of France is",
-    "The chemical symbol of gold is",
-    "If yesterday was Friday, then tomorrow will be",
-    "The opposite of hot is",
-    "The planets of the solar system are:",
-    "My favorite color is",
+    "The capital of France is", "The chemical symbol of gold is", "If yesterday was Friday, then tomorrow will be",
+    "The opposite of hot is", "The planets of the solar system are:", "My favorite color is",
     "If 5*x + 3 = 13, then x is",
 )
 # bf16 dense peak FLOP/s per device, for MFU (nanochat uses 989 TFLOP/s for an H100).
@@ -62,30 +59,25 @@ class PretrainError(UserError):
 @dataclass
 class PretrainConfig:
     # Model
-    arch: str = field(default="modern", metadata={"help": "modern (nanochat 2026) or classic "
-                                                          "(transformers' native nanochat)"})
-    depth: int = field(default=20, metadata={"help": "number of transformer layers: the one dial of model size"})
-    aspect_ratio: int = field(default=64, metadata={"help": "model_dim = depth * aspect_ratio, "
-                                                            "rounded up to head_dim"})
-    head_dim: int = field(default=128, metadata={"help": "attention head dimension"})
-    max_seq_len: int = field(default=2048, metadata={"help": "context length of the training rows"})
-    window_pattern: str = field(default="SSSL", metadata={"help": "sliding-window pattern tiled over layers (modern): "
-                                                                  "L=full, S=a quarter of the context"})
+    arch: str = arg("modern", "modern (nanochat 2026) or classic (transformers' native nanochat)")
+    depth: int = arg(20, "number of transformer layers: the one dial of model size")
+    aspect_ratio: int = arg(64, "model_dim = depth * aspect_ratio, rounded up to head_dim")
+    head_dim: int = arg(128, "attention head dimension")
+    max_seq_len: int = arg(2048, "context length of the training rows")
+    window_pattern: str = arg("SSSL", "sliding-window pattern tiled over layers (modern): L=full, S=a quarter of the "
+                              "context")
     # Data
-    tokenizer: str = field(default="runs/tiny/tokenizer", metadata={"help": "tokenizer folder or Hub id"})
-    data: str | None = field(default=None, metadata={"help": "file, folder, or Hub dataset (climbmix, fineweb-edu); "
-                                                             "default: embedded Shakespeare"})
-    buffer_size: int = field(default=1000, metadata={"help": "documents in the best-fit packing buffer"})
-    tokenizer_batch_size: int = field(default=128, metadata={"help": "documents tokenised per batch"})
+    tokenizer: str = arg("runs/tiny/tokenizer", "tokenizer folder or Hub id")
+    data: str | None = arg(None, "file, folder, or Hub dataset (climbmix, fineweb-edu); default: embedded Shakespeare")
+    buffer_size: int = arg(1000, "documents in the best-fit packing buffer")
+    tokenizer_batch_size: int = arg(128, "documents tokenised per batch")
     # Training horizon (first one set wins)
-    num_iterations: int = field(default=-1, metadata={"help": "optimizer steps (-1 = derive)"})
-    target_flops: float = field(default=-1.0, metadata={"help": "derive steps from total training FLOPs (-1 = off)"})
-    target_param_data_ratio: float = field(default=12.0, metadata={"help": "tokens per scaling parameter"})
+    num_iterations: int = arg(-1, "optimizer steps (-1 = derive)")
+    target_flops: float = arg(-1.0, "derive steps from total training FLOPs (-1 = off)")
+    target_param_data_ratio: float = arg(12.0, "tokens per scaling parameter")
     # Optimization
-    device_batch_size: int = field(default=32, metadata={"help": "rows per device per micro-step; "
-                                                                 "lower it if out of memory"})
-    total_batch_size: int = field(default=-1, metadata={"help": "tokens per optimizer step (-1 = "
-                                                                "nanochat's automatic rule)"})
+    device_batch_size: int = arg(32, "rows per device per micro-step; lower it if out of memory")
+    total_batch_size: int = arg(-1, "tokens per optimizer step (-1 = nanochat's automatic rule)")
     embedding_lr: float = 0.3
     unembedding_lr: float = 0.008
     matrix_lr: float = 0.02
@@ -96,25 +88,23 @@ class PretrainConfig:
     final_lr_frac: float = 0.05
     momentum_warmup_steps: int = 400
     # Evaluation and logging
-    eval_every: int = field(default=250, metadata={"help": "validation bpb every N steps (-1 = only at the end)"})
-    eval_tokens: int = field(default=80 * 524288, metadata={"help": "validation tokens per evaluation"})
+    eval_every: int = arg(250, "validation bpb every N steps (-1 = only at the end)")
+    eval_tokens: int = arg(80 * 524288, "validation tokens per evaluation")
     sample_max_tokens: int = 16
     log_every: int = 1
-    report_to: str = field(default="none", metadata={"help": "accelerate trackers: none, trackio, wandb, "
-                                                             "tensorboard (comma list)"})
+    report_to: str = arg("none", "accelerate trackers: none, trackio, wandb, tensorboard (comma list)")
     run_name: str = "pretrain"
     # Runtime
     output_dir: str = "runs/tiny/base"
-    save_every: int = field(default=-1, metadata={"help": "checkpoint every N steps (-1 = never; the final "
-                                                          "model is always saved)"})
-    save_total_limit: int = field(default=-1, metadata={"help": "keep only the newest N checkpoints (-1 = all)"})
-    resume_from_checkpoint: str | None = field(default=None, metadata={"help": "latest or a checkpoint folder"})
+    save_every: int = arg(-1, "checkpoint every N steps (-1 = never; the final model is always saved)")
+    save_total_limit: int = arg(-1, "keep only the newest N checkpoints (-1 = all)")
+    resume_from_checkpoint: str | None = arg(None, "latest or a checkpoint folder")
     seed: int = 42
-    mixed_precision: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU), bf16, no"})
-    compile: str = field(default="auto", metadata={"help": "torch.compile: auto (on GPU), true, false"})
-    fp8: bool = field(default=False, metadata={"help": "FP8 matmuls via torchao (H100+ only)"})
-    max_steps_this_run: int = field(default=-1, metadata={"help": "stop (after saving) once this many steps ran in "
-                                                                  "this process; for preemptible jobs and tests"})
+    mixed_precision: str = arg("auto", "auto (bf16 on GPU, fp32 on CPU), bf16, no")
+    compile: str = arg("auto", "torch.compile: auto (on GPU), true, false")
+    fp8: bool = arg(False, "FP8 matmuls via torchao (H100+ only)")
+    max_steps_this_run: int = arg(-1, "stop (after saving) once this many steps ran in this process; for "
+                                  "preemptible jobs and tests")
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -148,19 +138,14 @@ def load_tokenizer_and_bytes(path: str):
 def model_config(cfg: PretrainConfig, depth: int, vocab_size: int):
     from nanochat_hf.modeling import NanoChatConfig
 
-    kwargs = dict(arch=cfg.arch, vocab_size=vocab_size, max_position_embeddings=cfg.max_seq_len,
-                  head_dim=cfg.head_dim, aspect_ratio=cfg.aspect_ratio)
-    if cfg.arch == "modern":
-        kwargs["window_pattern"] = cfg.window_pattern
-    return NanoChatConfig.from_depth(depth, **kwargs)
+    window = {"window_pattern": cfg.window_pattern} if cfg.arch == "modern" else {}
+    return NanoChatConfig.from_depth(depth, arch=cfg.arch, vocab_size=vocab_size, head_dim=cfg.head_dim,
+                                     max_position_embeddings=cfg.max_seq_len, aspect_ratio=cfg.aspect_ratio, **window)
 
 
 def fit_device_batch(total: int, device_batch: int, seq_len: int, world_size: int) -> int:
-    """The recipe's device batch, or the largest power of 2 below it that makes whole micro-steps.
-
-    One recipe serves any number of processes: with more ranks each rank takes fewer rows per micro-step,
-    and the total batch (so the optimisation) stays the recipe's.
-    """
+    """The recipe's device batch, or the largest power of 2 below it that makes whole micro-steps: with more ranks
+    each takes fewer rows, and the total batch (so the optimisation) stays the recipe's."""
     b = device_batch
     while b >= 1 and (total <= 0 or total % (b * seq_len * world_size)):
         b = 2 ** (b.bit_length() - 1) if b & (b - 1) else b // 2  # down to a power of 2, then halve
@@ -200,30 +185,15 @@ def training_plan(cfg: PretrainConfig, model, vocab_size: int, world_size: int) 
     if num_iterations < 1:
         raise ValueError(f"the horizon is {num_iterations} steps; raise num_iterations or target_param_data_ratio")
     lr_scale = batch_lr_scale(total)
-    return {
-        "num_scaling_params": n_scaling, "num_params": sum(p.numel() for p in model.parameters()),
-        "flops_per_token": flops_per_token, "total_batch_size": total, "device_batch_size": device_batch,
-        "grad_accum_steps": total // per_micro,
-        "num_iterations": num_iterations, "total_tokens": total * num_iterations,
-        "tokens_per_param": total * num_iterations / n_scaling, "batch_lr_scale": lr_scale,
-        "weight_decay_scaled": cfg.weight_decay * lr_scale * (d_ref / target_tokens),
-    }
-
-
-def plan_table(cfg: PretrainConfig, plan: dict, model, accelerator) -> str:
-    """`nanochat-hf plan`'s table for this run: on a GPU with time, cost and memory for this GPU."""
-    from accelerate.utils import DistributedType
-
-    from nanochat_hf import plan as planning
-
-    stage = planning.pretrain_plan("this run", cfg, plan, accelerator.unwrap_model(model), accelerator.num_processes)
-    fsdp = accelerator.distributed_type == DistributedType.FSDP
-    return planning.render([stage], planning.detect_gpu(), fsdp=fsdp)
+    return {"num_scaling_params": n_scaling, "num_params": sum(p.numel() for p in model.parameters()),
+            "flops_per_token": flops_per_token, "total_batch_size": total, "device_batch_size": device_batch,
+            "grad_accum_steps": total // per_micro, "num_iterations": num_iterations,
+            "total_tokens": total * num_iterations, "tokens_per_param": total * num_iterations / n_scaling,
+            "batch_lr_scale": lr_scale, "weight_decay_scaled": cfg.weight_decay * lr_scale * (d_ref / target_tokens)}
 
 
 def fp8_layer(module, name: str) -> bool:
-    """Which linear layers train in fp8: not the head (logits want bf16), and only matmuls big enough to gain,
-    with both dimensions multiples of 16 (torchao's scaled matmul)."""
+    """Not the head (logits want bf16); only matmuls big enough to gain, both sides multiples of 16 (torchao)."""
     dims = (module.in_features, module.out_features)
     return "lm_head" not in name and min(dims) >= 128 and all(d % 16 == 0 for d in dims)
 
@@ -244,24 +214,18 @@ def enable_fp8(model, on_gpu: bool) -> int:
 
 def peak_flops() -> float:
     """bf16 peak of this GPU (inf elsewhere, so MFU reads 0)."""
-    if not torch.cuda.is_available():
-        return float("inf")
-    name = torch.cuda.get_device_name(0)
-    for key, value in PEAK_FLOPS.items():
-        if key in name:
-            return value
-    return float("inf")
+    from nanochat_hf.plan import detect_gpu
+
+    gpu = detect_gpu()
+    return gpu.peak_flops if gpu is not None else float("inf")
 
 
 # ----------------------------------------------------------------------------- checkpoints
 
 
 def _manifest(folder: Path) -> dict[str, dict]:
-    out = {}
-    for f in sorted(folder.rglob("*")):
-        if f.is_file() and f.name != STATE_NAME:
-            out[str(f.relative_to(folder))] = {"size": f.stat().st_size, "sha256": file_sha256(f)}
-    return out
+    return {str(f.relative_to(folder)): {"size": f.stat().st_size, "sha256": file_sha256(f)}
+            for f in sorted(folder.rglob("*")) if f.is_file() and f.name != STATE_NAME}
 
 
 def verify_checkpoint(folder: Path) -> dict:
@@ -269,26 +233,26 @@ def verify_checkpoint(folder: Path) -> dict:
     if not folder.is_dir():
         raise FileNotFoundError(f"checkpoint {folder} does not exist; pass `latest` or an existing "
                                 "checkpoint-<step> folder")
+
+    def damaged(what: str) -> ValueError:
+        return ValueError(f"checkpoint {folder} is {what}; delete it and resume from an older one")
+
     state_file = folder / STATE_NAME
     if not state_file.is_file():
-        raise ValueError(f"checkpoint {folder} is partial (no {STATE_NAME}: its save was interrupted); delete it and "
-                         "resume from an older one")
+        raise damaged(f"partial (no {STATE_NAME}: its save was interrupted)")
     try:
         state = json.loads(state_file.read_text())
     except json.JSONDecodeError:
-        raise ValueError(f"checkpoint {folder} is corrupt ({STATE_NAME} is not valid JSON); delete it and "
-                         "resume from an older one") from None
+        raise damaged(f"corrupt ({STATE_NAME} is not valid JSON)") from None
     for name, meta in state.get("manifest", {}).items():
         f = folder / name
         if not f.is_file() or f.stat().st_size != meta["size"]:
-            raise ValueError(f"checkpoint {folder} is corrupt ({name} is missing or truncated); delete it and "
-                             "resume from an older one")
+            raise damaged(f"corrupt ({name} is missing or truncated)")
     if os.environ.get("NANOCHAT_HF_SKIP_CHECKSUM") != "1":
         actual = _manifest(folder)
         bad = [n for n, m in state.get("manifest", {}).items() if actual.get(n, {}).get("sha256") != m["sha256"]]
         if bad:
-            raise ValueError(f"checkpoint {folder} is corrupt ({bad[0]} fails its sha256); delete it and "
-                             "resume from an older one")
+            raise damaged(f"corrupt ({bad[0]} fails its sha256)")
     return state
 
 
@@ -360,11 +324,14 @@ class PretrainRun:
     """One run: built from the config (inputs checked first), resumed if asked, trained, finished (`train`)."""
 
     def __init__(self, cfg: PretrainConfig):
+        from accelerate.utils import DistributedType
+
+        from nanochat_hf import plan as planning
         from nanochat_hf.dataset import load_splits
 
         self.cfg, self.on_gpu = cfg, torch.cuda.is_available()
         self.accelerator, self.mp, self.trackers = make_accelerator(cfg)
-        self.say = self.accelerator.print
+        acc, self.say = self.accelerator, self.accelerator.print
         # Inputs first, so bad arguments fail before any long work.
         self.output_dir = ensure_writable(cfg.output_dir)
         self.tokenizer, self.token_bytes = load_tokenizer_and_bytes(cfg.tokenizer)
@@ -372,15 +339,22 @@ class PretrainRun:
         self.resume_dir = resume_checkpoint(self.output_dir, cfg.resume_from_checkpoint, self.say)
         resume_state = verify_checkpoint(self.resume_dir) if self.resume_dir is not None else None
         self.build_model()
-        self.log = RunLog(self.output_dir / "logs" / LOG_NAME, self.accelerator.is_main_process)
-        self.say(plan_table(cfg, self.plan, self.model, self.accelerator))
+        self.log = RunLog(self.output_dir / "logs" / LOG_NAME, acc.is_main_process)
+        # `nanochat-hf plan`'s table for this run (on a GPU: time, cost, memory)
+        stage = planning.pretrain_plan("this run", cfg, self.plan, acc.unwrap_model(self.model), acc.num_processes)
+        self.say(planning.render([stage], planning.detect_gpu(), fsdp=acc.distributed_type == DistributedType.FSDP))
         self.progress, loader_state = Progress(), None
         if resume_state is not None:
             loader_state = self.restore(resume_state)
         self.log.start(self.progress.step if resume_state is not None else None, redone=("val_bpb",))
-        self.start_logging()
+        self.log.write(event="start", step=self.progress.step, config=asdict(cfg), plan=self.plan,
+                       world_size=acc.num_processes, distributed_type=str(acc.distributed_type),
+                       mixed_precision=self.mp, resumed_from=str(self.resume_dir) if self.resume_dir else None)
+        if self.trackers:
+            acc.init_trackers("nanochat_hf", config={**asdict(cfg), **self.plan},
+                              init_kwargs={"wandb": {"name": cfg.run_name}})
         self.loader = self.data_loader(self.train_split, state=loader_state)
-        self.gpu_peak = peak_flops() * self.accelerator.num_processes
+        self.gpu_peak = peak_flops() * acc.num_processes
 
     def build_model(self) -> None:
         """Seeded model, batch plan, optimizer and schedule, prepared by accelerate."""
@@ -402,16 +376,14 @@ class PretrainRun:
         plan = training_plan(cfg, model, vocab, acc.num_processes)
         if plan["device_batch_size"] != cfg.device_batch_size:
             say(f"device_batch_size {cfg.device_batch_size} -> {plan['device_batch_size']}: "
-                f"{plan['total_batch_size']} tokens "
-                f"per step do not split into whole micro-steps of {cfg.device_batch_size}x{cfg.max_seq_len} on "
-                f"{acc.num_processes} processes")
+                f"{plan['total_batch_size']} tokens per step do not split into whole micro-steps of "
+                f"{cfg.device_batch_size}x{cfg.max_seq_len} on {acc.num_processes} processes")
             cfg.device_batch_size = plan["device_batch_size"]
         if cfg.fp8:
             say(f"fp8: {enable_fp8(model, self.on_gpu)} linear layers train in fp8")
         optimizer = build_optimizer(model, embedding_lr=cfg.embedding_lr, unembedding_lr=cfg.unembedding_lr,
                                     matrix_lr=cfg.matrix_lr, scalar_lr=cfg.scalar_lr,
-                                    weight_decay=plan["weight_decay_scaled"],
-                                    batch_lr_scale=plan["batch_lr_scale"])
+                                    weight_decay=plan["weight_decay_scaled"], batch_lr_scale=plan["batch_lr_scale"])
         self.schedule = TrainingSchedule(optimizer, plan["num_iterations"], cfg.warmup_steps, cfg.warmdown_ratio,
                                          cfg.final_lr_frac, cfg.momentum_warmup_steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
@@ -434,15 +406,6 @@ class PretrainRun:
             self.say("warning: total_batch_size differs from the checkpoint's; the data position is approximate")
         self.say(f"resumed from {self.resume_dir} at step {self.progress.step}")
         return states[acc.process_index] if len(states) == acc.num_processes else states[0]
-
-    def start_logging(self) -> None:
-        cfg, acc = self.cfg, self.accelerator
-        self.log.write(event="start", step=self.progress.step, config=asdict(cfg), plan=self.plan,
-                       world_size=acc.num_processes, distributed_type=str(acc.distributed_type),
-                       mixed_precision=self.mp, resumed_from=str(self.resume_dir) if self.resume_dir else None)
-        if self.trackers:
-            acc.init_trackers("nanochat_hf", config={**asdict(cfg), **self.plan},
-                              init_kwargs={"wandb": {"name": cfg.run_name}})
 
     def data_loader(self, split, **kwargs):
         from nanochat_hf.dataloader import BestFitLoader
@@ -482,11 +445,9 @@ class PretrainRun:
             self.optimizer.zero_grad(set_to_none=True)
         except torch.OutOfMemoryError:
             cfg = self.cfg
-            raise PretrainError(
-                f"out of memory at device_batch_size={cfg.device_batch_size} x max_seq_len={cfg.max_seq_len}; "
-                f"halve --device_batch_size (gradient accumulation keeps the total batch of "
-                f"{self.plan['total_batch_size']} tokens)"
-            ) from None
+            raise PretrainError(f"out of memory at device_batch_size={cfg.device_batch_size} x max_seq_len="
+                                f"{cfg.max_seq_len}; halve --device_batch_size (gradient accumulation keeps the total "
+                                f"batch of {self.plan['total_batch_size']} tokens)") from None
         return (loss_sum / accum).item()  # the host sync point of the step
 
     def record(self, train_loss: float, dt: float, values: dict, count_time: bool, bar) -> None:
@@ -612,10 +573,8 @@ def save_final(accelerator, model, tokenizer, output_dir: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> PretrainConfig:
-    from nanochat_hf.recipe import parse_stage_args  # YAML `--config` + flag overrides, the TRL way
-
-    (cfg,) = parse_stage_args((PretrainConfig,), sys.argv[1:] if argv is None else argv)
-    return cfg
+    """YAML `--config` + flag overrides, the TRL way."""
+    return parse_stage_args((PretrainConfig,), sys.argv[1:] if argv is None else argv)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,11 @@ from nanochat_hf.errors import UserError, did_you_mean
 EXTRA_KEYS = {"env"}  # TrlParser sets these environment variables before parsing
 
 
+def arg(default, help: str):
+    """A dataclass field that is also a flag with `--help` text."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def check_recipe(path: str, types: tuple[type, ...]) -> None:
     """Refuse a recipe that is not a YAML mapping of known keys, in one line naming the file and line."""
     import yaml

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -35,6 +35,7 @@ from trl import SFTConfig, SFTTrainer
 from nanochat_hf.checkpoints import AtomicCheckpoints, checkpoint_step, resume_checkpoint
 from nanochat_hf.errors import UserError, ensure_writable, run_main, writing
 from nanochat_hf.optim import lr_multiplier, muon_momentum
+from nanochat_hf.recipe import arg, parse_stage_args
 from nanochat_hf.runlog import RunLogCallback
 
 # nanochat's schedules per stage (mid_train.py, chat_sft.py); a recipe or flag overrides them.
@@ -57,48 +58,30 @@ class ChatTrainingError(UserError):
 class ChatArguments:
     """What SFTConfig does not cover: the base model, the data mixture, nanochat's optimizer and schedule."""
 
-    stage: str = field(default="sft", metadata={"help": "mid or sft: picks the schedule defaults and the log name"})
-    model_name_or_path: str = field(default="runs/tiny/base", metadata={"help": "base (or mid) "
-                                                                                "checkpoint folder or Hub id"})
-    mixture: str = field(default="synthetic", metadata={"help": "data: a preset (synthetic, "
-                                                                "nanochat_mid, nanochat_sft), "
-                                                               "a YAML file, or (in a recipe) an inline mapping"})
-    optimizer: str = field(default="nanochat", metadata={"help": "nanochat (Muon + AdamW groups) or "
-                                                                 "trainer (SFTConfig.optim)"})
+    stage: str = arg("sft", "mid or sft: picks the schedule defaults and the log name")
+    model_name_or_path: str = arg("runs/tiny/base", "base (or mid) checkpoint folder or Hub id")
+    mixture: str = arg("synthetic", "data: a preset (synthetic, nanochat_mid, nanochat_sft), a YAML file, or (in a "
+                       "recipe) an inline mapping")
+    optimizer: str = arg("nanochat", "nanochat (Muon + AdamW groups) or trainer (SFTConfig.optim)")
     embedding_lr: float = 0.3
     unembedding_lr: float = 0.004
     matrix_lr: float = 0.02
     scalar_lr: float = 0.5
-    muon_weight_decay: float = field(default=0.0, metadata={"help": "pretraining decays it to "
-                                                                    "zero; SFT keeps it there"})
-    batch_lr_scale: float = field(default=-1.0, metadata={"help": "lr multiplier; -1 = sqrt(tokens per step / "
-                                                                  "2^19), nanochat's rule"})
-    init_lr_frac: float | None = field(default=None, metadata={"help": "initial lr as a fraction of the base "
-                                                                       "lr (mid 1.0, sft 0.8)"})
-    warmup_frac: float | None = field(default=None, metadata={"help": "first share of steps with linear lr "
-                                                                      "warmup (nanochat: 0)"})
-    warmdown_ratio: float | None = field(default=None, metadata={"help": "final share of steps with linear lr "
-                                                                         "decay (mid 0.2, sft 0.5)"})
-    final_lr_frac: float | None = field(default=None,
-                                        metadata={"help": "lr at the end as a fraction of the initial lr"})
-    packed_layout: str = field(default="rows", metadata={"help": "rows: batch of packed rows, "
-                                                                 "position_ids restart per "
-                                                            "conversation (SDPA, any device); "
-                                                            "flat: TRL's padding-free "
-                                                            "single row (flash-attention varlen kernels)"})
+    muon_weight_decay: float = arg(0.0, "pretraining decays it to zero; SFT keeps it there")
+    batch_lr_scale: float = arg(-1.0, "lr multiplier; -1 = sqrt(tokens per step / 2^19), nanochat's rule")
+    init_lr_frac: float | None = arg(None, "initial lr as a fraction of the base lr (mid 1.0, sft 0.8)")
+    warmup_frac: float | None = arg(None, "first share of steps with linear lr warmup (nanochat: 0)")
+    warmdown_ratio: float | None = arg(None, "final share of steps with linear lr decay (mid 0.2, sft 0.5)")
+    final_lr_frac: float | None = arg(None, "lr at the end as a fraction of the initial lr")
+    packed_layout: str = arg("rows", "rows: batch of packed rows, position_ids restart per conversation (SDPA, any "
+                             "device); flat: TRL's padding-free single row (flash-attention varlen kernels)")
     # A quick ChatCORE subset while training (nanochat's chat_sft evaluates MMLU/ARC every eval_every steps).
-    chatcore_every: int = field(default=-1, metadata={"help": "ChatCORE subset every N steps and "
-                                                              "at the end (-1 = off)"})
-    chatcore_tasks: str = field(default="ARC-Easy,SpellingBee", metadata={"help": "comma list of chat "
-                                                                                  "tasks for the subset"})
-    chatcore_examples: int = field(default=32, metadata={"help": "examples per task in the subset"})
-    chatcore_max_new_tokens: int = field(default=128, metadata={"help": "generation budget of "
-                                                                        "generative subset tasks"})
-    chatcore_data: str | None = field(default=None, metadata={"help": "folder of chat-task JSONL "
-                                                                      "(arc_easy.jsonl, ...); "
-                                                                      "default: the small offline set "
-                                                                      "shipped in the package, "
-                                                                      "'hub' for the Hub datasets"})
+    chatcore_every: int = arg(-1, "ChatCORE subset every N steps and at the end (-1 = off)")
+    chatcore_tasks: str = arg("ARC-Easy,SpellingBee", "comma list of chat tasks for the subset")
+    chatcore_examples: int = arg(32, "examples per task in the subset")
+    chatcore_max_new_tokens: int = arg(128, "generation budget of generative subset tasks")
+    chatcore_data: str | None = arg(None, "folder of chat-task JSONL (arc_easy.jsonl, ...); default: the small "
+                                    "offline set shipped in the package, 'hub' for the Hub datasets")
 
     def __post_init__(self):
         if self.stage not in STAGE_DEFAULTS:
@@ -124,31 +107,22 @@ class ChatArguments:
 class ChatSFTConfig(SFTConfig):
     """TRL's SFTConfig with nanochat's defaults (each still a flag)."""
 
-    output_dir: str | None = field(default=None, metadata={"help": "where the chat model goes "
-                                                                   "(default runs/tiny/<stage>)"})
-    max_length: int | None = field(default=2048, metadata={"help": "tokens per packed row; longer "
-                                                                   "conversations are cropped"})
-    packing: bool = field(default=True, metadata={"help": "best-fit pack conversations into rows (no "
-                                                          "cross-document attention)"})
-    packing_strategy: str = field(default="bfd", metadata={"help": "bfd: best-fit decreasing, position_ids "
-                                                                   "restart per conversation"})
-    assistant_only_loss: bool = field(default=True, metadata={"help": "loss only on assistant tokens (chat "
-                                                                      "template generation spans)"})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "nanochat trains one epoch of its mixture"})
+    output_dir: str | None = arg(None, "where the chat model goes (default runs/tiny/<stage>)")
+    max_length: int | None = arg(2048, "tokens per packed row; longer conversations are cropped")
+    packing: bool = arg(True, "best-fit pack conversations into rows (no cross-document attention)")
+    packing_strategy: str = arg("bfd", "bfd: best-fit decreasing, position_ids restart per conversation")
+    assistant_only_loss: bool = arg(True, "loss only on assistant tokens (chat template generation spans)")
+    num_train_epochs: float = arg(1.0, "nanochat trains one epoch of its mixture")
     per_device_train_batch_size: int = 8
     per_device_eval_batch_size: int = 8
     # TRL turns checkpointing on by default; nanochat does not (small models fit). Both names stay flags.
-    activation_checkpointing: bool | None = field(default=None, metadata={"help": "recompute activations in "
-                                                                                  "backward to save memory"})
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "deprecated alias of "
-                                                                                "activation_checkpointing"})
-    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; default: on when a bf16 GPU "
-                                                              "is there, off on CPU"})
-    max_grad_norm: float = field(default=0.0, metadata={"help": "gradient clipping (0 = off, as nanochat)"})
+    activation_checkpointing: bool | None = arg(None, "recompute activations in backward to save memory")
+    gradient_checkpointing: bool | None = arg(None, "deprecated alias of activation_checkpointing")
+    bf16: bool | None = arg(None, "bf16 autocast; default: on when a bf16 GPU is there, off on CPU")
+    max_grad_norm: float = arg(0.0, "gradient clipping (0 = off, as nanochat)")
     logging_steps: float = 1
-    eval_strategy: str = field(default="steps", metadata={"help": "steps: validation loss every "
-                                                                  "eval_steps; no: never"})
-    eval_steps: float | None = field(default=100, metadata={"help": "validation loss every N steps (and at the end)"})
+    eval_strategy: str = arg("steps", "steps: validation loss every eval_steps; no: never")
+    eval_steps: float | None = arg(100, "validation loss every N steps (and at the end)")
     save_strategy: str = "steps"
     save_steps: float = 500
     save_total_limit: int | None = 2
@@ -162,9 +136,6 @@ class ChatSFTConfig(SFTConfig):
         if no_accelerator():
             self.use_cpu = True
         super().__post_init__()
-
-
-# ----------------------------------------------------------------------------- model, tokenizer
 
 
 def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32):
@@ -185,7 +156,7 @@ def load_model_and_tokenizer(path: str, dtype: torch.dtype = torch.float32):
     return load_model(path, dtype=dtype, tokenizer=tokenizer, fix=fix)
 
 
-# ----------------------------------------------------------------------------- batches
+# ----------------------------------------------------------------------------- batches, optimizer, schedule
 
 
 class PackedRowsCollator:
@@ -216,14 +187,9 @@ class PackedRowsCollator:
         return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
-# ----------------------------------------------------------------------------- optimizer and schedule
-
-
 class NanochatSchedule(torch.optim.lr_scheduler.LRScheduler):
-    """Per-group lr = initial_lr x optim.lr_multiplier(step); Muon groups also get the momentum ramp.
-
-    A torch LRScheduler so the Trainer steps it, saves it in checkpoints and restores it on resume.
-    """
+    """Per-group lr = initial_lr x optim.lr_multiplier(step), Muon groups also get the momentum ramp; a torch
+    LRScheduler, so the Trainer steps it, saves it in checkpoints and restores it on resume."""
 
     def __init__(self, optimizer, num_training_steps: int, warmup_ratio: float, warmdown_ratio: float,
                  final_lr_frac: float, last_epoch: int = -1):
@@ -252,23 +218,19 @@ class ChatSFTTrainer(AtomicCheckpoints, SFTTrainer):
         self.chatcore = ChatCoreCallback(self)
         self.add_callback(self.chatcore)
 
-    def tokens_per_step(self) -> int:
-        a = self.args
-        return a.per_device_train_batch_size * a.max_length * a.gradient_accumulation_steps * a.world_size
-
     def create_optimizer(self, model=None):
         if self.chat_args.optimizer != "nanochat":
             return super().create_optimizer(model)
         if self.optimizer is None:
             from nanochat_hf.optim import MuonAdamW, batch_lr_scale, build_param_groups
 
-            c = self.chat_args
-            scale = c.batch_lr_scale if c.batch_lr_scale > 0 else batch_lr_scale(self.tokens_per_step())
-            groups = build_param_groups(model or self.model, embedding_lr=c.embedding_lr,
-                                        unembedding_lr=c.unembedding_lr,
-                                        matrix_lr=c.matrix_lr, scalar_lr=c.scalar_lr, weight_decay=c.muon_weight_decay,
-                                        batch_lr_scale=scale * c.init_lr_frac)
-            self.optimizer = MuonAdamW(groups)
+            c, a = self.chat_args, self.args
+            tokens = a.per_device_train_batch_size * a.max_length * a.gradient_accumulation_steps * a.world_size
+            scale = c.batch_lr_scale if c.batch_lr_scale > 0 else batch_lr_scale(tokens)
+            self.optimizer = MuonAdamW(build_param_groups(
+                model or self.model, embedding_lr=c.embedding_lr, unembedding_lr=c.unembedding_lr,
+                matrix_lr=c.matrix_lr, scalar_lr=c.scalar_lr, weight_decay=c.muon_weight_decay,
+                batch_lr_scale=scale * c.init_lr_frac))
         return self.optimizer
 
     def log(self, logs: dict, *args, **kwargs):
@@ -296,27 +258,23 @@ class ChatCoreCallback(TrainerCallback):
     """
 
     def __init__(self, trainer: ChatSFTTrainer):
-        chat_args = trainer.chat_args
-        self.args, self.tokenizer, self.trainer = chat_args, trainer.processing_class, trainer
-        self.tasks = chat_args.chatcore_tasks.split(",")
         from nanochat_hf.evaluation.chat_tasks import OFFLINE_CHAT_DATA
 
-        data = chat_args.chatcore_data
+        self.args, self.tokenizer, self.trainer = trainer.chat_args, trainer.processing_class, trainer
+        self.tasks = self.args.chatcore_tasks.split(",")
         offline = str(OFFLINE_CHAT_DATA) if OFFLINE_CHAT_DATA.is_dir() else None
-        self.data_dir = None if data == "hub" else (data or offline)
-        self.last_step = -1
-        self.pending: dict | None = None
+        self.data_dir = None if self.args.chatcore_data == "hub" else (self.args.chatcore_data or offline)
+        self.last_step, self.pending = -1, None
 
     def evaluate(self, model, step: int) -> dict:
         from nanochat_hf.evaluation.chat_tasks import evaluate_chat_task
 
         model = self.trainer.accelerator.unwrap_model(model)
-        results = {}
         with torch.no_grad():
-            for task in self.tasks:
-                results[task] = evaluate_chat_task(task, model, self.tokenizer, self.data_dir,
-                                                   self.args.chatcore_examples,
-                                                   max_new_tokens=self.args.chatcore_max_new_tokens, progress=False)
+            results = {task: evaluate_chat_task(task, model, self.tokenizer, self.data_dir,
+                                                self.args.chatcore_examples,
+                                                max_new_tokens=self.args.chatcore_max_new_tokens, progress=False)
+                       for task in self.tasks}
         self.last_step = step  # (evaluate_chat_task puts the model back in train mode)
         row = {f"chatcore/{task}": r["accuracy"] for task, r in results.items()}
         row.update({f"chatcore/{task}/tool_calls": r["tool_calls"]
@@ -378,14 +336,14 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
     resume = resume_checkpoint(output_dir, cfg.resume_from_checkpoint)
 
     model, tokenizer = load_model_and_tokenizer(chat_args.model_name_or_path)
-    if getattr(model.config,
-               "max_position_embeddings", None) and cfg.max_length > model.config.max_position_embeddings:
-        print(f"note: max_length {cfg.max_length} > the model's max_position_embeddings "
-              f"{model.config.max_position_embeddings}", file=sys.stderr)
+    max_positions = getattr(model.config, "max_position_embeddings", None)
+    if max_positions and cfg.max_length > max_positions:
+        print(f"note: max_length {cfg.max_length} > the model's max_position_embeddings {max_positions}",
+              file=sys.stderr)
 
     splits = build_mixture(mixture)
-    train_ds, train_stats = tokenize_conversations(splits["train"], tokenizer, cfg.max_length,
-                                                   "train", cfg.dataset_num_proc)
+    train_ds, train_stats = tokenize_conversations(splits["train"], tokenizer, cfg.max_length, "train",
+                                                   cfg.dataset_num_proc)
     eval_ds, eval_stats = None, None
     if len(splits["validation"]):
         eval_ds, eval_stats = tokenize_conversations(splits["validation"], tokenizer, cfg.max_length, "validation",
@@ -418,9 +376,8 @@ def train(chat_args: ChatArguments, cfg: ChatSFTConfig) -> dict:
 
 
 def parse_args(argv: list[str] | None, stage: str | None = None) -> tuple[ChatArguments, ChatSFTConfig]:
-    """`stage` forces --stage (nanochat-hf mid); otherwise --stage, the recipe's `stage:` or sft."""
-    from nanochat_hf.recipe import parse_stage_args  # YAML `--config` + flag overrides, the TRL way
-
+    """YAML `--config` + flag overrides, the TRL way. `stage` forces --stage (nanochat-hf mid); otherwise --stage,
+    the recipe's `stage:` or sft."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if stage and not any(a == "--stage" or a.startswith("--stage=") for a in argv):
         argv = ["--stage", stage, *argv]
