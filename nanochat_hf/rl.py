@@ -36,50 +36,47 @@ from trl import GRPOConfig
 from nanochat_hf.checkpoints import AtomicCheckpoints, checkpoint_step, resume_checkpoint
 from nanochat_hf.errors import ensure_writable, run_main, writing
 from nanochat_hf.extras import require
+from nanochat_hf.recipe import arg, parse_stage_args
 from nanochat_hf.runlog import RunLogCallback
-
-
-def _arg(default, help: str):
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class RLArguments:
     """Our flags; everything else is TRL's GRPOConfig (output_dir, max_steps, learning_rate, ...)."""
 
-    model_name_or_path: str | None = _arg(None, "SFT model folder or Hub id (required)")
-    tokenizer_name_or_path: str | None = _arg(None, "tokenizer (default: the model's)")
+    model_name_or_path: str | None = arg(None, "SFT model folder or Hub id (required)")
+    tokenizer_name_or_path: str | None = arg(None, "tokenizer (default: the model's)")
     # data
-    dataset_name: str = _arg("synthetic", "'synthetic' (offline arithmetic), a Hub id such as openai/gsm8k, or a "
+    dataset_name: str = arg("synthetic", "'synthetic' (offline arithmetic), a Hub id such as openai/gsm8k, or a "
                              "local jsonl/parquet file or folder with GSM8K's `question` and `answer` columns")
-    dataset_config: str | None = _arg("main", "Hub config / subfolder (GSM8K: main)")
-    dataset_train_split: str = _arg("train", "split with the training questions")
-    dataset_test_split: str = _arg("test", "split with the held-out questions (pass@k)")
-    max_train_examples: int = _arg(-1, "use only the first N training questions (-1: all)")
-    synthetic_train_size: int = _arg(4000, "synthetic: number of training problems")
-    synthetic_test_size: int = _arg(200, "synthetic: number of held-out problems")
-    synthetic_max_operand: int = _arg(999, "synthetic: largest number in a problem")
-    synthetic_seed: int = _arg(200_000, "synthetic: seed of the first training problem (far from the seeds "
+    dataset_config: str | None = arg("main", "Hub config / subfolder (GSM8K: main)")
+    dataset_train_split: str = arg("train", "split with the training questions")
+    dataset_test_split: str = arg("test", "split with the held-out questions (pass@k)")
+    max_train_examples: int = arg(-1, "use only the first N training questions (-1: all)")
+    synthetic_train_size: int = arg(4000, "synthetic: number of training problems")
+    synthetic_test_size: int = arg(200, "synthetic: number of held-out problems")
+    synthetic_max_operand: int = arg(999, "synthetic: largest number in a problem")
+    synthetic_seed: int = arg(200_000, "synthetic: seed of the first training problem (far from the seeds "
                                         "mid/SFT draw from)")
     # reward and rollouts
     reward_funcs: list[str] = field(default_factory=lambda: ["correctness"], metadata={
         "help": "reward functions of nanochat_hf.rewards: correctness, correctness_last_number, format "
                 "(weights: GRPOConfig's reward_weights)"})
-    use_calculator: bool = _arg(True, "run the calculator tool inside rollouts (nanochat's Engine); false: plain "
+    use_calculator: bool = arg(True, "run the calculator tool inside rollouts (nanochat's Engine); false: plain "
                                       "TRL generation")
     # periodic pass@k on held-out questions (nanochat: every 60 steps, 400 questions, k up to 8)
-    eval_every: int = _arg(60, "measure pass@k every N steps (and at 0 and the end); <=0: never")
-    eval_examples: int = _arg(400, "held-out questions per pass@k measurement")
-    pass_k: int = _arg(8, "samples per held-out question: logs pass@1..pass@k")
-    eval_temperature: float = _arg(1.0, "sampling temperature of the pass@k samples")
+    eval_every: int = arg(60, "measure pass@k every N steps (and at 0 and the end); <=0: never")
+    eval_examples: int = arg(400, "held-out questions per pass@k measurement")
+    pass_k: int = arg(8, "samples per held-out question: logs pass@1..pass@k")
+    eval_temperature: float = arg(1.0, "sampling temperature of the pass@k samples")
     # optimizer: TRL's AdamW (learning_rate, lr_scheduler_type) or nanochat's Muon + AdamW groups
-    optimizer: str = _arg("adamw", "'adamw' (TRL's, learning_rate + lr_scheduler_type) or 'nanochat' (Muon for "
+    optimizer: str = arg("adamw", "'adamw' (TRL's, learning_rate + lr_scheduler_type) or 'nanochat' (Muon for "
                                    "matrices, AdamW elsewhere, lrs below times init_lr_frac, linear decay to 0)")
-    embedding_lr: float = _arg(0.2, "nanochat optimizer: embedding lr (AdamW)")
-    unembedding_lr: float = _arg(0.004, "nanochat optimizer: lm_head lr (AdamW)")
-    matrix_lr: float = _arg(0.02, "nanochat optimizer: block matrices lr (Muon)")
-    scalar_lr: float = _arg(0.5, "nanochat optimizer: scalars lr (AdamW)")
-    init_lr_frac: float = _arg(0.05, "nanochat optimizer: start at this fraction of the lrs")
+    embedding_lr: float = arg(0.2, "nanochat optimizer: embedding lr (AdamW)")
+    unembedding_lr: float = arg(0.004, "nanochat optimizer: lm_head lr (AdamW)")
+    matrix_lr: float = arg(0.02, "nanochat optimizer: block matrices lr (Muon)")
+    scalar_lr: float = arg(0.5, "nanochat optimizer: scalars lr (AdamW)")
+    init_lr_frac: float = arg(0.05, "nanochat optimizer: start at this fraction of the lrs")
 
 
 @dataclass
@@ -97,8 +94,6 @@ class RLConfig(GRPOConfig):
 
 
 def parse_args(argv: list[str]):
-    from nanochat_hf.recipe import parse_stage_args  # YAML `--config` + flag overrides, the TRL way
-
     return parse_stage_args((RLArguments, RLConfig), argv)
 
 
