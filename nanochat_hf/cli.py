@@ -25,7 +25,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "sft": ("nanochat_hf.sft:main", "supervised fine-tuning with TRL SFTTrainer"),
     "rl": ("nanochat_hf.rl:main", "reinforcement learning on GSM8K with TRL GRPOTrainer"),
     "eval": ("nanochat_hf.evaluation.run:main", "CORE / ChatCORE / bpb evaluation (lighteval tasks)"),
-    "chat": ("nanochat_hf.chat:main", "chat with a model in the terminal"),
+    "chat": ("nanochat_hf.chat_cli:main", "chat with a model in the terminal"),
     "serve": ("nanochat_hf.serve:main", "web chat + TGI- and OpenAI-compatible API server"),
     "report": ("nanochat_hf.report:main", "write the report card (report.md + plots) of a run"),
     "push": ("nanochat_hf.hub:main", "push a stage's model folder to the Hugging Face Hub with a model card"),

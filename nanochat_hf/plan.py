@@ -280,7 +280,7 @@ def rl_stage(recipe: str, world: int, vocab_size: int | None = None, base_model=
                      note=f"{sequences // cfg.num_generations} questions x {cfg.num_generations} samples per step")
 
 
-STAGE_OF = {"mid": chat_stage, "sft": chat_stage, "grpo": rl_stage}
+STAGE_OF = {"mid": chat_stage, "sft": chat_stage, "rl": rl_stage}
 
 
 def stage_of_file(path: str) -> str:
@@ -290,7 +290,7 @@ def stage_of_file(path: str) -> str:
     if name in STAGE_OF:
         return name
     raise PlanError(f"{path}: cannot tell the stage from the file name "
-                    "(pretrain*.yaml, mid.yaml, sft.yaml, grpo.yaml)")
+                    "(pretrain*.yaml, mid.yaml, sft.yaml, rl.yaml)")
 
 
 def plan_recipe(path: str, world: int, vocab_size: int | None = None, base_model=None):
@@ -310,7 +310,7 @@ def plan_preset(preset: str, world: int) -> list[StagePlan]:
     p = PRESETS[preset]
     folder = RECIPES_DIR / p.recipe_dir
     pre, model = pretrain_stage(str(folder / "pretrain.yaml"), world, p.vocab_size, p.overrides.get("pretrain"))
-    chat = [STAGE_OF[name](str(folder / f"{name}.yaml"), world, p.vocab_size, model) for name in CHAT_STAGES.values()]
+    chat = [STAGE_OF[name](str(folder / f"{name}.yaml"), world, p.vocab_size, model) for name in CHAT_STAGES]
     return [pre, *chat]
 
 
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="a speedrun preset: every training stage of its recipes (d20..d32, tiny)")
-    src.add_argument("--config", help="one recipe (stage from its name: pretrain*, mid, sft, grpo)")
+    src.add_argument("--config", help="one recipe (stage from its name: pretrain*, mid, sft, rl)")
     parser.add_argument("--num-gpus", type=int, default=None,
                        help="processes (default: the accelerate config's, else 8)")
     parser.add_argument("--accelerate-config", default=None, help="launcher config: checked, and sets GPUs / FSDP2")

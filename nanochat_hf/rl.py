@@ -1,7 +1,7 @@
 """Reinforcement learning on GSM8K with TRL's GRPOTrainer: nanochat's `chat_rl`, on the HF stack.
 
-    accelerate launch -m nanochat_hf.rl --config recipes/d20/grpo.yaml --model_name_or_path runs/d20/sft
-    nanochat-hf rl --config recipes/tiny/grpo.yaml --model_name_or_path runs/tiny/sft --output_dir runs/tiny/rl
+    accelerate launch -m nanochat_hf.rl --config recipes/d20/rl.yaml --model_name_or_path runs/d20/sft
+    nanochat-hf rl --config recipes/tiny/rl.yaml --model_name_or_path runs/tiny/sft --output_dir runs/tiny/rl
 
 Every key of the YAML is also a flag (`--max_steps 2`, `--num_generations 8`, `--use_vllm true`).
 
@@ -381,7 +381,7 @@ def rl_lr_multiplier(step: int, num_steps: int, warmup_steps: int = 0) -> float:
 
     The warmup matters on a small model: Adam's first, bias-corrected steps are full-size sign steps
     whatever the gradient's noise, and without it the tiny model loses 0.15 greedy accuracy in the
-    first 10 steps before RL's signal wins it back (recipes/tiny/grpo.yaml).
+    first 10 steps before RL's signal wins it back (recipes/tiny/rl.yaml).
     """
     warm = min(1.0, (step + 1) / (warmup_steps + 1)) if warmup_steps > 0 else 1.0
     return warm * max(0.0, 1.0 - step / num_steps)

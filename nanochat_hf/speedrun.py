@@ -34,7 +34,7 @@ from nanochat_hf.checkpoints import latest_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RECIPES_DIR = REPO_ROOT / "recipes"
-CHAT_STAGES = {"mid": "mid", "sft": "sft", "rl": "grpo"}  # stage -> its recipe
+CHAT_STAGES = ("mid", "sft", "rl")  # each runs nanochat_hf.<sft|rl> with recipes/<tier>/<stage>.yaml
 RESUME = ("--resume_from_checkpoint", "latest")  # every training stage's flag (nanochat_hf.checkpoints)
 OFFLINE_EVAL_DATA = Path(__file__).resolve().parent / "evaluation" / "data"
 TOKENIZER_SHARDS = 8  # the Hub shards (~2B characters) the tokenizer trains on; the rest download behind it
@@ -275,11 +275,11 @@ class Speedrun:
                     output=base, resume=RESUME)
         yield self._eval_stage("base_eval", base, p.base_tasks, "base", p.eval_max_per_task)
         previous = base
-        for stage, recipe in CHAT_STAGES.items():
+        for stage in CHAT_STAGES:
             out = run / stage
             module = "nanochat_hf.rl" if stage == "rl" else "nanochat_hf.sft"
             yield Stage(stage, [
-                self.python_module(module, ["--config", self.recipe(recipe), "--model_name_or_path", str(previous),
+                self.python_module(module, ["--config", self.recipe(stage), "--model_name_or_path", str(previous),
                                             "--output_dir", str(out), *p.overrides.get(stage, [])], distributed=True),
             ], output=out, resume=RESUME)
             previous = out

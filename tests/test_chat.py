@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from nanochat_hf import chat
+from nanochat_hf import chat_cli as chat
 from nanochat_hf.engine import load_engine
 from nanochat_hf.rendering import ChatRenderer, parse_assistant
 

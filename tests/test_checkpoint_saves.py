@@ -51,7 +51,7 @@ def sft_argv(model, out, *extra):
 
 
 def rl_argv(model, out, *extra):
-    return ["--config", str(REPO / "recipes/tiny/grpo.yaml"), "--model_name_or_path", str(model),
+    return ["--config", str(REPO / "recipes/tiny/rl.yaml"), "--model_name_or_path", str(model),
             "--output_dir", str(out), "--synthetic_train_size", "64", "--synthetic_test_size", "4",
             "--max_steps", "6", "--save_steps", "2", "--num_generations", "4", "--per_device_train_batch_size", "4",
             "--max_completion_length", "8", "--eval_every", "0", "--dataloader_num_workers", "0",

@@ -35,7 +35,7 @@ def test_fp8_without_torchao_names_the_gpu_extra(tiny_tokenizer_dir, tmp_path, c
 
 def test_vllm_without_vllm_names_the_vllm_extra(tmp_path, capsys, hide):
     hide("vllm")
-    recipe = str(REPO / "recipes" / "tiny" / "grpo.yaml")
+    recipe = str(REPO / "recipes" / "tiny" / "rl.yaml")
     assert rl_main(["--config", recipe, "--model_name_or_path", str(tmp_path / "any"), "--output_dir", str(tmp_path),
                     "--use_vllm", "true"]) == 2
     err = capsys.readouterr().err.strip()

@@ -102,7 +102,7 @@ ALL_RECIPES = sorted(p for p in RECIPES.glob("*/*.yaml") if p.parent.name != "ac
 def test_every_recipe_parses_and_plans(recipe):
     world = 1 if recipe.parent.name in ("tiny", "d12") else 8
     stage, _ = plan.plan_recipe(str(recipe), world, _tier_vocab(recipe))
-    assert stage.stage == plan.stage_of_file(str(recipe)).replace("grpo", "rl")
+    assert stage.stage == plan.stage_of_file(str(recipe))
     assert stage.params > 0 and stage.flops_per_token > 0
     assert stage.steps is not None and stage.steps > 0 and stage.tokens > 0
     assert stage.rows_per_step == stage.device_batch * stage.accum * world
@@ -202,7 +202,7 @@ def test_chat_stages_count_the_mixture_and_one_epoch_of_gsm8k():
     # SmolTalk 460K + MMLU 99,842 + GSM8K 7,473 + identity (56 shipped) x 2 + spelling 200K + 80K
     assert mid.note == "847,427 conversations per epoch"
     assert (mid.rows_per_step, mid.total_batch, mid.steps) == (256, 524_288, math.ceil(847_427 / 256))
-    rl = plan.rl_stage(str(RECIPES / "d24" / "grpo.yaml"), 8, 32768)
+    rl = plan.rl_stage(str(RECIPES / "d24" / "rl.yaml"), 8, 32768)
     # 8 rows x 8 GPUs x 4 accumulation = 256 completions = 16 GSM8K questions x 16 samples per step
     assert rl.note.startswith("16 questions x 16 samples") and rl.steps == math.ceil(7_473 / 16)
 

@@ -216,7 +216,7 @@ def sft(topology, mid):
 def rl(topology, sft):
     out = sft.out.parent / "rl"
     # 2 ranks x 2 rows x 2 accumulation = 8 completions a step: 2 questions x 4 samples of 16 tokens.
-    args = ["--config", RECIPES / "grpo.yaml", "--model_name_or_path", sft.out, "--output_dir", out,
+    args = ["--config", RECIPES / "rl.yaml", "--model_name_or_path", sft.out, "--output_dir", out,
             "--dataset_name", "synthetic", "--synthetic_train_size", "16", "--synthetic_test_size", "2",
             "--max_steps", "2", "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "2",
             "--num_generations", "4", "--max_completion_length", "16", "--eval_examples", "2",
@@ -251,7 +251,7 @@ def test_grpo(rl, topology):
     rows = read_jsonl(rl.out / "logs" / "rl.jsonl")
     steps = [r for r in rows if "reward" in r]
     assert [r["step"] for r in steps] == [1, 2]
-    # nanochat's optimizer and schedule (grpo.yaml: optimizer nanochat, lr decaying linearly to 0 over the run).
+    # nanochat's optimizer and schedule (rl.yaml: optimizer nanochat, lr decaying linearly to 0 over the run).
     assert steps[1]["learning_rate"] == pytest.approx(steps[0]["learning_rate"] / 2)
     assert [r["step"] for r in rows if "pass@1" in r] == [0, 2]
     assert_loads_as_trained(rl.out)

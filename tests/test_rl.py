@@ -256,7 +256,7 @@ def test_vllm_rollout_stops_at_the_completion_budget(tiny_tokenizer_dir):
 
 
 def _rl_argv(model_dir, out_dir, *extra):
-    return ["--config", str(REPO / "recipes/tiny/grpo.yaml"), "--model_name_or_path", str(model_dir),
+    return ["--config", str(REPO / "recipes/tiny/rl.yaml"), "--model_name_or_path", str(model_dir),
             "--output_dir", str(out_dir), "--synthetic_max_operand", str(MAX_OPERAND),
             "--synthetic_train_size", "400", "--synthetic_test_size", "16", "--eval_examples", "16",
             "--max_completion_length", "64", "--dataloader_num_workers", "0", *extra]
@@ -327,7 +327,7 @@ def test_kill_and_resume_matches_the_uninterrupted_run(sft_model_dir, tmp_path, 
 
 @pytest.mark.parametrize("tier", ["tiny", "d20", "d24", "d26", "d32"])
 def test_recipes_hold_nanochats_objective(tier):
-    args, config = parse_args(["--config", str(REPO / f"recipes/{tier}/grpo.yaml"), "--bf16",
+    args, config = parse_args(["--config", str(REPO / f"recipes/{tier}/rl.yaml"), "--bf16",
                                "false", "--use_cpu", "true"])
     assert (config.beta, config.num_iterations, config.loss_type, config.scale_rewards) == (0.0, 1, "dapo", "none")
     assert (config.temperature, config.top_k) == (1.0, 50)
@@ -343,18 +343,18 @@ def test_gpu_recipes_parse_on_a_machine_without_gpu():
     so a `--multi_gpu` CPU launch is one gloo group (the GPU-tier rehearsal, tests/test_rehearsal.py)."""
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: the recipes run on it")
-    _, config = parse_args(["--config", str(REPO / "recipes/d20/grpo.yaml")])
+    _, config = parse_args(["--config", str(REPO / "recipes/d20/rl.yaml")])
     assert config.use_cpu and config.bf16
 
 
 def test_every_flag_overrides_the_recipe():
-    args, config = parse_args(["--config", str(REPO / "recipes/tiny/grpo.yaml"), "--max_steps", "3",
+    args, config = parse_args(["--config", str(REPO / "recipes/tiny/rl.yaml"), "--max_steps", "3",
                                "--pass_k", "2", "--reward_funcs", "correctness", "format"])
     assert config.max_steps == 3 and args.pass_k == 2 and args.reward_funcs == ["correctness", "format"]
 
 
 def test_bad_input_is_one_line_error(tmp_path, sft_model_dir, capsys):
-    recipe = str(REPO / "recipes/tiny/grpo.yaml")
+    recipe = str(REPO / "recipes/tiny/rl.yaml")
     assert main(["--config", recipe, "--model_name_or_path", str(tmp_path / "nope"),
                  "--output_dir", str(tmp_path)]) == 2
     assert "no config.json" in capsys.readouterr().err
@@ -370,10 +370,10 @@ def test_rl_horizon_follows_the_data_when_max_steps_is_unset():
     """max_steps <= 0: as nanochat, (questions // questions per step) * epochs, so the lr decay ends with the data."""
     from nanochat_hf.rl import rl_horizon
 
-    recipe = ["--config", str(REPO / "recipes/tiny/grpo.yaml")]
+    recipe = ["--config", str(REPO / "recipes/tiny/rl.yaml")]
     _, config = parse_args([*recipe, "--max_steps", "-1", "--num_train_epochs", "1"])  # 32 samples / 8 each
     assert rl_horizon(config, 2000) == 500  # 4 questions per step
-    _, config = parse_args(["--config", str(REPO / "recipes/d20/grpo.yaml"), "--bf16", "false", "--use_cpu", "true"])
+    _, config = parse_args(["--config", str(REPO / "recipes/d20/rl.yaml"), "--bf16", "false", "--use_cpu", "true"])
     # GSM8K's 7473 training questions; one process takes 2 per step (on 8 GPUs: 16 per step, 467 steps)
     assert config.generation_batch_size // config.num_generations == 2 and rl_horizon(config, 7473) == 3736
     _, config = parse_args([*recipe, "--max_steps", "0", "--num_train_epochs", "2",
