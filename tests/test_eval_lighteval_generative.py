@@ -210,3 +210,13 @@ def test_lighteval_task_names_are_eval_task_names(offline_rows, tmp_path, monkey
         ["GSM8K", "ARC-Easy", "HumanEval", "copa"]
     assert lt.chat_generative_prompt_fn({"idx": 1}, "chat_GSM8K|0").specific == \
         lt.chat_generative_prompt_fn({"idx": 1}, "chat_gsm8k|0").specific
+
+
+def test_a_wrong_bundle_folder_names_the_environment_variable(monkeypatch, tmp_path):
+    """lighteval has no --bundle flag: the one-line error names the variable the task module reads."""
+    monkeypatch.setenv("NANOCHAT_HF_EVAL_BUNDLE", str(BUNDLE))
+    from nanochat_hf.evaluation import lighteval_tasks
+
+    monkeypatch.setenv("NANOCHAT_HF_EVAL_BUNDLE", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} is not a CORE eval bundle.*NANOCHAT_HF_EVAL_BUNDLE=DIR"):
+        lighteval_tasks._bundle()

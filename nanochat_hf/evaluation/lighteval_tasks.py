@@ -49,7 +49,10 @@ TASK_PREFIX = "core_"
 
 
 def _bundle() -> Path:
-    return core.resolve_bundle(os.environ.get("NANOCHAT_HF_EVAL_BUNDLE") or None)
+    try:
+        return core.resolve_bundle(os.environ.get("NANOCHAT_HF_EVAL_BUNDLE") or None)
+    except FileNotFoundError as err:  # lighteval has no --bundle: the fix is the environment variable
+        raise FileNotFoundError(f"{err}; under lighteval set NANOCHAT_HF_EVAL_BUNDLE=DIR instead") from None
 
 
 def _max_per_task() -> int:
