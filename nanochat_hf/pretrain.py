@@ -513,7 +513,8 @@ class PretrainRun:
             # Samples (every rank generates: a sharded FSDP model needs all of them). Eager, not compiled: each
             # generated length is a new shape, which the compiled forward would recompile for.
             unwrapped = acc.unwrap_model(self.model, keep_torch_compile=False)
-            for prompt, completion in sample(unwrapped, self.tokenizer, self.cfg.sample_max_tokens, acc.device):
+            continuations = greedy_continuations(unwrapped, self.tokenizer, self.cfg.sample_max_tokens, acc.device)
+            for prompt, completion in continuations:
                 self.log.write(event="sample", step=p.step, prompt=prompt, completion=completion)
                 self.say(f"{prompt!r} -> {completion!r}")
             save_final(acc, self.model, self.tokenizer, self.output_dir)
@@ -536,7 +537,7 @@ def train(cfg: PretrainConfig) -> dict:
 
 
 @torch.no_grad()
-def sample(model, tokenizer, max_tokens: int, device) -> list[tuple[str, str]]:
+def greedy_continuations(model, tokenizer, max_tokens: int, device) -> list[tuple[str, str]]:
     """Greedy continuations of nanochat's fixed prompts (BOS-prefixed, like training rows)."""
     was_training = model.training
     model.eval()
