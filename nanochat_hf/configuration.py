@@ -177,8 +177,10 @@ class NanoChatConfig(PretrainedConfig):
         width = math.ceil(depth * aspect_ratio / head_dim) * head_dim
         heads = width // head_dim
         kwargs.setdefault("num_key_value_heads", heads)
-        target = cls if cls is not NanoChatClassicConfig else NanoChatConfig
-        target = NanoChatClassicConfig if arch == "classic" else target
+        if arch == "classic":
+            target = NanoChatClassicConfig
+        else:
+            target = cls if cls is not NanoChatClassicConfig else NanoChatConfig
         return target(arch=arch, vocab_size=vocab_size, hidden_size=width, intermediate_size=4 * width,
                       num_hidden_layers=depth, num_attention_heads=heads, head_dim=head_dim,
                       max_position_embeddings=max_position_embeddings, **kwargs)

@@ -183,10 +183,14 @@ def sample_with_tools(engine, prompt_tokens: list[int], num_samples: int, max_to
         prompt_tokens, num_samples=num_samples, max_tokens=max_tokens, temperature=temperature,
         top_k=top_k or None, top_p=top_p if top_p is not None and top_p < 1.0 else None, seed=seed)
     end = engine.tokenizer.convert_tokens_to_ids("<|assistant_end|>")
-    n = len(prompt_tokens)
-    stopped = [len(seq) - n < max_tokens for seq in sequences]
-    return ([seq[n:] + [end] * s for seq, s in zip(sequences, stopped)],
-            [mask[n:] + [1] * s for mask, s in zip(masks, stopped)])
+    out_ids, out_masks = [], []
+    for seq, mask in zip(sequences, masks):
+        ids, m = seq[len(prompt_tokens):], mask[len(prompt_tokens):]
+        if len(ids) < max_tokens:  # stopped on its own
+            ids, m = ids + [end], m + [1]
+        out_ids.append(ids)
+        out_masks.append(m)
+    return out_ids, out_masks
 
 
 def make_rollout_func():
