@@ -110,6 +110,16 @@ class Stage:
     background: bool = False  # its last command runs on behind the next stage, which it must end before
 
 
+def _check_trackers(report_to: str) -> None:
+    """A misspelt tracker fails now, in one line, not in pretraining after the tokenizer has trained."""
+    from accelerate.utils import LoggerType
+
+    known = ["none", *(t.value for t in LoggerType)]
+    unknown = [t for t in (s.strip() for s in report_to.split(",")) if t and t not in known]
+    if unknown:
+        raise ValueError(f"--report-to {report_to!r}: unknown tracker(s) {unknown}; choose from {', '.join(known)}")
+
+
 def _die_with_parent(parent: int):
     """For Linux stage processes: the kernel SIGKILLs the stage when the speedrun dies, so a killed
     speedrun never leaves a stage writing into the run folder that its re-run is about to use."""
@@ -136,6 +146,8 @@ class Speedrun:
         # GPU tiers pretrain on the Hub shards (nanochat's default, ClimbMix) unless told otherwise.
         self.data = data or ("climbmix" if self.preset.gpu else None)
         self.push_to_hub, self.dry_run, self.report_to = push_to_hub, dry_run, report_to
+        if report_to:
+            _check_trackers(report_to)
         self.state_path = run_dir / "stages.json"
         # Offline CPU tiers evaluate on the shipped data; GPU tiers on the DCLM bundle and the Hub datasets.
         self.eval_bundle = None if self.preset.gpu else OFFLINE_EVAL_DATA / "eval_bundle_mini"

@@ -46,3 +46,13 @@ def test_a_failed_background_stage_stops_the_run_before_the_next_stage(tmp_path)
     assert order.read_text() == "tokenizer;all-shards;"
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())["stages"]
     assert stages["data"]["status"] == "failed (exit 3)" and "pretrain" not in stages
+
+
+def test_report_to_goes_to_pretraining_only_and_a_misspelt_tracker_is_refused_up_front(tmp_path):
+    run = Speedrun("tiny", tmp_path / "run", 1, None, None, dry_run=True, report_to="wandb,tensorboard")
+    commands = {stage.name: stage.commands[-1] for stage in run.stages()}
+    assert "--report_to" in commands["pretrain"]
+    assert commands["pretrain"][commands["pretrain"].index("--report_to") + 1] == "wandb,tensorboard"
+    assert all("--report_to" not in cmd for name, cmd in commands.items() if name != "pretrain")
+    with pytest.raises(ValueError, match=r"unknown tracker\(s\) \['wandbb'\]; choose from none, all, aim"):
+        Speedrun("tiny", tmp_path / "run", 1, None, None, dry_run=True, report_to="wandbb")
