@@ -60,8 +60,8 @@ class ChatArguments:
 
     stage: str = arg("sft", "mid or sft: picks the schedule defaults and the log name")
     model_name_or_path: str = arg("runs/tiny/base", "base (or mid) checkpoint folder or Hub id")
-    mixture: str = arg("synthetic", "data: a preset (synthetic, nanochat_mid, nanochat_sft), a YAML file, or (in a "
-                       "recipe) an inline mapping")
+    mixture: str = arg("synthetic", "data: a named mixture (synthetic, nanochat_mid, nanochat_sft), a YAML file, "
+                       "or (in a recipe) an inline mapping")
     optimizer: str = arg("nanochat", "nanochat (Muon + AdamW groups) or trainer (SFTConfig.optim)")
     embedding_lr: float = 0.3
     unembedding_lr: float = 0.004

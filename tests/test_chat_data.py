@@ -174,9 +174,9 @@ def test_mixture_sizes_repeats_and_validation():
     # The YAML text of a recipe parses the same.
     yaml_text = "train:\n  - {source: arithmetic, size: 20}\nvalidation:\n  - {source: arithmetic, size: 20}\n"
     assert cd.build_mixture(yaml_text)["train"]["messages"] == splits["train"]["messages"]
-    assert set(cd.PRESETS) >= {"synthetic", "nanochat_mid", "nanochat_sft"}
+    assert set(cd.MIXTURES) >= {"synthetic", "nanochat_mid", "nanochat_sft"}
     for bad, msg in [({"train": [{"source": "nope"}]}, "unknown source"), ({"train": []}, "non-empty 'train'"),
-                     ({"train": ["arithmetic"], "val_fraction": 1.5}, "val_fraction"), ("no_such_preset", "preset")]:
+                     ({"train": ["arithmetic"], "val_fraction": 1.5}, "val_fraction"), ("no_such_mixture", "named mixture")]:
         with pytest.raises(ValueError, match=msg):
             cd.build_mixture(bad)
 

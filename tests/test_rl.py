@@ -290,6 +290,11 @@ def test_grpo_raises_the_reward_of_an_sft_model(sft_model_dir, tmp_path):
     assert all(0 <= row["pass@1"] <= row["pass@2"] <= 1 for row in passk)
     assert all(row["pass@k/n"] == 64 for row in passk)  # questions measured: the report card's noise band
     assert any("rewards/correctness_reward/mean" in row for row in log)
+    # The Trainer's linear schedule drives nanochat's optimizer: up over the 10 warmup steps, then down to 0.
+    lrs = [row["learning_rate"] for row in log if "reward" in row]
+    peak = lrs.index(max(lrs))
+    assert 8 <= peak <= 10 and lrs[:peak] == sorted(lrs[:peak]), lrs
+    assert lrs[peak:] == sorted(lrs[peak:], reverse=True) and lrs[-1] < 0.1 * lrs[peak], lrs
     # A Hub-ready folder that loads without nanochat_hf-specific steps.
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "generation_config.json", "README.md"):
@@ -384,10 +389,25 @@ def test_rl_horizon_follows_the_data_when_max_steps_is_unset():
     assert rl_horizon(config, 2000) == 120  # an explicit max_steps (the recipe's) wins
 
 
-def test_rl_lr_warms_up_then_decays_to_zero():
-    from nanochat_hf.rl import rl_lr_multiplier
+def test_rl_accuracy_benchmark_counts_greedy_and_sampled_answers(sft_model_dir, monkeypatch):
+    """benchmarks/rl_accuracy.py, which measures docs/rl.md's table: the held-out rows, scored by RL's reward."""
+    import importlib.util
 
-    assert [rl_lr_multiplier(s, 100) for s in (0, 50, 100)] == [1.0, 0.5, 0.0]  # nanochat: no warmup
-    warm = [rl_lr_multiplier(s, 100, warmup_steps=4) for s in range(6)]
-    assert warm[0] == pytest.approx(0.2) and warm[3] == pytest.approx(0.8 * 0.97)
-    assert warm == sorted(warm[:5]) + warm[5:] and warm[4] == pytest.approx(0.96)  # rises to the decay line
+    from nanochat_hf.synthetic_tasks import VAL_SEED_OFFSET
+
+    spec = importlib.util.spec_from_file_location("rl_accuracy", REPO / "benchmarks" / "rl_accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = synthetic_rows(4, seed=VAL_SEED_OFFSET, max_operand=MAX_OPERAND)
+    greedy, pass1 = bench.accuracy(str(sft_model_dir), rows, samples=3)
+    assert greedy * 4 == round(greedy * 4) and pass1 * 12 == pytest.approx(round(pass1 * 12))
+    # A sample is counted right exactly when its `#### N` is the reference's: all right, then all wrong.
+    reference = {row["question"]: row["answer"].split("####")[1].strip() for row in rows}
+    for right in (True, False):
+        def fake(engine, tokens, n, *args, right=right):
+            question = engine.tokenizer.decode(tokens)
+            number = next(v for q, v in reference.items() if q in question) if right else "99999"
+            return [engine.tokenizer.encode(f"So #### {number}", add_special_tokens=False)] * n, None
+
+        monkeypatch.setattr(bench, "sample_with_tools", fake)
+        assert bench.accuracy(str(sft_model_dir), rows, samples=3) == (float(right), float(right))
