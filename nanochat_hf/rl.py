@@ -13,8 +13,8 @@ one of GRPOConfig's knobs (set in the recipes):
   advantage = reward - group mean         scale_rewards: none
   16 samples per question, 256 tokens     num_generations: 16, max_completion_length: 256
   temperature 1.0, top-k 50               temperature: 1.0, top_k: 50
-  lr = 5% of base, linear decay to 0      init_lr_frac: 0.05 (nanochat optimizer) / learning_rate, and the
-                                          Trainer's own schedule, lr_scheduler_type: linear (the default)
+  lr = 5% of base, linear decay to 0      init_lr_frac: 0.05 (nanochat optimizer) / learning_rate,
+                                          lr_scheduler_type: linear
 
 Rollouts run the calculator as SFT taught it (our Engine, or TRL's vLLM in turns, through TRL's `rollout_func`)
 and return its forced output as `env_mask = 0`: the model is never trained to "predict" tool output. TRL's
@@ -69,9 +69,9 @@ class RLArguments:
     eval_examples: int = arg(400, "held-out questions per pass@k measurement")
     pass_k: int = arg(8, "samples per held-out question: logs pass@1..pass@k")
     eval_temperature: float = arg(1.0, "sampling temperature of the pass@k samples")
-    # optimizer: TRL's AdamW (learning_rate) or nanochat's Muon + AdamW groups; the Trainer's schedule for both
-    optimizer: str = arg("adamw", "'adamw' (TRL's, learning_rate) or 'nanochat' (Muon for matrices, AdamW "
-                                   "elsewhere, lrs below times init_lr_frac); both follow lr_scheduler_type")
+    # optimizer: TRL's AdamW (learning_rate, lr_scheduler_type) or nanochat's Muon + AdamW groups
+    optimizer: str = arg("adamw", "'adamw' (TRL's, learning_rate + lr_scheduler_type) or 'nanochat' (Muon for "
+                                   "matrices, AdamW elsewhere, lrs below times init_lr_frac, linear decay to 0)")
     embedding_lr: float = arg(0.2, "nanochat optimizer: embedding lr (AdamW)")
     unembedding_lr: float = arg(0.004, "nanochat optimizer: lm_head lr (AdamW)")
     matrix_lr: float = arg(0.02, "nanochat optimizer: block matrices lr (Muon)")
@@ -380,9 +380,22 @@ def rl_horizon(config, num_questions: int) -> int:
     return max(1, int(num_questions // questions_per_step * config.num_train_epochs))
 
 
+def rl_lr_multiplier(step: int, num_steps: int, warmup_steps: int = 0) -> float:
+    """nanochat's linear decay to 0 over the run, after an optional linear warmup (`warmup_steps`).
+
+    The warmup matters on a small model: Adam's first, bias-corrected steps are full-size sign steps
+    whatever the gradient's noise, and without it the tiny model loses 0.15 greedy accuracy in the
+    first 10 steps before RL's signal wins it back (recipes/tiny/rl.yaml). Why not the Trainer's own
+    `linear` schedule: its warmup ends at the full lr and its decay starts from there (~9% more lr
+    than nanochat's line for the rest of the run), and on the tiny model that cost RL its gain
+    (docs/rl.md#the-learning-rate-schedule); with no warmup the two are the same.
+    """
+    warm = min(1.0, (step + 1) / (warmup_steps + 1)) if warmup_steps > 0 else 1.0
+    return warm * max(0.0, 1.0 - step / num_steps)
+
+
 def build_nanochat_optimizer(model, args: RLArguments):
-    """nanochat's chat_rl optimizer: Muon + AdamW groups at init_lr_frac of their lrs. The Trainer's linear
-    schedule (lr_scheduler_type, warmup_steps) scales every group, as nanochat's lrm does."""
+    """nanochat's chat_rl optimizer: Muon + AdamW groups at init_lr_frac of their lrs (decayed by the scheduler)."""
     from nanochat_hf.optim import build_optimizer
 
     # init_lr_frac scales EVERY group, as nanochat's chat_rl does (the smear/backout scalars have a fixed
@@ -393,8 +406,7 @@ def build_nanochat_optimizer(model, args: RLArguments):
 
 
 def _trainer_class(args: RLArguments):
-    """GRPOTrainer with atomic checkpoints, whose optimizer is nanochat's when `optimizer: nanochat` (the
-    Trainer's own scheduler drives it: with no warmup, `linear` is nanochat's 1 - step / steps).
+    """GRPOTrainer with atomic checkpoints, whose optimizer is nanochat's when `optimizer: nanochat`.
 
     Built by the Trainer (create_optimizer), not handed in through `optimizers=`: under FSDP the Trainer
     refuses a ready optimizer, and the optimizer must see the sharded parameters, which exist only
@@ -407,6 +419,13 @@ def _trainer_class(args: RLArguments):
             if args.optimizer == "nanochat" and self.optimizer is None:
                 self.optimizer = build_nanochat_optimizer(model or self.model, args)
             return super().create_optimizer(model)
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            if args.optimizer == "nanochat" and self.lr_scheduler is None:
+                warmup = self.args.get_warmup_steps(num_training_steps)
+                self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer or self.optimizer, lambda step: rl_lr_multiplier(step, num_training_steps, warmup))
+            return super().create_scheduler(num_training_steps, optimizer)
 
     return NanochatGRPOTrainer
 

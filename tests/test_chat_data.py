@@ -176,7 +176,8 @@ def test_mixture_sizes_repeats_and_validation():
     assert cd.build_mixture(yaml_text)["train"]["messages"] == splits["train"]["messages"]
     assert set(cd.MIXTURES) >= {"synthetic", "nanochat_mid", "nanochat_sft"}
     for bad, msg in [({"train": [{"source": "nope"}]}, "unknown source"), ({"train": []}, "non-empty 'train'"),
-                     ({"train": ["arithmetic"], "val_fraction": 1.5}, "val_fraction"), ("no_such_mixture", "named mixture")]:
+                     ({"train": ["arithmetic"], "val_fraction": 1.5}, "val_fraction"),
+                     ("no_such_mixture", "named mixture")]:
         with pytest.raises(ValueError, match=msg):
             cd.build_mixture(bad)
 

@@ -389,6 +389,15 @@ def test_rl_horizon_follows_the_data_when_max_steps_is_unset():
     assert rl_horizon(config, 2000) == 120  # an explicit max_steps (the recipe's) wins
 
 
+def test_rl_lr_warms_up_then_decays_to_zero():
+    from nanochat_hf.rl import rl_lr_multiplier
+
+    assert [rl_lr_multiplier(s, 100) for s in (0, 50, 100)] == [1.0, 0.5, 0.0]  # nanochat: no warmup
+    warm = [rl_lr_multiplier(s, 100, warmup_steps=4) for s in range(6)]
+    assert warm[0] == pytest.approx(0.2) and warm[3] == pytest.approx(0.8 * 0.97)
+    assert warm == sorted(warm[:5]) + warm[5:] and warm[4] == pytest.approx(0.96)  # rises to the decay line
+
+
 def test_rl_accuracy_benchmark_counts_greedy_and_sampled_answers(sft_model_dir, monkeypatch):
     """benchmarks/rl_accuracy.py, which measures docs/rl.md's table: the held-out rows, scored by RL's reward."""
     import importlib.util
