@@ -287,6 +287,16 @@ def make_vllm_rollout_func():
 # ----------------------------------------------------------------------------- pass@k and logging
 
 
+def answers_correct(engine, prompt_tokens: list[int], answer: str, num_samples: int, max_tokens: int,
+                    temperature: float, top_k: int | None, seed: int) -> list[float]:
+    """The reward (1.0 right, 0.0 wrong) of each of `num_samples` tool-using completions of one question."""
+    from nanochat_hf.rewards import correctness_reward
+
+    ids, _ = sample_with_tools(engine, prompt_tokens, num_samples, max_tokens, temperature, top_k, None, seed)
+    texts = engine.tokenizer.batch_decode(ids, skip_special_tokens=True)
+    return correctness_reward(completions=texts, answer=[answer] * num_samples)
+
+
 @torch.no_grad()
 def pass_at_k(model, tokenizer, dataset, k: int, max_tokens: int, temperature: float, top_k: int | None,
               rank: int = 0, world_size: int = 1, seed: int = 0) -> tuple[torch.Tensor, int]:
@@ -294,7 +304,6 @@ def pass_at_k(model, tokenizer, dataset, k: int, max_tokens: int, temperature: f
     number of questions, for this rank's share (the caller sums across ranks)."""
     from nanochat_hf.chat_format import render_for_completion
     from nanochat_hf.engine import Engine
-    from nanochat_hf.rewards import correctness_reward
 
     counts, mine = torch.zeros(k), range(rank, len(dataset), world_size)
     was_training = model.training
@@ -302,9 +311,7 @@ def pass_at_k(model, tokenizer, dataset, k: int, max_tokens: int, temperature: f
     for idx in mine:
         row = dataset[idx]
         tokens = render_for_completion(tokenizer, row["prompt"])
-        ids, _ = sample_with_tools(engine, tokens, k, max_tokens, temperature, top_k, None, seed + idx)
-        texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-        correct = correctness_reward(completions=texts, answer=[row["answer"]] * k)
+        correct = answers_correct(engine, tokens, row["answer"], k, max_tokens, temperature, top_k, seed + idx)
         counts += torch.tensor(correct).cummax(0).values  # 1 from the first correct sample on
     model.train(was_training)
     return counts, len(mine)

@@ -416,5 +416,5 @@ def test_rl_accuracy_benchmark_counts_greedy_and_sampled_answers(sft_model_dir, 
             number = next(v for q, v in reference.items() if q in question) if right else "99999"
             return [engine.tokenizer.encode(f"So #### {number}", add_special_tokens=False)] * n, None
 
-        monkeypatch.setattr(bench, "sample_with_tools", fake)
+        monkeypatch.setattr("nanochat_hf.rl.sample_with_tools", fake)
         assert bench.accuracy(str(sft_model_dir), rows, samples=3) == (float(right), float(right))
