@@ -9,6 +9,7 @@ the mean correctness of the samples. Seeds are fixed: question i samples with se
 """
 
 import argparse
+import sys
 import time
 from statistics import mean
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 
 from nanochat_hf.chat_format import render_for_completion
 from nanochat_hf.engine import Engine
+from nanochat_hf.errors import run_main
 from nanochat_hf.loading import load_model
 from nanochat_hf.rl import answers_correct, synthetic_rows
 from nanochat_hf.synthetic_tasks import VAL_SEED_OFFSET
@@ -35,6 +37,14 @@ def accuracy(model_dir: str, rows: list[dict], samples: int) -> tuple[float, flo
     return greedy / len(rows), sampled / len(rows)
 
 
+def compare(models: list[str], rows: list[dict], samples: int) -> None:
+    print(f"{'model':40s} {'greedy':>7s} {'pass@1':>7s} {'seconds':>8s}")
+    for model_dir in models:
+        t0 = time.time()
+        greedy, pass1 = accuracy(model_dir, rows, samples)
+        print(f"{model_dir:40s} {greedy:7.3f} {pass1:7.3f} {time.time() - t0:8.0f}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="+", help="model folders (or Hub ids) to compare")
@@ -43,12 +53,9 @@ def main():
     parser.add_argument("--max-operand", type=int, default=999, help="the recipe's synthetic_max_operand")
     args = parser.parse_args()
     rows = synthetic_rows(args.problems, seed=VAL_SEED_OFFSET, max_operand=args.max_operand)
-    print(f"{'model':40s} {'greedy':>7s} {'pass@1':>7s} {'seconds':>8s}")
-    for model_dir in args.models:
-        t0 = time.time()
-        greedy, pass1 = accuracy(model_dir, rows, args.samples)
-        print(f"{model_dir:40s} {greedy:7.3f} {pass1:7.3f} {time.time() - t0:8.0f}", flush=True)
+    # A wrong model folder: one line naming the fix (nanochat_hf.errors), not a traceback.
+    return run_main("rl_accuracy.py", lambda: compare(args.models, rows, args.samples))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

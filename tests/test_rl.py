@@ -1,7 +1,10 @@
 """RL stage: prompts, rollouts with the calculator (forced tokens masked), GRPO raising the reward, resume."""
 
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -418,3 +421,8 @@ def test_rl_accuracy_benchmark_counts_greedy_and_sampled_answers(sft_model_dir, 
 
         monkeypatch.setattr("nanochat_hf.rl.sample_with_tools", fake)
         assert bench.accuracy(str(sft_model_dir), rows, samples=3) == (float(right), float(right))
+    # A wrong folder: one line naming the fix, exit status 2.
+    res = subprocess.run([sys.executable, str(REPO / "benchmarks" / "rl_accuracy.py"), str(sft_model_dir / "nope")],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [res.stderr.strip()], res.stderr
+    assert "not found" in res.stderr and "pass a model folder" in res.stderr
